@@ -1,0 +1,250 @@
+//! Crash-safe atomic file save.
+//!
+//! [`write_atomic`] serializes nothing itself: it takes the finished bytes, writes
+//! them to a temp file in the same directory named `.<file>.<pid>.<random>.tmp`,
+//! sets mode 0600 regardless of umask, writes all bytes, fsyncs the file, renames
+//! it over the target and fsyncs the directory ([`Durability::Full`]). A reader
+//! that opens the path at any moment sees either the whole old file or the whole
+//! new one, so readers need no lock. (`tempfile::NamedTempFile::persist` alone
+//! does not fsync.)
+//!
+//! Symlink policy: the store file itself must not be a symbolic link; writes (and
+//! reads through [`read_file`]) refuse one with [`Error::Symlink`]. The directory
+//! may be reached through links: the writer canonicalizes it.
+//!
+//! Failpoints: for crash tests, setting `LOCKSTORE_FAILPOINT` to
+//! `after_temp_write`, `before_fsync`, `after_rename` or `before_dir_fsync`
+//! makes the process abort at that point (checked once per process).
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+
+/// How durable a save must be before it returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// Survives power loss: fsync the temp file before the rename and the
+    /// directory after it. The default.
+    #[default]
+    Full,
+    /// Survives a process crash only: no fsync (the kernel's page cache holds the
+    /// new file; a power loss may lose the last saves, never corrupt the file).
+    Process,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "full" => Ok(Durability::Full),
+            "process" => Ok(Durability::Process),
+            _ => Err(format!(
+                "unknown durability {s:?} (expected full or process)"
+            )),
+        }
+    }
+}
+
+fn failpoint() -> Option<&'static str> {
+    static F: OnceLock<Option<String>> = OnceLock::new();
+    F.get_or_init(|| std::env::var("LOCKSTORE_FAILPOINT").ok())
+        .as_deref()
+}
+
+#[inline]
+fn hit(name: &str) {
+    if failpoint() == Some(name) {
+        eprintln!("lockstore: failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
+
+/// Splits a store path into (directory, file name).
+pub fn split(path: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
+    let name = path.file_name().ok_or(Error::InvalidPath {
+        path: path.to_path_buf(),
+        reason: "no file name",
+    })?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok((dir, name))
+}
+
+/// Prefix of temp files written by `pid` for the store file `name`.
+fn temp_prefix(name: &std::ffi::OsStr, pid: u32) -> String {
+    format!(".{}.{}.", name.to_string_lossy(), pid)
+}
+
+fn refuse_symlink(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(Error::Symlink {
+            path: path.to_path_buf(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("stat", path, e)),
+    }
+}
+
+/// Reads the whole file; `Ok(None)` if it does not exist.
+///
+/// Errors: [`Error::Symlink`] if the path is a symbolic link, [`Error::Io`].
+pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path);
+    let mut f = match f {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(Error::Symlink {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut buf).map_err(|e| Error::io("read", path, e))?;
+    Ok(Some(buf))
+}
+
+/// fsyncs a directory so a rename inside it is durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    let d = std::fs::File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
+    d.sync_all()
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Atomically replaces `path` with `bytes` (see the module docs).
+///
+/// Errors: [`Error::Symlink`], [`Error::InvalidPath`], [`Error::Io`] (ENOSPC,
+/// EFBIG, ...). On any error the old file is intact and the temp file removed.
+pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<()> {
+    let (dir, name) = split(path)?;
+    refuse_symlink(path)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&temp_prefix(name, std::process::id()))
+        .suffix(".tmp")
+        .rand_bytes(8)
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("create temp file in", dir, e))?;
+    let tmp_path: PathBuf = tmp.path().to_path_buf();
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io("chmod", &tmp_path, e))?;
+    tmp.write_all(bytes)
+        .map_err(|e| Error::io("write", &tmp_path, e))?;
+    hit("after_temp_write");
+    if durability == Durability::Full {
+        hit("before_fsync");
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io("fsync", &tmp_path, e))?;
+    }
+    tmp.persist(path)
+        .map_err(|e| Error::io("rename temp file over", path, e.error))?;
+    hit("after_rename");
+    if durability == Durability::Full {
+        hit("before_dir_fsync");
+        fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Removes temp files left in the store's directory by process `pid` (a crashed
+/// holder). Returns how many were removed. Errors are logged, not returned.
+pub fn remove_orphan_temps(path: &Path, pid: u32) -> usize {
+    let Ok((dir, name)) = split(path) else {
+        return 0;
+    };
+    let prefix = temp_prefix(name, pid);
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for ent in rd.flatten() {
+        let f = ent.file_name();
+        let f = f.to_string_lossy();
+        if f.starts_with(&prefix) && f.ends_with(".tmp") {
+            match std::fs::remove_file(ent.path()) {
+                Ok(()) => {
+                    n += 1;
+                    tracing::info!(path = %ent.path().display(), "removed orphaned temp file of crashed writer pid {pid}");
+                }
+                Err(e) => {
+                    tracing::warn!(path = %ent.path().display(), error = %e, "could not remove orphaned temp file")
+                }
+            }
+        }
+    }
+    n
+}
+
+/// Lists temp files of any process for the store `path` (for tests and `status`).
+pub fn temp_files(path: &Path) -> Vec<PathBuf> {
+    let Ok((dir, name)) = split(path) else {
+        return Vec::new();
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    let f = e.file_name();
+                    let f = f.to_string_lossy();
+                    f.starts_with(&prefix) && f.ends_with(".tmp")
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn writes_0600_and_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.json");
+        write_atomic(&p, b"one", Durability::Full).unwrap();
+        write_atomic(&p, b"two", Durability::Process).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        assert!(temp_files(&p).is_empty());
+    }
+
+    #[test]
+    fn refuses_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real.json");
+        std::fs::write(&real, b"x").unwrap();
+        let link = d.path().join("link.json");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(matches!(
+            write_atomic(&link, b"y", Durability::Full),
+            Err(Error::Symlink { .. })
+        ));
+        assert!(matches!(read_file(&link), Err(Error::Symlink { .. })));
+        assert_eq!(std::fs::read(&real).unwrap(), b"x");
+    }
+
+    #[test]
+    fn orphan_cleanup_removes_only_that_pid() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.json");
+        std::fs::write(d.path().join(".s.json.4242.abcd.tmp"), b"").unwrap();
+        std::fs::write(d.path().join(".s.json.4243.abcd.tmp"), b"").unwrap();
+        assert_eq!(remove_orphan_temps(&p, 4242), 1);
+        assert_eq!(temp_files(&p).len(), 1);
+    }
+}

@@ -1,0 +1,81 @@
+//! Shared CLI plumbing: exit codes, error reporting, lock-wait messages.
+
+pub mod json;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use lockstore::lock::owner::HolderInfo;
+use lockstore::{Error, LockOptions};
+
+/// Exit codes of every subcommand.
+pub mod exit {
+    // 0: success.
+    /// Usage or bad input (bad pointer, not a number, unknown id, ...).
+    pub const USAGE: i32 = 1;
+    /// A store is corrupt or of an unknown version (left untouched).
+    pub const CORRUPT: i32 = 2;
+    /// A lock could not be acquired before the deadline.
+    pub const LOCK_TIMEOUT: i32 = 3;
+    /// Any other I/O or database error.
+    pub const IO: i32 = 4;
+}
+
+/// A CLI failure: exit code and a one-line message.
+#[derive(Debug)]
+pub struct CliError {
+    /// Process exit code.
+    pub code: i32,
+    /// One line for stderr, naming the file.
+    pub msg: String,
+}
+
+impl CliError {
+    /// Usage/bad-input error (exit 1).
+    pub fn usage(msg: impl Into<String>) -> Self {
+        CliError {
+            code: exit::USAGE,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Corrupt { .. } => exit::CORRUPT,
+            Error::LockTimeout { .. } => exit::LOCK_TIMEOUT,
+            Error::InvalidPath { .. } | Error::Reentrant { .. } | Error::Symlink { .. } => {
+                exit::USAGE
+            }
+            _ => exit::IO,
+        };
+        CliError {
+            code,
+            msg: e.to_string(),
+        }
+    }
+}
+
+/// Result of a subcommand.
+pub type CliResult<T = ()> = Result<T, CliError>;
+
+/// Lock options for the CLI: prints one cargo-style line on contention,
+/// `Blocking waiting for file lock on <path> (held by pid N <cmd>, for 12 s)`.
+pub fn cli_lock_options(timeout_ms: Option<u64>) -> LockOptions {
+    let mut o = LockOptions::default();
+    if let Some(ms) = timeout_ms {
+        o.deadline = std::time::Duration::from_millis(ms);
+    }
+    o.on_wait = Some(Arc::new(
+        |path: &Path, holder: Option<&HolderInfo>| match holder {
+            Some(h) => eprintln!(
+                "Blocking waiting for file lock on {} ({})",
+                path.display(),
+                h.describe()
+            ),
+            None => eprintln!("Blocking waiting for file lock on {}", path.display()),
+        },
+    ));
+    o
+}

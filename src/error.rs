@@ -1,0 +1,127 @@
+//! Typed errors of the core layers (lock, queue, writer, atomic IO, JSON documents).
+//!
+//! Every variant that concerns a file carries its path, so a message printed to a
+//! user always names the file and what is wrong with it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::lock::owner::HolderInfo;
+
+/// Result alias for the core layers.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors returned by the core layers. Every variant names the file (`path`);
+/// other fields are described in the variant's docs.
+#[allow(missing_docs)]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The deadline in [`crate::lock::LockOptions::deadline`] passed before the
+    /// in-process queue slot and the cross-process lock were both acquired.
+    /// `waited` is the whole wait; `holder` is the last owner record read from the
+    /// lock file, if any.
+    #[error("timed out after {} ms waiting for file lock on {}{}", .waited.as_millis(), .path.display(), holder_suffix(.holder))]
+    LockTimeout {
+        path: PathBuf,
+        waited: Duration,
+        holder: Option<Box<HolderInfo>>,
+    },
+
+    /// The store lives on a file system whose advisory locks cannot be trusted
+    /// (NFS, SMB/CIFS, FUSE). Set `LOCKSTORE_ALLOW_NETWORK_FS=1` to override.
+    #[error("{} is on a {fs} file system, where advisory file locks are unreliable; move the state dir to a local disk or set LOCKSTORE_ALLOW_NETWORK_FS=1", .path.display())]
+    UnsupportedFilesystem { path: PathBuf, fs: &'static str },
+
+    /// The kernel refused to lock (ENOLCK, EOPNOTSUPP, ENOSYS). lockstore never
+    /// proceeds unlocked.
+    #[error("cannot lock {}: the file system does not support flock ({source}); refusing to proceed unlocked", .path.display())]
+    LockUnsupported {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A nested exclusive section on a path this thread already holds.
+    #[error("re-entrant exclusive section on {}: this thread already holds its writer slot (nesting would deadlock)", .path.display())]
+    Reentrant { path: PathBuf },
+
+    /// A store file that does not parse, has an unknown version or is otherwise
+    /// unusable. The file is left untouched.
+    #[error("corrupt store {}: {reason}", .path.display())]
+    Corrupt { path: PathBuf, reason: String },
+
+    /// The store path is a symbolic link; lockstore refuses to write through one.
+    #[error("refusing to write through symbolic link {}", .path.display())]
+    Symlink { path: PathBuf },
+
+    /// The path has no file name or parent directory.
+    #[error("invalid store path {}: {reason}", .path.display())]
+    InvalidPath { path: PathBuf, reason: &'static str },
+
+    /// Serializing the document failed; nothing was written.
+    #[error("cannot serialize {}: {source}", .path.display())]
+    Serialize {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// An I/O error, with the operation that failed.
+    #[error("{op} {}: {source}", .path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn holder_suffix(h: &Option<Box<HolderInfo>>) -> String {
+    match h {
+        Some(h) => format!(" ({})", h.describe()),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    /// Builds an [`Error::Io`] for `op` on `path`.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The file this error is about.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Error::LockTimeout { path, .. }
+            | Error::UnsupportedFilesystem { path, .. }
+            | Error::LockUnsupported { path, .. }
+            | Error::Reentrant { path }
+            | Error::Corrupt { path, .. }
+            | Error::Symlink { path }
+            | Error::InvalidPath { path, .. }
+            | Error::Serialize { path, .. }
+            | Error::Io { path, .. } => path,
+        }
+    }
+
+    /// Whether the underlying I/O error is "out of space" or "file too large".
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc_codes::ENOSPC) | Some(libc_codes::EFBIG) | Some(libc_codes::EDQUOT)
+            ),
+            _ => false,
+        }
+    }
+}
+
+mod libc_codes {
+    pub const ENOSPC: i32 = nix::libc::ENOSPC;
+    pub const EFBIG: i32 = nix::libc::EFBIG;
+    pub const EDQUOT: i32 = nix::libc::EDQUOT;
+}

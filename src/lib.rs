@@ -1,0 +1,32 @@
+//! lockstore: crash-safe, lost-update-free state files for local-first daemons and
+//! their CLIs.
+//!
+//! Layers, bottom up (a lower layer never imports an upper one):
+//! * [`proc`] — process identity and liveness (`/proc`).
+//! * [`lock`] — the cross-process lock: `flock` on `<store>.lock` with an owner
+//!   record, backoff until a deadline, stale-holder reporting and reclaim.
+//! * [`queue`] — the in-process FIFO writer queue (through the [`sync`] shim, so
+//!   loom and shuttle models check the real code).
+//! * [`writer`] — composes the two: [`writer::run_exclusive`].
+//! * [`atomic`] — crash-safe atomic file saves.
+//! * [`json`] — JSON documents updated under the writer.
+//!
+//! See docs/lock-protocol.md for the protocol and failure model.
+
+#![warn(missing_docs)]
+
+pub mod atomic;
+pub mod error;
+pub mod json;
+pub mod lock;
+pub mod paths;
+pub mod proc;
+pub mod queue;
+pub(crate) mod sync;
+pub mod writer;
+
+pub use atomic::Durability;
+pub use error::{Error, Result};
+pub use json::{JsonOptions, JsonStore};
+pub use lock::LockOptions;
+pub use writer::{run_exclusive, Exclusive, Writer};

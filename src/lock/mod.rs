@@ -1,0 +1,516 @@
+//! Cross-process lock: an exclusive `flock(2)` on a dedicated lock file beside the
+//! store, `<store file>.lock`.
+//!
+//! * The lock file is created mode 0600 (parent dir 0700), opened with
+//!   `O_NOFOLLOW|O_CLOEXEC`, and never deleted, renamed or replaced by lockstore.
+//!   After acquiring, the fd's (dev, inode) is compared with the path's; on a
+//!   mismatch (someone deleted or replaced the file) the handle is reopened and the
+//!   acquisition retried, logged at warn. So two holders can never both believe
+//!   they hold the lock on the file at the path.
+//! * flock locks belong to the open file description, and the kernel drops them
+//!   when the holder dies, so a crashed holder never freezes other writers (the
+//!   incumbent's sidecar files did). fcntl record locks are never used: closing
+//!   any other fd of the file would silently drop them.
+//! * Acquisition polls `try_lock` with capped exponential backoff plus jitter
+//!   until a deadline ([`LockOptions`]); the first contention reads the holder's
+//!   owner record ([`owner::OwnerRecord`]), logs one event and calls
+//!   [`LockOptions::on_wait`] (the CLI prints a cargo-style "Blocking waiting for
+//!   file lock" line there).
+//! * After acquiring, an owner record that was never released means the previous
+//!   holder crashed inside its critical section: this is logged at warn as a
+//!   reclaim and reported to the caller, which removes the dead holder's orphaned
+//!   temp files.
+//!
+//! See docs/lock-protocol.md for the whole protocol and failure model.
+
+pub mod fs_check;
+pub mod owner;
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use owner::{HolderInfo, OwnerRecord};
+
+/// Number of stale-lock reclaims (a dead holder's unreleased record found on
+/// acquiring) in this process.
+static RECLAIMS: AtomicU64 = AtomicU64::new(0);
+
+/// Total reclaims of crashed owners' locks observed by this process.
+pub fn reclaim_count() -> u64 {
+    RECLAIMS.load(Ordering::Relaxed)
+}
+
+/// Callback invoked once per acquisition when the lock is contended: the lock
+/// path and what is known of the holder.
+pub type WaitCallback = Arc<dyn Fn(&Path, Option<&HolderInfo>) + Send + Sync>;
+
+/// How to wait for a lock. All durations are wall-clock.
+#[derive(Clone)]
+pub struct LockOptions {
+    /// Give up after this long in total (queue wait + OS lock wait). Default 60 s,
+    /// openclaw's stale age.
+    pub deadline: Duration,
+    /// First backoff delay between `try_lock` polls. Default 1 ms.
+    pub backoff_min: Duration,
+    /// Cap on the backoff delay. Default 25 ms.
+    pub backoff_max: Duration,
+    /// Growth factor per poll. Default 1.5.
+    pub backoff_factor: f64,
+    /// Multiply each delay by a random factor in [1, 2) (then cap again), as
+    /// openclaw's `randomize`. Default true.
+    pub jitter: bool,
+    /// Give up after this many sleeps even before the deadline (openclaw's
+    /// `retries`). Default `None`.
+    pub max_retries: Option<u32>,
+    /// Called once when an acquisition finds the lock held by another process.
+    pub on_wait: Option<WaitCallback>,
+}
+
+impl std::fmt::Debug for LockOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockOptions")
+            .field("deadline", &self.deadline)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("backoff_factor", &self.backoff_factor)
+            .field("jitter", &self.jitter)
+            .field("max_retries", &self.max_retries)
+            .field("on_wait", &self.on_wait.is_some())
+            .finish()
+    }
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions {
+            deadline: Duration::from_secs(60),
+            backoff_min: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(25),
+            backoff_factor: 1.5,
+            jitter: true,
+            max_retries: None,
+            on_wait: None,
+        }
+    }
+}
+
+impl LockOptions {
+    /// The incumbent's fail-fast profile (`DEFAULT_LOCK_OPTIONS` of openclaw's
+    /// `persistent-dedupe.ts`): 6 retries, factor 1.35, 8–180 ms, jitter; the
+    /// whole wait is about 0.1–0.25 s.
+    pub fn openclaw_compatible() -> Self {
+        LockOptions {
+            deadline: Duration::from_secs(60),
+            backoff_min: Duration::from_millis(8),
+            backoff_max: Duration::from_millis(180),
+            backoff_factor: 1.35,
+            jitter: true,
+            max_retries: Some(6),
+            on_wait: None,
+        }
+    }
+
+    /// Same options with another deadline.
+    pub fn with_deadline(mut self, d: Duration) -> Self {
+        self.deadline = d;
+        self
+    }
+
+    /// Delay before poll number `n` (0-based): `min(max, max(min, min × factor^n))`,
+    /// times a jitter in [1, 2) capped at `max` again (openclaw's formula).
+    pub fn delay(&self, n: u32) -> Duration {
+        let min = self.backoff_min.as_secs_f64();
+        let max = self.backoff_max.as_secs_f64().max(min);
+        let mut d = (min * self.backoff_factor.max(1.0).powi(n.min(64) as i32)).clamp(min, max);
+        if self.jitter {
+            d = (d * (1.0 + fastrand::f64())).min(max);
+        }
+        Duration::from_secs_f64(d)
+    }
+}
+
+/// The lock file path for a store file: `<store>.lock`.
+pub fn lock_path_for(store: &Path) -> PathBuf {
+    let mut s = store.as_os_str().to_os_string();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+/// Creates `dir` (and parents) with mode 0700 if missing.
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Error::io("create directory", dir, e)),
+    }
+}
+
+/// An open lock file. Lock and unlock it many times; keep one per store per
+/// process (the writer does).
+#[derive(Debug)]
+pub struct LockFile {
+    path: PathBuf,
+    file: Option<File>,
+    fs_checked: bool,
+}
+
+/// Proof of a held lock, with what the acquisition found.
+#[derive(Debug, Clone)]
+pub struct Acquired {
+    /// The record this holder wrote.
+    pub record: OwnerRecord,
+    /// The previous holder's record, if one was found.
+    pub previous: Option<OwnerRecord>,
+    /// True when the previous holder never released: it crashed while holding.
+    pub reclaimed: bool,
+    /// Time spent waiting for the OS lock.
+    pub waited: Duration,
+}
+
+fn is_unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::ENOLCK) | Some(nix::libc::EOPNOTSUPP) | Some(nix::libc::ENOSYS)
+    )
+}
+
+impl LockFile {
+    /// A lock file handle for `path` (the `.lock` file itself); nothing is opened
+    /// until the first [`LockFile::lock`].
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        LockFile {
+            path: path.into(),
+            file: None,
+            fs_checked: false,
+        }
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open(&mut self) -> Result<&File> {
+        if self.file.is_none() {
+            let dir = self
+                .path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            ensure_dir(dir)?;
+            if !self.fs_checked {
+                fs_check::check_dir(dir)?;
+                self.fs_checked = true;
+            }
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+                .open(&self.path)
+                .map_err(|e| Error::io("open lock file", &self.path, e))?;
+            self.file = Some(f);
+        }
+        match &self.file {
+            Some(f) => Ok(f),
+            None => unreachable!("opened above"),
+        }
+    }
+
+    /// Whether our fd still refers to the file at the path (same dev and inode).
+    fn identity_matches(&self, f: &File) -> Result<bool> {
+        let fd_meta = f
+            .metadata()
+            .map_err(|e| Error::io("fstat lock file", &self.path, e))?;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) => Ok(m.dev() == fd_meta.dev() && m.ino() == fd_meta.ino()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("stat lock file", &self.path, e)),
+        }
+    }
+
+    /// Reads the owner record at the path, without locking (lenient).
+    pub fn read_record(path: &Path) -> Option<OwnerRecord> {
+        let mut buf = Vec::new();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(path)
+            .ok()?;
+        f.read_to_end(&mut buf).ok()?;
+        OwnerRecord::parse(&buf)
+    }
+
+    /// Acquires the lock, waiting until `deadline` (and at most
+    /// `opts.max_retries` sleeps).
+    ///
+    /// Errors: [`Error::LockTimeout`] naming the holder; [`Error::LockUnsupported`]
+    /// for ENOLCK/EOPNOTSUPP/ENOSYS; [`Error::UnsupportedFilesystem`];
+    /// [`Error::Io`].
+    pub fn lock(&mut self, opts: &LockOptions, deadline: Instant) -> Result<Acquired> {
+        let start = Instant::now();
+        let mut polls: u32 = 0;
+        let mut announced = false;
+        loop {
+            let f = self.open()?;
+            match f.try_lock() {
+                Ok(()) => {
+                    let f = match &self.file {
+                        Some(f) => f,
+                        None => unreachable!(),
+                    };
+                    if !self.identity_matches(f)? {
+                        tracing::warn!(path = %self.path.display(), "lock file was deleted or replaced while we waited; reopening");
+                        let _ = f.unlock();
+                        self.file = None;
+                        continue;
+                    }
+                    return self.after_acquire(start.elapsed());
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => {
+                    if is_unsupported(&e) {
+                        return Err(Error::LockUnsupported {
+                            path: self.path.clone(),
+                            source: e,
+                        });
+                    }
+                    return Err(Error::io("lock", &self.path, e));
+                }
+            }
+            if !announced {
+                announced = true;
+                let holder = Self::read_record(&self.path).map(HolderInfo::judge);
+                match &holder {
+                    Some(h) => tracing::info!(
+                        path = %self.path.display(),
+                        holder_pid = h.record.pid,
+                        holder_state = h.liveness.as_str(),
+                        held_ms = h.held_ms,
+                        "Blocking waiting for file lock ({})", h.describe()
+                    ),
+                    None => {
+                        tracing::info!(path = %self.path.display(), "Blocking waiting for file lock")
+                    }
+                }
+                if let Some(cb) = &opts.on_wait {
+                    cb(&self.path, holder.as_ref());
+                }
+            }
+            let now = Instant::now();
+            let out_of_retries = opts.max_retries.is_some_and(|r| polls >= r);
+            if now >= deadline || out_of_retries {
+                let holder = Self::read_record(&self.path).map(|r| Box::new(HolderInfo::judge(r)));
+                return Err(Error::LockTimeout {
+                    path: self.path.clone(),
+                    waited: start.elapsed(),
+                    holder,
+                });
+            }
+            let d = opts.delay(polls).min(deadline - now);
+            polls += 1;
+            std::thread::sleep(d);
+        }
+    }
+
+    fn after_acquire(&mut self, waited: Duration) -> Result<Acquired> {
+        let f = match &self.file {
+            Some(f) => f,
+            None => unreachable!(),
+        };
+        let mut buf = Vec::new();
+        {
+            use std::os::unix::fs::FileExt;
+            let len = f
+                .metadata()
+                .map_err(|e| Error::io("fstat lock file", &self.path, e))?
+                .len() as usize;
+            buf.resize(len.min(64 * 1024), 0);
+            let n = f
+                .read_at(&mut buf, 0)
+                .map_err(|e| Error::io("read lock file", &self.path, e))?;
+            buf.truncate(n);
+        }
+        let previous = OwnerRecord::parse(&buf);
+        let generation = previous.as_ref().map_or(0, |p| p.generation) + 1;
+        let reclaimed = previous.as_ref().is_some_and(|p| !p.released);
+        if let Some(p) = previous.as_ref().filter(|_| reclaimed) {
+            RECLAIMS.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                path = %self.path.display(),
+                pid = p.pid,
+                held_since_ms = p.acquired_at_ms,
+                "reclaimed lock on {} from crashed owner pid {} (held since {} ms)",
+                self.path.display(), p.pid, p.acquired_at_ms
+            );
+        }
+        let record = OwnerRecord::for_current(generation);
+        self.write_record(&record)?;
+        Ok(Acquired {
+            record,
+            previous,
+            reclaimed,
+            waited,
+        })
+    }
+
+    fn write_record(&self, rec: &OwnerRecord) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let f = match &self.file {
+            Some(f) => f,
+            None => unreachable!("write_record is only called while locked"),
+        };
+        let mut bytes = serde_json::to_vec(rec).map_err(|e| Error::Serialize {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        bytes.push(b'\n');
+        f.set_len(0)
+            .map_err(|e| Error::io("truncate lock file", &self.path, e))?;
+        f.write_all_at(&bytes, 0)
+            .map_err(|e| Error::io("write owner record", &self.path, e))?;
+        Ok(())
+    }
+
+    /// Marks the record released and unlocks. Errors writing the record are
+    /// logged, not returned: the unlock itself always happens.
+    pub fn unlock(&mut self, mut record: OwnerRecord) {
+        record.released = true;
+        record.released_at_ms = Some(crate::proc::now_ms());
+        if let Err(e) = self.write_record(&record) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not mark owner record released");
+        }
+        if let Some(f) = &self.file {
+            if let Err(e) = f.unlock() {
+                // Closing the fd releases the flock for certain.
+                tracing::warn!(path = %self.path.display(), error = %e, "unlock failed; closing the lock file");
+                self.file = None;
+            }
+        }
+    }
+
+    /// Whether the lock is currently held by any process (probes with a
+    /// non-blocking lock on a fresh descriptor, releasing at once). Does not create
+    /// the file.
+    pub fn is_held(path: &Path) -> Result<bool> {
+        let f = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("open lock file", path, e)),
+        };
+        match f.try_lock_shared() {
+            Ok(()) => {
+                let _ = f.unlock();
+                Ok(false)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("probe lock", path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openclaw_profile_delays_match_reference() {
+        let mut o = LockOptions::openclaw_compatible();
+        o.jitter = false;
+        let ms: Vec<f64> = (0..6)
+            .map(|n| (o.delay(n).as_secs_f64() * 1000.0 * 10.0).round() / 10.0)
+            .collect();
+        assert_eq!(ms, vec![8.0, 10.8, 14.6, 19.7, 26.6, 35.9]);
+    }
+
+    #[test]
+    fn jitter_stays_within_bounds() {
+        let o = LockOptions::default();
+        for n in 0..40 {
+            let base = {
+                let mut p = o.clone();
+                p.jitter = false;
+                p.delay(n)
+            };
+            let d = o.delay(n);
+            assert!(
+                d >= base && d <= o.backoff_max,
+                "n={n} d={d:?} base={base:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_handles_never_both_hold() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.json.lock");
+        let mut a = LockFile::new(&p);
+        let mut b = LockFile::new(&p);
+        let acq = a.lock(&LockOptions::default(), Instant::now()).unwrap();
+        let short = LockOptions::default();
+        let err = b.lock(&short, Instant::now()).unwrap_err();
+        assert!(matches!(err, Error::LockTimeout { .. }), "{err}");
+        assert!(LockFile::is_held(&p).unwrap());
+        a.unlock(acq.record);
+        assert!(!LockFile::is_held(&p).unwrap());
+        let acq2 = b.lock(&short, Instant::now()).unwrap();
+        assert_eq!(acq2.record.generation, 2);
+        assert!(!acq2.reclaimed);
+        assert!(acq2.previous.unwrap().released);
+    }
+
+    #[test]
+    fn timeout_names_the_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.json.lock");
+        let mut a = LockFile::new(&p);
+        let _held = a.lock(&LockOptions::default(), Instant::now()).unwrap();
+        let mut b = LockFile::new(&p);
+        let err = b
+            .lock(
+                &LockOptions::default(),
+                Instant::now() + Duration::from_millis(20),
+            )
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("held by pid {}", std::process::id())),
+            "{msg}"
+        );
+        assert!(msg.contains("running"), "{msg}");
+    }
+
+    #[test]
+    fn max_retries_bounds_the_wait() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.json.lock");
+        let mut a = LockFile::new(&p);
+        let _held = a.lock(&LockOptions::default(), Instant::now()).unwrap();
+        let mut b = LockFile::new(&p);
+        let o = LockOptions::openclaw_compatible();
+        let err = b.lock(&o, queue_deadline(&o)).unwrap_err();
+        match err {
+            Error::LockTimeout { waited, .. } => assert!(waited < Duration::from_secs(2)),
+            e => panic!("{e}"),
+        }
+    }
+
+    fn queue_deadline(o: &LockOptions) -> Instant {
+        crate::queue::deadline_after(o.deadline)
+    }
+}

@@ -1,0 +1,311 @@
+//! The writer: composes the in-process FIFO queue and the cross-process lock.
+//!
+//! [`run_exclusive`] takes, in order, the queue slot for the store's canonical path
+//! (so at most one thread of this process goes on), then the OS lock on
+//! `<store>.lock` (so at most one process goes on), runs the closure, and releases
+//! both — by RAII, so also when the closure errors or panics. The OS lock is never
+//! requested while holding the queue's internal mutex, only while holding the
+//! slot. One lock file handle is kept per store per process while any writer or
+//! [`Writer`] for it is alive.
+//!
+//! A nested exclusive section on the same path from the same thread returns
+//! [`Error::Reentrant`] at once instead of deadlocking (openclaw's process-wide
+//! re-entrant lock gave no exclusion between tasks of one process; lockstore does
+//! not repeat that).
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::atomic;
+use crate::error::{Error, Result};
+use crate::lock::owner::{HolderInfo, OwnerRecord};
+use crate::lock::{self, Acquired, LockFile, LockOptions};
+use crate::queue::{self, FifoQueue, Handle, Registry};
+
+/// Per-store state shared by every writer of one process.
+#[derive(Debug)]
+pub struct StoreEntry {
+    fifo: FifoQueue,
+    lock: Mutex<LockFile>,
+}
+
+type Reg = Registry<PathBuf, StoreEntry>;
+
+fn registry() -> &'static Reg {
+    static R: OnceLock<Reg> = OnceLock::new();
+    R.get_or_init(Registry::new)
+}
+
+/// Number of stores with a live queue in this process (drained queues are freed).
+pub fn live_queues() -> usize {
+    registry().len()
+}
+
+thread_local! {
+    static HELD: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Canonical form of a store path: the parent directory is created (0700) and
+/// canonicalized, and the file name re-appended, so aliases (symlinked parent,
+/// `./a/../a`) name one store.
+///
+/// Errors: [`Error::InvalidPath`] (no file name), [`Error::Io`].
+pub fn canonical_store_path(path: &Path) -> Result<PathBuf> {
+    let (dir, name) = atomic::split(path)?;
+    if name == ".." || name == "." {
+        return Err(Error::InvalidPath {
+            path: path.to_path_buf(),
+            reason: "not a file name",
+        });
+    }
+    lock::ensure_dir(dir)?;
+    let dir = std::fs::canonicalize(dir).map_err(|e| Error::io("canonicalize", dir, e))?;
+    Ok(dir.join(name))
+}
+
+/// What the closure of an exclusive section may know about it.
+#[derive(Debug)]
+pub struct Exclusive<'a> {
+    path: &'a Path,
+    acquired: &'a Acquired,
+    waited: Duration,
+}
+
+impl Exclusive<'_> {
+    /// The canonical store path.
+    pub fn path(&self) -> &Path {
+        self.path
+    }
+    /// The owner record this holder wrote (token, generation — a fencing token
+    /// that increases with every acquisition of this lock file).
+    pub fn record(&self) -> &OwnerRecord {
+        &self.acquired.record
+    }
+    /// The lock's generation number (strictly increasing per lock file).
+    pub fn generation(&self) -> u64 {
+        self.acquired.record.generation
+    }
+    /// True when this acquisition reclaimed the lock from a crashed holder.
+    pub fn reclaimed(&self) -> bool {
+        self.acquired.reclaimed
+    }
+    /// Total wait (queue + OS lock).
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+/// A handle on one store's writer; keeps the store's queue and lock file handle
+/// alive between sections. Cheap to create; `Send + Sync`.
+pub struct Writer {
+    path: PathBuf,
+    lock_path: PathBuf,
+    opts: LockOptions,
+    handle: Handle<'static, PathBuf, StoreEntry>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("path", &self.path).finish()
+    }
+}
+
+struct HeldMark;
+impl HeldMark {
+    fn new(path: &Path) -> Self {
+        HELD.with(|h| h.borrow_mut().push(path.to_path_buf()));
+        HeldMark
+    }
+}
+impl Drop for HeldMark {
+    fn drop(&mut self) {
+        HELD.with(|h| {
+            h.borrow_mut().pop();
+        });
+    }
+}
+
+struct OsLockGuard<'a> {
+    lf: MutexGuard<'a, LockFile>,
+    record: Option<OwnerRecord>,
+}
+impl Drop for OsLockGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.take() {
+            self.lf.unlock(r);
+        }
+    }
+}
+
+impl Writer {
+    /// Opens the writer for the store file `path` (the file need not exist).
+    ///
+    /// Errors: [`Error::InvalidPath`], [`Error::Io`] creating or canonicalizing the
+    /// parent directory.
+    pub fn open(path: &Path, opts: LockOptions) -> Result<Self> {
+        let path = canonical_store_path(path)?;
+        let lock_path = lock::lock_path_for(&path);
+        let handle = registry().get(&path, || StoreEntry {
+            fifo: FifoQueue::new(),
+            lock: Mutex::new(LockFile::new(lock_path.clone())),
+        });
+        Ok(Writer {
+            path,
+            lock_path,
+            opts,
+            handle,
+        })
+    }
+
+    /// The canonical store path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The lock file path (`<store>.lock`).
+    pub fn lock_path(&self) -> &Path {
+        &self.lock_path
+    }
+
+    /// The lock options.
+    pub fn options(&self) -> &LockOptions {
+        &self.opts
+    }
+
+    /// Runs `f` inside the store's exclusive section (queue slot, then OS lock).
+    ///
+    /// Errors: [`Error::Reentrant`] if this thread already holds the section;
+    /// [`Error::LockTimeout`] after [`LockOptions::deadline`]; lock and I/O errors
+    /// from [`LockFile::lock`]; and whatever `f` returns. A panic in `f` releases
+    /// both locks and resumes unwinding in the caller only.
+    pub fn run<T, E, F>(&self, f: F) -> std::result::Result<T, E>
+    where
+        F: FnOnce(&mut Exclusive<'_>) -> std::result::Result<T, E>,
+        E: From<Error>,
+    {
+        if HELD.with(|h| h.borrow().iter().any(|p| p == &self.path)) {
+            return Err(Error::Reentrant {
+                path: self.path.clone(),
+            }
+            .into());
+        }
+        let start = Instant::now();
+        let deadline = queue::deadline_after(self.opts.deadline);
+        let span = tracing::debug_span!(
+            "lock_wait",
+            path = %self.path.display(),
+            pid = std::process::id(),
+            waited_ms = tracing::field::Empty
+        );
+        let entered = span.enter();
+        let entry: &StoreEntry = &self.handle;
+        let slot = match entry.fifo.enter().wait_until(deadline) {
+            Ok(s) => s,
+            Err(queue::QueueTimeout) => {
+                let holder =
+                    LockFile::read_record(&self.lock_path).map(|r| Box::new(HolderInfo::judge(r)));
+                return Err(Error::LockTimeout {
+                    path: self.lock_path.clone(),
+                    waited: start.elapsed(),
+                    holder,
+                }
+                .into());
+            }
+        };
+        let mut lf = match entry.lock.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let acquired = lf.lock(&self.opts, deadline)?;
+        let guard = OsLockGuard {
+            lf,
+            record: Some(acquired.record.clone()),
+        };
+        let waited = start.elapsed();
+        span.record("waited_ms", waited.as_millis() as u64);
+        drop(entered);
+        if let Some(prev) = acquired.previous.as_ref().filter(|_| acquired.reclaimed) {
+            let n = atomic::remove_orphan_temps(&self.path, prev.pid);
+            if n > 0 {
+                tracing::warn!(path = %self.path.display(), pid = prev.pid, removed = n, "removed crashed owner's temp files");
+            }
+        }
+        let _mark = HeldMark::new(&self.path);
+        let mut ctx = Exclusive {
+            path: &self.path,
+            acquired: &acquired,
+            waited,
+        };
+        let out = f(&mut ctx);
+        // Release order: OS lock first, then the queue slot.
+        drop(guard);
+        drop(slot);
+        out
+    }
+}
+
+/// Runs `f` inside the exclusive section of the store file `path`: the
+/// in-process FIFO slot, then the cross-process lock on `<path>.lock`. See
+/// [`Writer::run`] for the errors.
+pub fn run_exclusive<T, E, F>(path: &Path, opts: &LockOptions, f: F) -> std::result::Result<T, E>
+where
+    F: FnOnce(&mut Exclusive<'_>) -> std::result::Result<T, E>,
+    E: From<Error>,
+{
+    Writer::open(path, opts.clone())?.run(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reentrant_is_an_error_not_a_deadlock() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.json");
+        let o = LockOptions::default();
+        let r: Result<()> = run_exclusive(&p, &o, |_| {
+            let inner: Result<()> = run_exclusive(&p, &o, |_| Ok(()));
+            assert!(matches!(inner, Err(Error::Reentrant { .. })));
+            // A different store is fine.
+            run_exclusive(&d.path().join("other.json"), &o, |_| Ok(()))
+        });
+        r.unwrap();
+    }
+
+    #[test]
+    fn aliases_share_one_queue_and_queues_are_freed() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("a")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("a"), d.path().join("link")).unwrap();
+        let w1 = Writer::open(&d.path().join("a/s.json"), LockOptions::default()).unwrap();
+        let w2 = Writer::open(&d.path().join("link/../a/s.json"), LockOptions::default()).unwrap();
+        let w3 = Writer::open(&d.path().join("link/s.json"), LockOptions::default()).unwrap();
+        assert_eq!(w1.path(), w2.path());
+        assert_eq!(w1.path(), w3.path());
+        assert!(std::ptr::eq(
+            w1.handle.arc().as_ref(),
+            w3.handle.arc().as_ref()
+        ));
+        let before = live_queues();
+        drop((w1, w2, w3));
+        assert!(live_queues() < before);
+    }
+
+    #[test]
+    fn panic_reaches_only_its_caller_and_releases() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.json");
+        let o = LockOptions::default();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _: Result<()> = run_exclusive(&p, &o, |_| panic!("boom"));
+        }));
+        assert!(r.is_err());
+        let ok: Result<u64> = run_exclusive(&p, &o, |ctx| Ok(ctx.generation()));
+        assert_eq!(ok.unwrap(), 2);
+        let rec = LockFile::read_record(&lock::lock_path_for(&p)).unwrap();
+        assert!(rec.released);
+    }
+}
