@@ -66,6 +66,24 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A SQLite error, with the operation that failed.
+    #[error("{op} {}: {source}", .path.display())]
+    Sqlite {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The database's schema (`PRAGMA user_version`) is newer than this binary
+    /// knows; it is refused, never downgraded.
+    #[error("database {} has schema version {found}, newer than the {supported} this lockstore {} supports; upgrade lockstore", .path.display(), env!("CARGO_PKG_VERSION"))]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+
     /// An I/O error, with the operation that failed.
     #[error("{op} {}: {source}", .path.display())]
     Io {
@@ -104,7 +122,26 @@ impl Error {
             | Error::Symlink { path }
             | Error::InvalidPath { path, .. }
             | Error::Serialize { path, .. }
+            | Error::Sqlite { path, .. }
+            | Error::SchemaTooNew { path, .. }
             | Error::Io { path, .. } => path,
+        }
+    }
+
+    /// Builds an [`Error::Sqlite`] for `op` on `path`.
+    pub fn sqlite(op: &'static str, path: impl Into<PathBuf>, source: rusqlite::Error) -> Self {
+        Error::Sqlite {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether this is SQLITE_BUSY / SQLITE_LOCKED (contention; retryable).
+    pub fn is_busy(&self) -> bool {
+        match self {
+            Error::Sqlite { source, .. } => crate::sqlite::is_busy(source),
+            _ => false,
         }
     }
 
@@ -115,6 +152,10 @@ impl Error {
                 source.raw_os_error(),
                 Some(libc_codes::ENOSPC) | Some(libc_codes::EFBIG) | Some(libc_codes::EDQUOT)
             ),
+            Error::Sqlite {
+                source: rusqlite::Error::SqliteFailure(f, _),
+                ..
+            } => f.code == rusqlite::ErrorCode::DiskFull,
             _ => false,
         }
     }

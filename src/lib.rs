@@ -22,6 +22,8 @@ pub mod lock;
 pub mod paths;
 pub mod proc;
 pub mod queue;
+pub mod sqlite;
+pub mod stores;
 pub(crate) mod sync;
 pub mod writer;
 

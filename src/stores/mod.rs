@@ -1,0 +1,1 @@
+//! The stores of an agent gateway, built only on the core layers.
