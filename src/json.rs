@@ -19,16 +19,20 @@
 //! canonical form; a file formatted otherwise is rewritten once.
 
 use std::marker::PhantomData;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::atomic::{self, Durability};
 use crate::error::{Error, Result};
+use crate::lock::Acquired;
 use crate::lock::LockOptions;
-use crate::writer::{Exclusive, Writer};
+use crate::writer::{Exclusive, OpenBatch, Writer};
 
 /// Migration hook: `(from_version, document) -> document at the current version`,
 /// or a reason why it cannot be migrated (reported as [`Error::Corrupt`]).
@@ -49,7 +53,48 @@ pub struct JsonOptions {
     pub migrate: Option<Migrate>,
     /// Write compact JSON instead of 2-space pretty JSON.
     pub compact: bool,
+    /// Group commit of queued updates (on by default).
+    pub group_commit: GroupCommit,
 }
+
+/// Group commit: when several threads of one process have updates queued on one
+/// store, the updates run one after another (strict FIFO, each on its own thread,
+/// each seeing its predecessor's result) on one loaded document, which is saved
+/// and fsynced once for the whole batch — the way databases amortize log flushes.
+/// Every caller returns only after the save containing its change is durable. A
+/// closure's error or panic rolls back only its own change (its document is
+/// restored to what it was given) and reaches only its caller.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupCommit {
+    /// Batch queued updates. Default true; false gives one save per update.
+    pub enabled: bool,
+    /// Most updates in one batch (one save). Default 64.
+    pub max_batch: usize,
+    /// How long the last update of a batch waits for one more writer to enter
+    /// the queue before saving. Default 0 (batch only writers already queued).
+    pub max_wait: Duration,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        GroupCommit {
+            enabled: true,
+            max_batch: 64,
+            max_wait: Duration::ZERO,
+        }
+    }
+}
+
+/// Statistics of group commit in this process (all stores).
+pub fn group_commit_stats() -> (u64, u64) {
+    (
+        BATCHES.load(Ordering::Relaxed),
+        BATCHED_UPDATES.load(Ordering::Relaxed),
+    )
+}
+
+static BATCHES: AtomicU64 = AtomicU64::new(0);
+static BATCHED_UPDATES: AtomicU64 = AtomicU64::new(0);
 
 impl std::fmt::Debug for JsonOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,6 +104,7 @@ impl std::fmt::Debug for JsonOptions {
             .field("version", &self.version)
             .field("migrate", &self.migrate.is_some())
             .field("compact", &self.compact)
+            .field("group_commit", &self.group_commit)
             .finish()
     }
 }
@@ -101,7 +147,7 @@ pub struct Loaded<T> {
     pub raw: Option<Vec<u8>>,
 }
 
-impl<T: Serialize + DeserializeOwned + Default> JsonStore<T> {
+impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonStore<T> {
     /// Opens the store at `path` (created on the first write). Creates the parent
     /// directory with mode 0700.
     ///
@@ -201,20 +247,7 @@ impl<T: Serialize + DeserializeOwned + Default> JsonStore<T> {
     ///
     /// Errors: [`Error::Serialize`].
     pub fn encode(&self, doc: &T) -> Result<Vec<u8>> {
-        let path = self.writer.path();
-        let ser = |e| Error::Serialize {
-            path: path.to_path_buf(),
-            source: e,
-        };
-        let mut out = match (self.opts.version, self.opts.compact) {
-            (Some(version), false) => serde_json::to_vec_pretty(&Envelope { version, doc }),
-            (Some(version), true) => serde_json::to_vec(&Envelope { version, doc }),
-            (None, false) => serde_json::to_vec_pretty(doc),
-            (None, true) => serde_json::to_vec(doc),
-        }
-        .map_err(ser)?;
-        out.push(b'\n');
-        Ok(out)
+        encode_doc(&self.opts, self.writer.path(), doc)
     }
 
     /// Load → `f` → save, inside the exclusive section. Writes only if the
@@ -238,6 +271,9 @@ impl<T: Serialize + DeserializeOwned + Default> JsonStore<T> {
         F: FnOnce(&mut T, &mut Exclusive<'_>) -> std::result::Result<R, E>,
         E: From<Error>,
     {
+        if self.opts.group_commit.enabled {
+            return self.update_grouped(f);
+        }
         self.writer.run(|ctx| {
             let Loaded { mut doc, raw } = self.load_with_state()?;
             let out = f(&mut doc, ctx)?;
@@ -251,13 +287,135 @@ impl<T: Serialize + DeserializeOwned + Default> JsonStore<T> {
     ///
     /// Errors: [`Error::Serialize`], [`Error::Io`].
     pub fn save_if_changed(&self, doc: &T, previous: Option<&[u8]>) -> Result<bool> {
-        let bytes = self.encode(doc)?;
-        if previous == Some(&bytes[..]) {
-            return Ok(false);
+        save_doc(&self.opts, self.writer.path(), doc, previous)
+    }
+
+    /// The group-commit path of [`JsonStore::update_ctx`] (see [`GroupCommit`]).
+    fn update_grouped<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut T, &mut Exclusive<'_>) -> std::result::Result<R, E>,
+        E: From<Error>,
+    {
+        let w = &self.writer;
+        if w.held_by_this_thread() {
+            return Err(Error::Reentrant {
+                path: w.path().to_path_buf(),
+            }
+            .into());
         }
-        let _span = tracing::debug_span!("commit", path = %self.writer.path().display(), bytes = bytes.len()).entered();
-        atomic::write_atomic(self.writer.path(), &bytes, self.opts.durability)?;
-        Ok(true)
+        let start = Instant::now();
+        let deadline = crate::queue::deadline_after(w.options().deadline);
+        let span = tracing::debug_span!(
+            "lock_wait",
+            path = %w.path().display(),
+            pid = std::process::id(),
+            waited_ms = tracing::field::Empty
+        );
+        let entered = span.enter();
+        let slot = w.slot(start, deadline)?;
+        let open = lock_ignoring_poison(&w.entry().batch).take();
+        let reuse = match open {
+            Some(b) if b.as_any().is::<JsonBatch<T>>() => {
+                b.into_any().downcast::<JsonBatch<T>>().ok()
+            }
+            Some(other) => {
+                other.close(w);
+                None
+            }
+            None => None,
+        };
+        let mut batch = match reuse {
+            Some(b) => b,
+            None => {
+                let acquired = w.os_lock(deadline)?;
+                match self.load_with_state() {
+                    Ok(Loaded { doc, raw }) => Box::new(JsonBatch {
+                        doc,
+                        raw,
+                        acquired,
+                        members: 0,
+                        shared: Arc::new(BatchShared::default()),
+                        opts: self.opts.clone(),
+                    }),
+                    Err(e) => {
+                        w.os_unlock(acquired.record);
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        let waited = start.elapsed();
+        span.record("waited_ms", waited.as_millis() as u64);
+        drop(entered);
+
+        // Run the closure on this thread; keep what is needed to undo it.
+        let snapshot = (batch.members > 0).then(|| batch.doc.clone());
+        let outcome = {
+            let mark = w.mark_held();
+            let JsonBatch { doc, acquired, .. } = &mut *batch;
+            let mut ctx = w.context(acquired, waited);
+            let r = catch_unwind(AssertUnwindSafe(|| f(doc, &mut ctx)));
+            drop(mark);
+            r
+        };
+        let ok = matches!(outcome, Ok(Ok(_)));
+        if !ok {
+            batch.doc = match snapshot {
+                Some(s) => s,
+                None => self.restore_from_raw(batch.raw.as_deref()),
+            };
+        }
+
+        // Leave the batch open for the next queued writer, or save it now.
+        let gc = self.opts.group_commit;
+        let mut successors = w.entry().fifo.len() > 1;
+        if !successors && !gc.max_wait.is_zero() && batch.members + 1 < gc.max_batch {
+            let until = Instant::now() + gc.max_wait;
+            while !successors && Instant::now() < until {
+                std::thread::yield_now();
+                successors = w.entry().fifo.len() > 1;
+            }
+        }
+        let shared = batch.shared.clone();
+        let leave_open = successors && batch.members + 1 < gc.max_batch;
+        if leave_open {
+            if ok {
+                batch.members += 1;
+            }
+            *lock_ignoring_poison(&w.entry().batch) = Some(batch);
+        } else {
+            if ok {
+                batch.members += 1;
+            }
+            batch.close(w);
+        }
+        drop(slot);
+        match outcome {
+            Ok(Ok(v)) => {
+                shared.wait(w).map_err(|(kind, msg)| {
+                    Error::io(
+                        "group commit save",
+                        w.path(),
+                        std::io::Error::new(kind, msg),
+                    )
+                })?;
+                Ok(v)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(p) => resume_unwind(p),
+        }
+    }
+
+    fn restore_from_raw(&self, raw: Option<&[u8]>) -> T {
+        match raw {
+            None => T::default(),
+            // These bytes decoded a moment ago; decoding them again cannot fail
+            // unless memory is corrupt.
+            Some(r) => self.decode(r).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "re-decoding a loaded document failed");
+                T::default()
+            }),
+        }
     }
 
     /// Moves the current file aside to `<file>.corrupt-<unix ms>` (inside the
@@ -283,12 +441,129 @@ impl<T: Serialize + DeserializeOwned + Default> JsonStore<T> {
     }
 }
 
+fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn encode_doc<T: Serialize>(opts: &JsonOptions, path: &Path, doc: &T) -> Result<Vec<u8>> {
+    let ser = |e| Error::Serialize {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut out = match (opts.version, opts.compact) {
+        (Some(version), false) => serde_json::to_vec_pretty(&Envelope { version, doc }),
+        (Some(version), true) => serde_json::to_vec(&Envelope { version, doc }),
+        (None, false) => serde_json::to_vec_pretty(doc),
+        (None, true) => serde_json::to_vec(doc),
+    }
+    .map_err(ser)?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+fn save_doc<T: Serialize>(
+    opts: &JsonOptions,
+    path: &Path,
+    doc: &T,
+    previous: Option<&[u8]>,
+) -> Result<bool> {
+    let bytes = encode_doc(opts, path, doc)?;
+    if previous == Some(&bytes[..]) {
+        return Ok(false);
+    }
+    let _span =
+        tracing::debug_span!("commit", path = %path.display(), bytes = bytes.len()).entered();
+    atomic::write_atomic(path, &bytes, opts.durability)?;
+    Ok(true)
+}
+
+type BatchOutcome = std::result::Result<(), (std::io::ErrorKind, String)>;
+
+/// Completion of one group-commit batch, shared by its members.
+#[derive(Default)]
+struct BatchShared {
+    done: Mutex<Option<BatchOutcome>>,
+    cv: Condvar,
+}
+
+impl BatchShared {
+    fn finish(&self, r: BatchOutcome) {
+        *lock_ignoring_poison(&self.done) = Some(r);
+        self.cv.notify_all();
+    }
+
+    /// Waits until the batch is saved. If the queue falls idle with the batch
+    /// still open (the writer behind us gave up), closes it ourselves.
+    fn wait(&self, w: &Writer) -> BatchOutcome {
+        let mut g = lock_ignoring_poison(&self.done);
+        loop {
+            if let Some(r) = g.as_ref() {
+                return r.clone();
+            }
+            let (ng, to) = match self.cv.wait_timeout(g, Duration::from_millis(10)) {
+                Ok(x) => x,
+                Err(p) => p.into_inner(),
+            };
+            g = ng;
+            if to.timed_out() && g.is_none() {
+                drop(g);
+                if let Ok(slot) = w.entry().fifo.enter().try_now() {
+                    w.close_open_batch();
+                    drop(slot);
+                }
+                g = lock_ignoring_poison(&self.done);
+            }
+        }
+    }
+}
+
+/// An open group-commit batch: holds the OS lock and the unsaved document.
+struct JsonBatch<T> {
+    doc: T,
+    raw: Option<Vec<u8>>,
+    acquired: Acquired,
+    /// Updates applied successfully in this batch.
+    members: usize,
+    shared: Arc<BatchShared>,
+    opts: JsonOptions,
+}
+
+impl<T: Serialize + Send + 'static> OpenBatch for JsonBatch<T> {
+    fn close(self: Box<Self>, w: &Writer) {
+        let b = *self;
+        // No successful update: nothing to save (an erroring first closure must
+        // not create the file).
+        let r = if b.members == 0 {
+            Ok(false)
+        } else {
+            save_doc(&b.opts, w.path(), &b.doc, b.raw.as_deref())
+        };
+        w.os_unlock(b.acquired.record);
+        BATCHES.fetch_add(1, Ordering::Relaxed);
+        BATCHED_UPDATES.fetch_add(b.members as u64, Ordering::Relaxed);
+        b.shared.finish(match r {
+            Ok(_) => Ok(()),
+            Err(Error::Io { source, .. }) => Err((source.kind(), source.to_string())),
+            Err(e) => Err((std::io::ErrorKind::Other, e.to_string())),
+        });
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde::Deserialize;
 
-    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
     struct Doc {
         n: u64,
     }
@@ -361,5 +636,124 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.load().unwrap(), Doc { n: 7 });
+    }
+
+    fn plain(p: &Path, group: bool) -> JsonStore<Doc> {
+        JsonStore::open(
+            p,
+            JsonOptions {
+                durability: Durability::Process,
+                group_commit: GroupCommit {
+                    enabled: group,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn grouped_threads_lose_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("d.json");
+        let s = plain(&p, true);
+        std::thread::scope(|sc| {
+            for _ in 0..8 {
+                sc.spawn(|| {
+                    for _ in 0..50 {
+                        s.update(|d| {
+                            d.n += 1;
+                            Ok::<_, Error>(())
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(plain(&p, false).load().unwrap().n, 400);
+        assert!(atomic::temp_files(&p).is_empty());
+    }
+
+    /// Waits (yielding) until `n` writers are in the store's queue.
+    fn until_queued(s: &JsonStore<Doc>, n: usize) {
+        while s.writer().entry().fifo.len() < n {
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn error_and_panic_inside_a_batch_roll_back_only_their_own_change() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("d.json");
+        let s = plain(&p, true);
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let seen = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|sc| {
+            // A holds the head of the queue until B, C, D are queued behind it.
+            let s = &s;
+            let a = sc.spawn(move || {
+                s.update(|d| {
+                    go_rx.recv().unwrap();
+                    d.n += 1;
+                    Ok::<_, Error>(())
+                })
+            });
+            until_queued(&s, 1);
+            let b = sc.spawn(|| {
+                s.update(|d| {
+                    seen.lock().unwrap().push(("b", d.n));
+                    d.n += 1;
+                    Ok::<_, Error>(())
+                })
+            });
+            until_queued(&s, 2);
+            let c = sc.spawn(|| {
+                s.update(|d| {
+                    seen.lock().unwrap().push(("c", d.n));
+                    d.n += 100;
+                    Err::<(), _>(Error::InvalidPath {
+                        path: "c".into(),
+                        reason: "closure error",
+                    })
+                })
+            });
+            until_queued(&s, 3);
+            let e = sc.spawn(|| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    s.update(|d| {
+                        seen.lock().unwrap().push(("d", d.n));
+                        d.n += 1000;
+                        panic!("closure panic");
+                        #[allow(unreachable_code)]
+                        Ok::<_, Error>(())
+                    })
+                }))
+            });
+            until_queued(&s, 4);
+            let f = sc.spawn(|| {
+                s.update(|d| {
+                    seen.lock().unwrap().push(("f", d.n));
+                    d.n += 1;
+                    Ok::<_, Error>(())
+                })
+            });
+            until_queued(&s, 5);
+            go_tx.send(()).unwrap();
+            a.join().unwrap().unwrap();
+            b.join().unwrap().unwrap();
+            assert!(c.join().unwrap().is_err());
+            assert!(
+                e.join().unwrap().is_err(),
+                "the panic reaches its own caller"
+            );
+            f.join().unwrap().unwrap();
+        });
+        // FIFO: each closure saw its predecessors' successful changes only.
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![("b", 1), ("c", 2), ("d", 2), ("f", 2)]
+        );
+        assert_eq!(plain(&p, false).load().unwrap().n, 3);
     }
 }

@@ -25,10 +25,33 @@ use crate::lock::{self, Acquired, LockFile, LockOptions};
 use crate::queue::{self, FifoQueue, Handle, Registry};
 
 /// Per-store state shared by every writer of one process.
-#[derive(Debug)]
 pub struct StoreEntry {
-    fifo: FifoQueue,
-    lock: Mutex<LockFile>,
+    pub(crate) fifo: FifoQueue,
+    pub(crate) lock: Mutex<LockFile>,
+    /// A group-commit batch left open by the previous slot holder (see
+    /// [`crate::json`]): it holds the OS lock and an unsaved document. Only the
+    /// queue slot holder touches it.
+    pub(crate) batch: Mutex<Option<Box<dyn OpenBatch>>>,
+}
+
+impl std::fmt::Debug for StoreEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreEntry")
+            .field("fifo", &self.fifo)
+            .finish()
+    }
+}
+
+/// A group-commit batch that holds the OS lock and changes not yet saved.
+/// Closing it saves (durably, per its options), releases the OS lock and tells
+/// every member the outcome.
+pub(crate) trait OpenBatch: Send {
+    /// Saves, unlocks and notifies the members. Called by the slot holder.
+    fn close(self: Box<Self>, writer: &Writer);
+    /// For checking the concrete batch type.
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// For downcasting to the concrete batch type.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
 }
 
 type Reg = Registry<PathBuf, StoreEntry>;
@@ -150,6 +173,7 @@ impl Writer {
         let handle = registry().get(&path, || StoreEntry {
             fifo: FifoQueue::new(),
             lock: Mutex::new(LockFile::new(lock_path.clone())),
+            batch: Mutex::new(None),
         });
         Ok(Writer {
             path,
@@ -185,7 +209,7 @@ impl Writer {
         F: FnOnce(&mut Exclusive<'_>) -> std::result::Result<T, E>,
         E: From<Error>,
     {
-        if HELD.with(|h| h.borrow().iter().any(|p| p == &self.path)) {
+        if self.held_by_this_thread() {
             return Err(Error::Reentrant {
                 path: self.path.clone(),
             }
@@ -201,23 +225,9 @@ impl Writer {
         );
         let entered = span.enter();
         let entry: &StoreEntry = &self.handle;
-        let slot = match entry.fifo.enter().wait_until(deadline) {
-            Ok(s) => s,
-            Err(queue::QueueTimeout) => {
-                let holder =
-                    LockFile::read_record(&self.lock_path).map(|r| Box::new(HolderInfo::judge(r)));
-                return Err(Error::LockTimeout {
-                    path: self.lock_path.clone(),
-                    waited: start.elapsed(),
-                    holder,
-                }
-                .into());
-            }
-        };
-        let mut lf = match entry.lock.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let slot = self.slot(start, deadline)?;
+        self.close_open_batch();
+        let mut lf = relock(&entry.lock);
         let acquired = lf.lock(&self.opts, deadline)?;
         let guard = OsLockGuard {
             lf,
@@ -226,12 +236,7 @@ impl Writer {
         let waited = start.elapsed();
         span.record("waited_ms", waited.as_millis() as u64);
         drop(entered);
-        if let Some(prev) = acquired.previous.as_ref().filter(|_| acquired.reclaimed) {
-            let n = atomic::remove_orphan_temps(&self.path, prev.pid);
-            if n > 0 {
-                tracing::warn!(path = %self.path.display(), pid = prev.pid, removed = n, "removed crashed owner's temp files");
-            }
-        }
+        self.after_reclaim(&acquired);
         let _mark = HeldMark::new(&self.path);
         let mut ctx = Exclusive {
             path: &self.path,
@@ -243,6 +248,84 @@ impl Writer {
         drop(guard);
         drop(slot);
         out
+    }
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+// Building blocks for group commit (crate::json).
+impl Writer {
+    pub(crate) fn entry(&self) -> &StoreEntry {
+        &self.handle
+    }
+
+    /// Whether this thread is inside an exclusive section of this store.
+    pub(crate) fn held_by_this_thread(&self) -> bool {
+        HELD.with(|h| h.borrow().iter().any(|p| p == &self.path))
+    }
+
+    pub(crate) fn mark_held(&self) -> impl Drop {
+        HeldMark::new(&self.path)
+    }
+
+    /// Waits for this store's FIFO turn until `deadline`.
+    pub(crate) fn slot(&self, start: Instant, deadline: Instant) -> Result<queue::Slot<'_>> {
+        match self.handle.fifo.enter().wait_until(deadline) {
+            Ok(s) => Ok(s),
+            Err(queue::QueueTimeout) => {
+                let holder =
+                    LockFile::read_record(&self.lock_path).map(|r| Box::new(HolderInfo::judge(r)));
+                Err(Error::LockTimeout {
+                    path: self.lock_path.clone(),
+                    waited: start.elapsed(),
+                    holder,
+                })
+            }
+        }
+    }
+
+    /// Closes a group-commit batch left open by the previous slot holder. Must be
+    /// called by the slot holder.
+    pub(crate) fn close_open_batch(&self) {
+        let open = relock(&self.handle.batch).take();
+        if let Some(b) = open {
+            b.close(self);
+        }
+    }
+
+    /// Takes the OS lock (slot holder only) without keeping the mutex guard.
+    pub(crate) fn os_lock(&self, deadline: Instant) -> Result<Acquired> {
+        let acquired = relock(&self.handle.lock).lock(&self.opts, deadline)?;
+        self.after_reclaim(&acquired);
+        Ok(acquired)
+    }
+
+    /// Releases the OS lock taken by [`Writer::os_lock`].
+    pub(crate) fn os_unlock(&self, record: OwnerRecord) {
+        relock(&self.handle.lock).unlock(record);
+    }
+
+    fn after_reclaim(&self, acquired: &Acquired) {
+        if let Some(prev) = acquired.previous.as_ref().filter(|_| acquired.reclaimed) {
+            let n = atomic::remove_orphan_temps(&self.path, prev.pid);
+            if n > 0 {
+                tracing::warn!(path = %self.path.display(), pid = prev.pid, removed = n, "removed crashed owner's temp files");
+            }
+        }
+    }
+
+    /// Builds the closure context from an acquisition.
+    pub(crate) fn context<'a>(&'a self, acquired: &'a Acquired, waited: Duration) -> Exclusive<'a> {
+        Exclusive {
+            path: &self.path,
+            acquired,
+            waited,
+        }
     }
 }
 
