@@ -699,7 +699,7 @@ mod tests {
                     Ok::<_, Error>(())
                 })
             });
-            until_queued(&s, 1);
+            until_queued(s, 1);
             let b = sc.spawn(|| {
                 s.update(|d| {
                     seen.lock().unwrap().push(("b", d.n));
@@ -707,7 +707,7 @@ mod tests {
                     Ok::<_, Error>(())
                 })
             });
-            until_queued(&s, 2);
+            until_queued(s, 2);
             let c = sc.spawn(|| {
                 s.update(|d| {
                     seen.lock().unwrap().push(("c", d.n));
@@ -718,7 +718,7 @@ mod tests {
                     })
                 })
             });
-            until_queued(&s, 3);
+            until_queued(s, 3);
             let e = sc.spawn(|| {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     s.update(|d| {
@@ -730,7 +730,7 @@ mod tests {
                     })
                 }))
             });
-            until_queued(&s, 4);
+            until_queued(s, 4);
             let f = sc.spawn(|| {
                 s.update(|d| {
                     seen.lock().unwrap().push(("f", d.n));
@@ -738,7 +738,7 @@ mod tests {
                     Ok::<_, Error>(())
                 })
             });
-            until_queued(&s, 5);
+            until_queued(s, 5);
             go_tx.send(()).unwrap();
             a.join().unwrap().unwrap();
             b.join().unwrap().unwrap();
