@@ -70,6 +70,11 @@ pub struct LockOptions {
     pub max_retries: Option<u32>,
     /// Called once when an acquisition finds the lock held by another process.
     pub on_wait: Option<WaitCallback>,
+    /// Wait for a contended lock by blocking in `flock` on a helper thread (woken
+    /// by the kernel the moment the holder releases) instead of polling with
+    /// backoff. Default true; ignored when `max_retries` is set (the openclaw
+    /// profile polls).
+    pub blocking_wait: bool,
 }
 
 impl std::fmt::Debug for LockOptions {
@@ -82,6 +87,7 @@ impl std::fmt::Debug for LockOptions {
             .field("jitter", &self.jitter)
             .field("max_retries", &self.max_retries)
             .field("on_wait", &self.on_wait.is_some())
+            .field("blocking_wait", &self.blocking_wait)
             .finish()
     }
 }
@@ -96,6 +102,7 @@ impl Default for LockOptions {
             jitter: true,
             max_retries: None,
             on_wait: None,
+            blocking_wait: true,
         }
     }
 }
@@ -113,6 +120,7 @@ impl LockOptions {
             jitter: true,
             max_retries: Some(6),
             on_wait: None,
+            blocking_wait: false,
         }
     }
 
@@ -318,9 +326,91 @@ impl LockFile {
                     holder,
                 });
             }
+            if opts.blocking_wait && opts.max_retries.is_none() {
+                // Sleep in the kernel until the holder releases (or the deadline):
+                // the wake-up is immediate, unlike polling.
+                self.blocking_wait(deadline)?;
+                polls += 1;
+                continue;
+            }
             let d = opts.delay(polls).min(deadline - now);
             polls += 1;
             std::thread::sleep(d);
+        }
+    }
+
+    /// Blocks in `flock(LOCK_EX)` on a duplicate of our descriptor (same open
+    /// file description, so the lock it gets is ours) on a helper thread, until
+    /// `deadline`. On timeout the helper is abandoned: our descriptor is closed and
+    /// replaced by a fresh one (a new open file description), and the helper
+    /// unlocks and closes its duplicate if it ever gets the lock — so an abandoned
+    /// wait can never release a lock we take later.
+    fn blocking_wait(&mut self, deadline: Instant) -> Result<()> {
+        #[derive(PartialEq)]
+        enum St {
+            Waiting,
+            Abandoned,
+            Done,
+        }
+        let Some(f) = &self.file else { return Ok(()) };
+        let dup = f
+            .try_clone()
+            .map_err(|e| Error::io("dup lock file", &self.path, e))?;
+        let state = Arc::new((
+            std::sync::Mutex::new(St::Waiting),
+            std::sync::Condvar::new(),
+        ));
+        let result: Arc<std::sync::Mutex<Option<std::io::Result<()>>>> = Arc::default();
+        let (st2, res2) = (state.clone(), result.clone());
+        let spawned = std::thread::Builder::new()
+            .name("lockstore-flock-wait".into())
+            .spawn(move || {
+                let r = dup.lock();
+                let mut g = match st2.0.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                if *g == St::Abandoned {
+                    if r.is_ok() {
+                        let _ = dup.unlock();
+                    }
+                    return;
+                }
+                if let Ok(mut slot) = res2.lock() {
+                    *slot = Some(r);
+                }
+                *g = St::Done;
+                st2.1.notify_all();
+            });
+        if let Err(e) = spawned {
+            return Err(Error::io("spawn lock wait thread", &self.path, e));
+        }
+        let mut g = match state.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        while *g == St::Waiting {
+            let now = Instant::now();
+            if now >= deadline {
+                *g = St::Abandoned;
+                drop(g);
+                self.file = None; // the helper keeps the old description alive
+                return Ok(());
+            }
+            g = match state.1.wait_timeout(g, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        drop(g);
+        let r = result.lock().ok().and_then(|mut s| s.take());
+        match r {
+            Some(Err(e)) if is_unsupported(&e) => Err(Error::LockUnsupported {
+                path: self.path.clone(),
+                source: e,
+            }),
+            Some(Err(e)) => Err(Error::io("lock", &self.path, e)),
+            _ => Ok(()),
         }
     }
 

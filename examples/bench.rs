@@ -1,0 +1,459 @@
+//! lockstore benchmarks: every row is a ratio against a baseline measured in the
+//! same run on the same file system (see docs/performance.md).
+//!
+//! ```text
+//! cargo run --release --example bench [-- --json] [--quick] [--dir DIR]
+//! ```
+//!
+//! Rows: (1) the physical limit — a bare loop of flock + read + modify + write
+//! temp + fsync + rename + fsync dir, and a bare fsync loop; (2) JsonStore, one
+//! writer, durability full and process; (3) 8 and 32 in-process writers with and
+//! without group commit, with the mean batch size; (4) 4 and 16 processes:
+//! ops/s, p50/p99 lock wait, fairness (max/min completions); (5) document size
+//! scaling 100 … 100k records with the slope and peak memory (VmHWM of a child
+//! per size).
+
+use std::io::{BufRead, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lockstore::json::{group_commit_stats, GroupCommit};
+use lockstore::{Durability, Error, JsonOptions, JsonStore};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Doc {
+    counter: u64,
+    records: Vec<Rec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Rec {
+    id: String,
+    status: String,
+    attempts: u32,
+    text: String,
+}
+
+fn records(n: usize) -> Vec<Rec> {
+    (0..n)
+        .map(|i| Rec {
+            id: format!("cm_{i:08}"),
+            status: "pending".into(),
+            attempts: 0,
+            text: "check in after the interview on Friday".into(),
+        })
+        .collect()
+}
+
+fn seed(path: &Path, n: usize) {
+    let _ = std::fs::remove_file(path);
+    let s = store(path, Durability::Process, false);
+    s.update(|d| {
+        d.records = records(n);
+        Ok::<_, Error>(())
+    })
+    .expect("seed");
+}
+
+fn store(path: &Path, durability: Durability, group: bool) -> JsonStore<Doc> {
+    JsonStore::open(
+        path,
+        JsonOptions {
+            durability,
+            group_commit: GroupCommit {
+                enabled: group,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .expect("open store")
+}
+
+/// One bump of the store (the unit of work in every row).
+fn bump(s: &JsonStore<Doc>) -> Duration {
+    s.update_ctx(|d, ctx| {
+        d.counter += 1;
+        if let Some(r) = d.records.first_mut() {
+            r.attempts += 1;
+        }
+        Ok::<_, Error>(ctx.waited())
+    })
+    .expect("update")
+}
+
+/// Row 1: the physical per-save limit, no framework.
+fn physical_loop(path: &Path, secs: f64) -> f64 {
+    let lock_path = path.with_extension("json.rawlock");
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .expect("lock file");
+    let dir = path.parent().expect("dir");
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        lock.lock().expect("flock");
+        let bytes = std::fs::read(path).expect("read");
+        let mut doc: Doc = serde_json::from_slice(&bytes).expect("parse");
+        doc.counter += 1;
+        let out = serde_json::to_vec_pretty(&doc).expect("ser");
+        let tmp = dir.join(format!(".raw.{}.tmp", std::process::id()));
+        let mut f = std::fs::File::create(&tmp).expect("tmp");
+        f.write_all(&out).expect("write");
+        f.sync_all().expect("fsync");
+        std::fs::rename(&tmp, path).expect("rename");
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .expect("fsync dir");
+        lock.unlock().expect("unlock");
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn fsync_loop(dir: &Path, secs: f64) -> f64 {
+    let mut f = std::fs::File::create(dir.join("fsync.bin")).expect("create");
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        f.seek(std::io::SeekFrom::Start(0)).expect("seek");
+        f.write_all(&n.to_le_bytes()).expect("write");
+        f.sync_all().expect("fsync");
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn timed_single(s: &JsonStore<Doc>, secs: f64) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        bump(s);
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn threads(path: &Path, t: usize, per: u64, group: bool) -> (f64, f64) {
+    let s = store(path, Durability::Full, group);
+    let (b0, u0) = group_commit_stats();
+    let start = Instant::now();
+    std::thread::scope(|sc| {
+        for _ in 0..t {
+            sc.spawn(|| {
+                for _ in 0..per {
+                    bump(&s);
+                }
+            });
+        }
+    });
+    let ops = (t as u64 * per) as f64 / start.elapsed().as_secs_f64();
+    let (b1, u1) = group_commit_stats();
+    let mean = if b1 > b0 {
+        (u1 - u0) as f64 / (b1 - b0) as f64
+    } else {
+        1.0
+    };
+    (ops, mean)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Row 4 child: waits for "go" on stdin, bumps for `ms` milliseconds, prints
+/// each lock wait in µs.
+fn child_procs(path: &Path, ms: u64) {
+    let s = store(path, Durability::Full, true);
+    println!("ready");
+    std::io::stdout().flush().ok();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).ok();
+    let mut waits = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(ms) {
+        waits.push(bump(&s).as_micros().to_string());
+    }
+    println!("{}", waits.join(" "));
+}
+
+fn procs(path: &Path, n: usize, per: u64) -> (f64, f64, f64, f64) {
+    let exe = std::env::current_exe().expect("exe");
+    let mut kids: Vec<_> = (0..n)
+        .map(|_| {
+            Command::new(&exe)
+                .args([
+                    "--child-procs",
+                    &path.display().to_string(),
+                    &per.to_string(),
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let mut outs: Vec<_> = kids
+        .iter_mut()
+        .map(|k| std::io::BufReader::new(k.stdout.take().expect("stdout")))
+        .collect();
+    for o in outs.iter_mut() {
+        let mut l = String::new();
+        o.read_line(&mut l).expect("ready");
+    }
+    let start = Instant::now();
+    for k in kids.iter_mut() {
+        writeln!(k.stdin.as_mut().expect("stdin"), "go").expect("go");
+    }
+    let mut waits = Vec::new();
+    let mut counts = Vec::new();
+    for (k, o) in kids.iter_mut().zip(outs.iter_mut()) {
+        let mut s = String::new();
+        o.read_to_string(&mut s).expect("out");
+        k.wait().expect("wait");
+        let w: Vec<f64> = s
+            .split_whitespace()
+            .filter_map(|x| x.parse::<f64>().ok())
+            .map(|us| us / 1000.0)
+            .collect();
+        counts.push(w.len() as f64);
+        waits.extend(w);
+    }
+    let el = start.elapsed().as_secs_f64();
+    let total: f64 = counts.iter().sum();
+    let fair = counts.iter().cloned().fold(0.0, f64::max)
+        / counts.iter().cloned().fold(f64::MAX, f64::min).max(1.0);
+    let p50 = percentile(&mut waits, 0.5);
+    let p99 = percentile(&mut waits, 0.99);
+    (total / el, p50, p99, fair)
+}
+
+/// Row 5 child: seeds `n` records, times `k` updates, prints ms/update and VmHWM kB.
+fn child_size(path: &Path, n: usize, k: u64) {
+    seed(path, n);
+    let s = store(path, Durability::Full, true);
+    let start = Instant::now();
+    for _ in 0..k {
+        bump(&s);
+    }
+    let ms = start.elapsed().as_secs_f64() * 1000.0 / k as f64;
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        })
+        .unwrap_or(0);
+    println!("{ms} {hwm}");
+}
+
+struct Row {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    ratio: Option<f64>,
+    note: String,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() >= 4 && args[1] == "--child-procs" {
+        child_procs(Path::new(&args[2]), args[3].parse().unwrap_or(100));
+        return;
+    }
+    if args.len() >= 5 && args[1] == "--child-size" {
+        child_size(
+            Path::new(&args[2]),
+            args[3].parse().unwrap_or(100),
+            args[4].parse().unwrap_or(10),
+        );
+        return;
+    }
+    let json = args.iter().any(|a| a == "--json");
+    let quick = args.iter().any(|a| a == "--quick");
+    let base_dir: PathBuf = args
+        .iter()
+        .position(|a| a == "--dir")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::tempdir_in(&base_dir).expect("tempdir");
+    let dir = tmp.path();
+    let secs = if quick { 0.5 } else { 2.0 };
+    let mut rows: Vec<Row> = Vec::new();
+    let p = dir.join("bench.json");
+
+    seed(&p, 100);
+    let phys = physical_loop(&p, secs);
+    let fs = fsync_loop(dir, secs);
+    rows.push(Row {
+        name: "physical: flock+read+modify+temp+fsync+rename+fsync dir (baseline)".into(),
+        value: phys,
+        unit: "saves/s",
+        ratio: Some(1.0),
+        note: "100 records".into(),
+    });
+    rows.push(Row {
+        name: "physical: bare fsync loop".into(),
+        value: fs,
+        unit: "fsyncs/s",
+        ratio: Some(fs / phys),
+        note: String::new(),
+    });
+
+    for (d, name) in [(Durability::Full, "full"), (Durability::Process, "process")] {
+        seed(&p, 100);
+        let s = store(&p, d, true);
+        let ops = timed_single(&s, secs);
+        let note = if d == Durability::Full {
+            "target >= 0.8"
+        } else {
+            ""
+        };
+        rows.push(Row {
+            name: format!("JsonStore 1 writer, durability {name}"),
+            value: ops,
+            unit: "ops/s",
+            ratio: Some(ops / phys),
+            note: note.into(),
+        });
+    }
+
+    let per = if quick { 40 } else { 150 };
+    for t in [8usize, 32] {
+        for group in [false, true] {
+            seed(&p, 100);
+            let (ops, mean) = threads(&p, t, per, group);
+            rows.push(Row {
+                name: format!(
+                    "JsonStore {t} threads, group commit {}",
+                    if group { "on" } else { "off" }
+                ),
+                value: ops,
+                unit: "ops/s",
+                ratio: Some(ops / phys),
+                note: if group {
+                    format!(
+                        "mean batch {mean:.1}; target >= {}",
+                        if t == 8 { 5 } else { 10 }
+                    )
+                } else {
+                    String::new()
+                },
+            });
+        }
+    }
+
+    let pms = (secs * 1000.0) as u64;
+    for n in [4usize, 16] {
+        seed(&p, 100);
+        let (ops, p50, p99, fair) = procs(&p, n, pms);
+        rows.push(Row {
+            name: format!("JsonStore {n} processes, {pms} ms each"),
+            value: ops,
+            unit: "ops/s",
+            ratio: Some(ops / phys),
+            note: format!(
+                "lock wait p50 {p50:.2} ms p99 {p99:.2} ms; fairness max/min {fair:.2}{}",
+                if n == 4 {
+                    "; target >= 0.7, p99 < 5 ms, fairness <= 2"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
+
+    let exe = std::env::current_exe().expect("exe");
+    let sizes: &[usize] = if quick {
+        &[100, 1_000, 10_000]
+    } else {
+        &[100, 1_000, 10_000, 100_000]
+    };
+    let mut pts = Vec::new();
+    for &n in sizes {
+        let k = if n >= 100_000 {
+            10
+        } else if n >= 10_000 {
+            30
+        } else {
+            100
+        };
+        let sp = dir.join(format!("size{n}.json"));
+        let out = Command::new(&exe)
+            .args([
+                "--child-size",
+                &sp.display().to_string(),
+                &n.to_string(),
+                &k.to_string(),
+            ])
+            .output()
+            .expect("size child");
+        let s = String::from_utf8_lossy(&out.stdout);
+        let mut it = s.split_whitespace();
+        let ms: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+        let hwm: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+        pts.push((n as f64, ms));
+        rows.push(Row {
+            name: format!("JsonStore size {n} records: time per update"),
+            value: ms,
+            unit: "ms",
+            ratio: Some(ms / (1000.0 / phys)),
+            note: format!(
+                "peak RSS {:.1} MiB{}",
+                hwm / 1024.0,
+                if n == 100_000 {
+                    "; target < 100 ms"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
+    if pts.len() >= 2 {
+        let (a, b) = (pts[0], pts[pts.len() - 1]);
+        let slope_us = (b.1 - a.1) / (b.0 - a.0) * 1000.0;
+        rows.push(Row {
+            name: "size scaling slope".into(),
+            value: slope_us,
+            unit: "us/record",
+            ratio: None,
+            note: "O(n) per save".into(),
+        });
+    }
+
+    if json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::json!({"name": r.name, "value": r.value, "unit": r.unit, "ratio_vs_physical": r.ratio, "note": r.note}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!(
+            "{:<66} {:>12} {:<10} {:>8}  note",
+            "row", "value", "unit", "ratio"
+        );
+        for r in &rows {
+            let ratio = r.ratio.map(|x| format!("{x:.2}x")).unwrap_or_default();
+            println!(
+                "{:<66} {:>12.2} {:<10} {:>8}  {}",
+                r.name, r.value, r.unit, ratio, r.note
+            );
+        }
+    }
+}
