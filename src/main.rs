@@ -26,6 +26,8 @@ struct Cli {
 enum Cmd {
     /// Concurrency-safe edits of a JSON file (jq-style, JSON Pointer paths).
     Json(cli::json::JsonArgs),
+    /// Run the daemon on the state dir (one per state dir) until SIGINT/SIGTERM.
+    Daemon(cli::daemon::DaemonArgs),
 }
 
 fn init_logging(format: &str) {
@@ -48,9 +50,9 @@ fn main() {
         .state_dir
         .clone()
         .unwrap_or_else(lockstore::paths::default_state_dir);
-    let _ = &state_dir;
     let res = match cli.cmd {
         Cmd::Json(a) => cli::json::run(a),
+        Cmd::Daemon(a) => cli::daemon::run(a, &state_dir),
     };
     match res {
         Ok(()) => {}

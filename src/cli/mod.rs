@@ -1,5 +1,6 @@
 //! Shared CLI plumbing: exit codes, error reporting, lock-wait messages.
 
+pub mod daemon;
 pub mod json;
 
 use std::path::Path;
