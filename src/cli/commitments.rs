@@ -90,7 +90,8 @@ enum Cmd {
         json: bool,
     },
     /// Count a delivery attempt (what the daemon's heartbeat does); with --repeat
-    /// K, K separate locked sections. Exit 1 if any id is unknown.
+    /// K, K separate locked sections (JSON reports the first and last section's
+    /// clock, firstMs/lastMs). Exit 1 if any id is unknown.
     MarkAttempted {
         #[arg(required = true)]
         ids: Vec<String>,
@@ -203,9 +204,12 @@ pub fn run(a: CommitmentsArgs, state_dir: &Path) -> CliResult {
         }
         Some(Cmd::MarkAttempted { ids, repeat, json }) => {
             let mut hit = Vec::new();
+            let (mut first_ms, mut last_ms) = (None, 0);
             for _ in 0..repeat.max(1) {
                 let now = a.common.now_ms.unwrap_or_else(lockstore::proc::now_ms);
                 hit = store.mark_attempted(&ids, now)?;
+                first_ms.get_or_insert(now);
+                last_ms = now;
             }
             let mut unknown: Vec<String> = Vec::new();
             for id in ids.iter().map(|s| s.trim().to_string()) {
@@ -216,7 +220,7 @@ pub fn run(a: CommitmentsArgs, state_dir: &Path) -> CliResult {
             if json {
                 println!(
                     "{}",
-                    json!({"attempted": hit, "unknown": unknown, "repeat": repeat.max(1)})
+                    json!({"attempted": hit, "unknown": unknown, "repeat": repeat.max(1), "firstMs": first_ms, "lastMs": last_ms})
                 );
             } else {
                 if !hit.is_empty() {

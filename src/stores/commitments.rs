@@ -620,10 +620,10 @@ impl CommitmentsStore {
     /// Runs `f` on the loaded, validated records inside one exclusive section,
     /// then saves if `f` reported a change (or legacy fields were stripped, or
     /// invalid records were quarantined).
-    fn section<R>(&self, f: impl FnOnce(&mut Vec<Commitment>) -> (R, bool)) -> Result<R> {
+    fn section<R>(&self, f: impl FnOnce(&mut Vec<Commitment>) -> Result<(R, bool)>) -> Result<R> {
         self.writer.run(|_ctx| {
             let mut doc = self.load_locked()?;
-            let (out, changed) = f(&mut doc.snap.commitments);
+            let (out, changed) = f(&mut doc.snap.commitments)?;
             if changed || doc.dirty {
                 self.save_locked(&doc.snap)?;
             }
@@ -695,9 +695,11 @@ impl CommitmentsStore {
     /// created records. No candidates → `[]` without touching the file.
     ///
     /// Errors: [`CommitmentsError::InvalidInput`] (empty required scope field,
-    /// empty dedupeKey, empty reason/suggestedText, negative or non-finite
-    /// confidence, `latestMs < earliestMs`) before anything is locked — openclaw's
-    /// SQLite era dropped such candidates silently; store errors.
+    /// empty dedupeKey, negative or non-finite confidence, `latestMs <
+    /// earliestMs`, checked before anything is locked; an empty reason or
+    /// suggestedText for a candidate that would be inserted rather than merged,
+    /// which aborts the whole batch without writing) — openclaw's SQLite era
+    /// dropped such candidates silently; store errors.
     pub fn upsert_inferred(
         &self,
         item: &InferredItem,
@@ -720,13 +722,20 @@ impl CommitmentsStore {
                 match found {
                     Some(r) => merge(r, c, now),
                     None => {
+                        for (f, v) in [("reason", &c.reason), ("suggestedText", &c.suggested_text)] {
+                            if v.trim().is_empty() {
+                                return Err(CommitmentsError::InvalidInput(format!(
+                                    "{f} must be non-empty for a new commitment (dedupeKey {dedupe:?})"
+                                )));
+                            }
+                        }
                         let rec = new_record(item, c, now);
                         created.push(rec.clone());
                         records.push(rec);
                     }
                 }
             }
-            (created, true)
+            Ok((created, true))
         })
     }
 
@@ -752,7 +761,7 @@ impl CommitmentsStore {
                 }
             }
             let changed = !hit.is_empty();
-            (hit, changed)
+            Ok((hit, changed))
         })
     }
 
@@ -814,7 +823,7 @@ impl CommitmentsStore {
                 }
             }
             let changed = !out.changed.is_empty();
-            (out, changed)
+            Ok((out, changed))
         })
     }
 
@@ -825,7 +834,7 @@ impl CommitmentsStore {
     pub fn expire(&self, now: i64) -> Result<usize> {
         self.section(|records| {
             let n = expire_unchecked(records, now);
-            (n, n > 0)
+            Ok((n, n > 0))
         })
     }
 
@@ -834,7 +843,7 @@ impl CommitmentsStore {
     fn read<R>(&self, now: i64, pick: impl FnOnce(&[Commitment]) -> R) -> Result<R> {
         self.section(|records| {
             let n = expire_unchecked(records, now);
-            (pick(records), n > 0)
+            Ok((pick(records), n > 0))
         })
     }
 
@@ -1058,14 +1067,8 @@ fn validate_input(item: &InferredItem, candidates: &[Candidate]) -> Result<()> {
         }
     }
     for (i, c) in candidates.iter().enumerate() {
-        for (f, v) in [
-            ("dedupeKey", &c.dedupe_key),
-            ("reason", &c.reason),
-            ("suggestedText", &c.suggested_text),
-        ] {
-            if v.trim().is_empty() {
-                return bad(format!("candidate #{i}: {f} must be a non-empty string"));
-            }
+        if c.dedupe_key.trim().is_empty() {
+            return bad(format!("candidate #{i}: dedupeKey must be a non-empty string"));
         }
         if !c.confidence.is_finite() || c.confidence < 0.0 {
             return bad(format!(
