@@ -101,16 +101,33 @@ fn fresh_state_dir_list_add_dismiss_snooze() {
     let o = cli_at(
         st,
         &[
-            "add", "--agent", "main", "--session", "s1", "--channel", "telegram", "--text",
-            "Ask about the interview", "--earliest", "2026-05-12T09:00:00Z", "--latest",
-            "2026-05-12T18:00:00+02:00", "--json",
+            "add",
+            "--agent",
+            "main",
+            "--session",
+            "s1",
+            "--channel",
+            "telegram",
+            "--text",
+            "Ask about the interview",
+            "--earliest",
+            "2026-05-12T09:00:00Z",
+            "--latest",
+            "2026-05-12T18:00:00+02:00",
+            "--json",
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v = json_of(&o);
     let id = v["created"][0]["id"].as_str().unwrap().to_string();
-    assert_eq!(v["created"][0]["dueWindow"]["earliestMs"], 1_778_576_400_000_i64);
-    assert_eq!(v["created"][0]["dueWindow"]["latestMs"], 1_778_601_600_000_i64);
+    assert_eq!(
+        v["created"][0]["dueWindow"]["earliestMs"],
+        1_778_576_400_000_i64
+    );
+    assert_eq!(
+        v["created"][0]["dueWindow"]["latestMs"],
+        1_778_601_600_000_i64
+    );
 
     // Same scope + dedupe key via stdin merges.
     let mut child = Command::new(BIN)
@@ -251,7 +268,16 @@ fn cli_dismiss_races_heartbeat_process_50_rounds() {
                     let k = K.to_string();
                     let o = cli(
                         &st,
-                        &["mark-attempted", &a, &b, "--repeat", &k, "--json", "--durability", "process"],
+                        &[
+                            "mark-attempted",
+                            &a,
+                            &b,
+                            "--repeat",
+                            &k,
+                            "--json",
+                            "--durability",
+                            "process",
+                        ],
                     );
                     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
                     let sent = cli(&st, &["mark-sent", &b, "--json", "--durability", "process"]);
@@ -263,7 +289,10 @@ fn cli_dismiss_races_heartbeat_process_50_rounds() {
                 let (go, st, a, c) = (go.clone(), st.clone(), a.clone(), c.clone());
                 sc.spawn(move || {
                     go.wait();
-                    let o = cli(&st, &["dismiss", &a, &c, "--json", "--durability", "process"]);
+                    let o = cli(
+                        &st,
+                        &["dismiss", &a, &c, "--json", "--durability", "process"],
+                    );
                     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
                     json_of(&o)
                 })
@@ -273,7 +302,9 @@ fn cli_dismiss_races_heartbeat_process_50_rounds() {
         assert_eq!(dis["dismissed"].as_array().unwrap().len(), 2, "{dis}");
         assert_eq!(hb.1["sent"][0], b.as_str());
         let s = CommitmentsStore::open(&st, CommitmentsConfig::default()).unwrap();
-        let all = s.list(StatusFilter::All, None, lockstore::proc::now_ms()).unwrap();
+        let all = s
+            .list(StatusFilter::All, None, lockstore::proc::now_ms())
+            .unwrap();
         let get = |id: &str| all.iter().find(|r| r.id == id).unwrap().clone();
         let (ra, rb, rc) = (get(&a), get(&b), get(&c));
         let checks = [

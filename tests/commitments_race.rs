@@ -67,7 +67,11 @@ fn seeded(dir: &Path) -> (PathBuf, String, String) {
     let made = s
         .upsert_inferred(&item, &[cand("a"), cand("b")], NOW - 1000)
         .unwrap();
-    (s.path().to_path_buf(), made[0].id.clone(), made[1].id.clone())
+    (
+        s.path().to_path_buf(),
+        made[0].id.clone(),
+        made[1].id.clone(),
+    )
 }
 
 #[derive(Clone, Debug)]
@@ -122,7 +126,8 @@ fn store_apply(dir: &Path, op: &Op) {
     let s = CommitmentsStore::open(dir, cfg()).unwrap();
     match op {
         Op::Dismiss(id) => {
-            s.mark_status(&[id], TerminalStatus::Dismissed, NOW).unwrap();
+            s.mark_status(&[id], TerminalStatus::Dismissed, NOW)
+                .unwrap();
         }
         Op::Attempt(id) => {
             s.mark_attempted(&[id], NOW).unwrap();
@@ -195,7 +200,9 @@ fn trial(scenario: &str, imp: Impl) -> Result<(), String> {
     } else {
         Err(format!(
             "{scenario}: a={} b={} records={}",
-            ra, rb, after.len()
+            ra,
+            rb,
+            after.len()
         ))
     }
 }
@@ -216,7 +223,11 @@ fn store_loses_nothing(#[case] scenario: &str) {
     let lost: Vec<String> = (0..TRIALS)
         .filter_map(|_| trial(scenario, Impl::Store).err())
         .collect();
-    assert!(lost.is_empty(), "{} of {TRIALS} trials lost an update: {lost:?}", lost.len());
+    assert!(
+        lost.is_empty(),
+        "{} of {TRIALS} trials lost an update: {lost:?}",
+        lost.len()
+    );
 }
 
 /// The demonstration: the same scenarios on a naive load-modify-save lose an
@@ -234,7 +245,10 @@ fn naive_load_modify_save_loses_updates() {
         eprintln!(
             "naive {scenario}: lost {lost}/{TRIALS} with all loads first, {free}/{TRIALS} free-running"
         );
-        assert_eq!(lost, TRIALS, "{scenario}: the naive path should lose every time");
+        assert_eq!(
+            lost, TRIALS,
+            "{scenario}: the naive path should lose every time"
+        );
     }
 }
 
@@ -253,7 +267,10 @@ fn mixed_contention_counts_every_update() {
             sc.spawn(move || {
                 start.wait();
                 for i in 0..per {
-                    store_apply(dir, &Op::Attempt(if i % 2 == 0 { a.clone() } else { b.clone() }));
+                    store_apply(
+                        dir,
+                        &Op::Attempt(if i % 2 == 0 { a.clone() } else { b.clone() }),
+                    );
                     if t == 0 && i == per / 2 {
                         store_apply(dir, &Op::Dismiss(a.clone()));
                     }

@@ -117,12 +117,20 @@ fn expiry_runs_inside_upsert_so_an_expired_record_is_not_merged() {
     let d = tempfile::tempdir().unwrap();
     let s = open(d.path(), true, 3);
     let old = s
-        .upsert_inferred(&item(), &[cand("k", NOW - 200 * H, NOW - 100 * H)], NOW - 200 * H)
+        .upsert_inferred(
+            &item(),
+            &[cand("k", NOW - 200 * H, NOW - 100 * H)],
+            NOW - 200 * H,
+        )
         .unwrap();
     let made = s
         .upsert_inferred(&item(), &[cand("k", NOW, NOW + H)], NOW)
         .unwrap();
-    assert_eq!(made.len(), 1, "the old one expired first, so a new one is created");
+    assert_eq!(
+        made.len(),
+        1,
+        "the old one expired first, so a new one is created"
+    );
     let all = s.list(StatusFilter::All, None, NOW).unwrap();
     let o = all.iter().find(|r| r.id == old[0].id).unwrap();
     assert_eq!(o.status, Status::Expired);
@@ -163,17 +171,26 @@ fn merge_or_insert(
         assert_eq!(all.len(), 1);
         let m = &all[0];
         assert_eq!(m.id, "cm_old");
-        assert_eq!((m.reason.as_str(), m.suggested_text.as_str()), ("new reason", "new text"));
+        assert_eq!(
+            (m.reason.as_str(), m.suggested_text.as_str()),
+            ("new reason", "new text")
+        );
         assert_eq!(m.confidence, 0.95);
         assert_eq!(m.due_window.earliest_ms, NOW - 2 * H);
         assert_eq!(m.due_window.latest_ms, NOW + 5 * H);
         assert_eq!(m.due_window.timezone, "Europe/Berlin");
-        assert_eq!((m.updated_at_ms, m.created_at_ms, m.attempts), (NOW, NOW - H, 2));
+        assert_eq!(
+            (m.updated_at_ms, m.created_at_ms, m.attempts),
+            (NOW, NOW - H, 2)
+        );
     } else {
         assert_eq!(made.len(), 1);
         assert_eq!(all.len(), 2);
         let n = &made[0];
-        assert_eq!((n.status, n.attempts, n.created_at_ms), (Status::Pending, 0, NOW));
+        assert_eq!(
+            (n.status, n.attempts, n.created_at_ms),
+            (Status::Pending, 0, NOW)
+        );
         assert_eq!(n.dedupe_key, key.trim());
     }
 }
@@ -201,9 +218,15 @@ fn merge_fields(
     c.confidence = conf;
     assert!(s.upsert_inferred(&item(), &[c], NOW).unwrap().is_empty());
     let m = &s.list(StatusFilter::All, None, NOW).unwrap()[0];
-    assert_eq!((m.reason.as_str(), m.suggested_text.as_str()), (want_reason, want_text));
+    assert_eq!(
+        (m.reason.as_str(), m.suggested_text.as_str()),
+        (want_reason, want_text)
+    );
     assert_eq!(m.confidence, want_conf);
-    assert_eq!((m.due_window.earliest_ms, m.due_window.latest_ms), (NOW - 3 * H, NOW + 3 * H));
+    assert_eq!(
+        (m.due_window.earliest_ms, m.due_window.latest_ms),
+        (NOW - 3 * H, NOW + 3 * H)
+    );
 }
 
 #[rstest]
@@ -219,7 +242,10 @@ fn invalid_candidates_write_nothing(#[case] tweak: fn(&mut Candidate)) {
     tweak(&mut c);
     let r = s.upsert_inferred(&item(), &[cand("ok", NOW, NOW + H), c], NOW);
     assert!(matches!(r, Err(CommitmentsError::InvalidInput(_))), "{r:?}");
-    assert!(!s.path().exists(), "nothing written, not even the valid candidate");
+    assert!(
+        !s.path().exists(),
+        "nothing written, not even the valid candidate"
+    );
 }
 
 /// Rolling 24 h cap: (maxPerDay, sent offsets before now, due records, expected).
@@ -240,15 +266,33 @@ fn rolling_24h_cap(
     let d = tempfile::tempdir().unwrap();
     let mut recs = Vec::new();
     for (i, ago) in sent_ago.iter().enumerate() {
-        let mut r = record(&format!("cm_sent{i}"), "sent", NOW - 40 * H, NOW + H, NOW - 50 * H);
+        let mut r = record(
+            &format!("cm_sent{i}"),
+            "sent",
+            NOW - 40 * H,
+            NOW + H,
+            NOW - 50 * H,
+        );
         r["sentAtMs"] = (NOW - ago).into();
         recs.push(r);
     }
     for i in 0..due {
-        recs.push(record(&format!("cm_due{i}"), "pending", NOW - H, NOW + H, NOW - 2 * H));
+        recs.push(record(
+            &format!("cm_due{i}"),
+            "pending",
+            NOW - H,
+            NOW + H,
+            NOW - 2 * H,
+        ));
     }
     // Not due: future window, other session, snoozed.
-    recs.push(record("cm_future", "pending", NOW + H, NOW + 2 * H, NOW - H));
+    recs.push(record(
+        "cm_future",
+        "pending",
+        NOW + H,
+        NOW + 2 * H,
+        NOW - H,
+    ));
     let mut other = record("cm_other", "pending", NOW - H, NOW + H, NOW - H);
     other["sessionKey"] = "s2".into();
     recs.push(other);
@@ -256,14 +300,26 @@ fn rolling_24h_cap(
     let s = open(d.path(), true, max);
     let got = s.list_due_for_session("main", "s1", NOW, None).unwrap();
     assert_eq!(got.len(), want);
-    assert!(got.iter().all(|r| r.session_key == "s1" && r.status == Status::Pending));
+    assert!(got
+        .iter()
+        .all(|r| r.session_key == "s1" && r.status == Status::Pending));
     let keys = s.list_due_session_keys("main", NOW, None).unwrap();
-    let want_keys: Vec<&str> = if want > 0 { vec!["s1", "s2"] } else { vec!["s2"] };
+    let want_keys: Vec<&str> = if want > 0 {
+        vec!["s1", "s2"]
+    } else {
+        vec!["s2"]
+    };
     assert_eq!(keys, want_keys);
     // Disabled: the heartbeat helpers return nothing; reads still work.
     let off = open(d.path(), false, max);
-    assert!(off.list_due_for_session("main", "s1", NOW, None).unwrap().is_empty());
-    assert!(off.list_due_session_keys("main", NOW, None).unwrap().is_empty());
+    assert!(off
+        .list_due_for_session("main", "s1", NOW, None)
+        .unwrap()
+        .is_empty());
+    assert!(off
+        .list_due_session_keys("main", NOW, None)
+        .unwrap()
+        .is_empty());
     assert!(!off.list(StatusFilter::All, None, NOW).unwrap().is_empty());
 }
 
@@ -279,7 +335,12 @@ fn due_limit(#[case] limit: Option<usize>, #[case] want: usize) {
             .collect(),
     );
     let s = open(d.path(), true, 10);
-    assert_eq!(s.list_due_for_session("main", "s1", NOW, limit).unwrap().len(), want);
+    assert_eq!(
+        s.list_due_for_session("main", "s1", NOW, limit)
+            .unwrap()
+            .len(),
+        want
+    );
 }
 
 /// Snooze: (snoozed until, query time, due?, in pending-for-scope?).
@@ -295,18 +356,31 @@ fn snooze(#[case] until: i64, #[case] at: i64, #[case] due: bool, #[case] pendin
         .unwrap()[0]
         .id
         .clone();
-    let out = s.snooze(&[&id, &"cm_missing".to_string()], until, NOW).unwrap();
+    let out = s
+        .snooze(&[&id, &"cm_missing".to_string()], until, NOW)
+        .unwrap();
     assert_eq!(out.changed, vec![id.clone()]);
     assert_eq!(out.unknown, vec!["cm_missing".to_string()]);
-    let r = &s.list(StatusFilter::Only(Status::Snoozed), None, NOW).unwrap()[0];
+    let r = &s
+        .list(StatusFilter::Only(Status::Snoozed), None, NOW)
+        .unwrap()[0];
     assert_eq!((r.snoozed_until_ms, r.updated_at_ms), (Some(until), NOW));
-    assert_eq!(!s.list_due_for_session("main", "s1", at, None).unwrap().is_empty(), due);
     assert_eq!(
-        !s.list_pending_for_scope(&scope(), at, None).unwrap().is_empty(),
+        !s.list_due_for_session("main", "s1", at, None)
+            .unwrap()
+            .is_empty(),
+        due
+    );
+    assert_eq!(
+        !s.list_pending_for_scope(&scope(), at, None)
+            .unwrap()
+            .is_empty(),
         pending
     );
     // Snoozed is active: it can be dismissed; then it is terminal for snooze.
-    let out = s.mark_status(&[&id], TerminalStatus::Dismissed, NOW).unwrap();
+    let out = s
+        .mark_status(&[&id], TerminalStatus::Dismissed, NOW)
+        .unwrap();
     assert_eq!(out.changed, vec![id.clone()]);
     let out = s.snooze(&[&id], until, NOW).unwrap();
     assert_eq!(out.already_terminal, vec![id]);
@@ -331,7 +405,9 @@ fn mark_status_reports_changed_unknown_terminal_and_writes_only_on_change() {
     assert_eq!(out.unknown, vec!["cm_zz"]);
     assert_eq!(out.already_terminal, vec!["cm_b"]);
     assert_eq!(ino(&p), i0, "nothing changed → no write");
-    let out = s.mark_status(&["cm_a"], TerminalStatus::Sent, NOW + 5).unwrap();
+    let out = s
+        .mark_status(&["cm_a"], TerminalStatus::Sent, NOW + 5)
+        .unwrap();
     assert_eq!(out.changed, vec!["cm_a"]);
     assert_ne!(ino(&p), i0);
     let a = s.list(StatusFilter::Only(Status::Sent), None, NOW).unwrap();
@@ -341,10 +417,16 @@ fn mark_status_reports_changed_unknown_terminal_and_writes_only_on_change() {
     let i1 = ino(&p);
     assert!(s.mark_attempted(&["cm_nope"], NOW).unwrap().is_empty());
     assert_eq!(ino(&p), i1);
-    assert_eq!(s.mark_attempted(&["cm_b", "cm_b "], NOW + 9).unwrap(), vec!["cm_b"]);
+    assert_eq!(
+        s.mark_attempted(&["cm_b", "cm_b "], NOW + 9).unwrap(),
+        vec!["cm_b"]
+    );
     let b = s.list(StatusFilter::All, None, NOW).unwrap();
     let b = b.iter().find(|r| r.id == "cm_b").unwrap();
-    assert_eq!((b.attempts, b.last_attempt_at_ms, b.status), (1, Some(NOW + 9), Status::Sent));
+    assert_eq!(
+        (b.attempts, b.last_attempt_at_ms, b.status),
+        (1, Some(NOW + 9), Status::Sent)
+    );
 }
 
 /// Sort by (earliestMs, createdAtMs, id) whatever the file order.
@@ -362,7 +444,10 @@ fn sort_order(#[case] recs: Vec<(&str, i64, i64)>, #[case] want: Vec<&str>) {
     let s = open(d.path(), true, 3);
     let ids = |v: Vec<Commitment>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
     assert_eq!(ids(s.list(StatusFilter::Active, None, NOW).unwrap()), want);
-    assert_eq!(ids(s.list_pending_for_scope(&scope(), NOW, None).unwrap()), want);
+    assert_eq!(
+        ids(s.list_pending_for_scope(&scope(), NOW, None).unwrap()),
+        want
+    );
     assert_eq!(
         ids(s.list_pending_for_scope(&scope(), NOW, Some(1)).unwrap()),
         want[..1].to_vec()
@@ -378,7 +463,10 @@ fn legacy_fields_are_stripped_and_force_one_rewrite(#[case] fields: Vec<&str>) {
     for f in &fields {
         r[*f] = "raw private text".into();
     }
-    let p = write_file(d.path(), vec![r, record("cm_b", "pending", NOW, NOW + H, NOW)]);
+    let p = write_file(
+        d.path(),
+        vec![r, record("cm_b", "pending", NOW, NOW + H, NOW)],
+    );
     let s = open(d.path(), true, 3);
     assert_eq!(s.snapshot().unwrap().legacy_stripped, 1);
     let i0 = ino(&p);
@@ -434,9 +522,15 @@ fn invalid_record_is_reported_and_never_overwritten(
     assert_eq!((records.len(), records[0].index), (1, 1));
     assert_eq!(records[0].field, reported);
     let msg = err.to_string();
-    assert!(msg.contains("commitments.json") && msg.contains("record #1"), "{msg}");
+    assert!(
+        msg.contains("commitments.json") && msg.contains("record #1"),
+        "{msg}"
+    );
     assert!(msg.contains(&format!("field {reported}")), "{msg}");
-    assert!(s.list(StatusFilter::All, None, NOW).is_err(), "reads refuse too");
+    assert!(
+        s.list(StatusFilter::All, None, NOW).is_err(),
+        "reads refuse too"
+    );
     assert_eq!(std::fs::read(&p).unwrap(), before, "file untouched");
 
     // Opt-in quarantine: bad record to the side file first, then the rewrite.
@@ -448,7 +542,9 @@ fn invalid_record_is_reported_and_never_overwritten(
         },
     )
     .unwrap();
-    let out = q.mark_status(&["cm_ok"], TerminalStatus::Dismissed, NOW).unwrap();
+    let out = q
+        .mark_status(&["cm_ok"], TerminalStatus::Dismissed, NOW)
+        .unwrap();
     assert_eq!(out.changed, vec!["cm_ok"]);
     let side: Vec<PathBuf> = std::fs::read_dir(p.parent().unwrap())
         .unwrap()
@@ -532,7 +628,10 @@ fn openclaw_fixture_loads() {
         .filter(|st| all.iter().any(|r| r.status == *st))
         .collect();
     assert_eq!(statuses.len(), 5, "every status is represented");
-    let r = all.iter().find(|r| r.id == "cm_mopqa1b2_0a1b2c3d4e").unwrap();
+    let r = all
+        .iter()
+        .find(|r| r.id == "cm_mopqa1b2_0a1b2c3d4e")
+        .unwrap();
     assert_eq!(r.kind, Kind::EventCheckIn);
     assert_eq!(r.account_id.as_deref(), Some("default"));
     assert_eq!(r.source_run_id.as_deref(), Some("run-7f3a"));
@@ -542,10 +641,17 @@ fn openclaw_fixture_loads() {
     let due = s
         .list_due_for_session("main", "agent:main:telegram:direct:4242", now, None)
         .unwrap();
-    assert_eq!(due.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["cm_mopqa1b2_0a1b2c3d4e"]);
     assert_eq!(
-        s.list_due_session_keys("main", now + 20_000_000, None).unwrap(),
-        vec!["agent:main:discord:channel:99", "agent:main:telegram:direct:4242"]
+        due.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["cm_mopqa1b2_0a1b2c3d4e"]
+    );
+    assert_eq!(
+        s.list_due_session_keys("main", now + 20_000_000, None)
+            .unwrap(),
+        vec![
+            "agent:main:discord:channel:99",
+            "agent:main:telegram:direct:4242"
+        ]
     );
     // Round trip: our rewrite loads again with identical records.
     let again = open(d.path(), true, 3).snapshot().unwrap();

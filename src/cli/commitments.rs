@@ -504,7 +504,15 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (JavaScript's `toISOString`).
@@ -592,7 +600,8 @@ pub fn parse_time(s: &str, now: i64) -> Result<i64, String> {
                 return Err(bad());
             }
             let digits = &s[start..end.min(start + 3)];
-            frac_ms = digits.parse::<i64>().map_err(|_| bad())? * 10_i64.pow(3 - digits.len() as u32);
+            frac_ms =
+                digits.parse::<i64>().map_err(|_| bad())? * 10_i64.pow(3 - digits.len() as u32);
             i = end;
         }
     }
@@ -632,7 +641,14 @@ mod tests {
             Ok(1_715_504_400_500)
         );
         assert_eq!(parse_time("2024-05-12T09:00Z", now), Ok(1_715_504_400_000));
-        for bad in ["", "tomorrow", "+2y", "2024-02-30", "2024-05-12T09:00:00", "2024-13-01"] {
+        for bad in [
+            "",
+            "tomorrow",
+            "+2y",
+            "2024-02-30",
+            "2024-05-12T09:00:00",
+            "2024-13-01",
+        ] {
             assert!(parse_time(bad, now).is_err(), "{bad}");
         }
         assert_eq!(iso(1_715_504_400_500), "2024-05-12T09:00:00.500Z");

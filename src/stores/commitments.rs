@@ -365,7 +365,11 @@ pub fn sort_commitments(v: &mut [Commitment]) {
 
 /// A new id: `cm_<now in base36>_<10 random hex digits>` (openclaw format).
 pub fn new_id(now: i64) -> String {
-    format!("cm_{}_{}", base36(now.max(0) as u64), crate::proc::random_hex(5))
+    format!(
+        "cm_{}_{}",
+        base36(now.max(0) as u64),
+        crate::proc::random_hex(5)
+    )
 }
 
 fn base36(mut n: u64) -> String {
@@ -792,7 +796,12 @@ impl CommitmentsStore {
     /// but no flow setting it). Terminal ids are reported, not changed.
     ///
     /// Errors: store errors.
-    pub fn snooze<S: AsRef<str>>(&self, ids: &[S], until_ms: i64, now: i64) -> Result<StatusOutcome> {
+    pub fn snooze<S: AsRef<str>>(
+        &self,
+        ids: &[S],
+        until_ms: i64,
+        now: i64,
+    ) -> Result<StatusOutcome> {
         self.transition(ids, now, |r| {
             r.status = Status::Snoozed;
             r.snoozed_until_ms = Some(until_ms);
@@ -1068,7 +1077,9 @@ fn validate_input(item: &InferredItem, candidates: &[Candidate]) -> Result<()> {
     }
     for (i, c) in candidates.iter().enumerate() {
         if c.dedupe_key.trim().is_empty() {
-            return bad(format!("candidate #{i}: dedupeKey must be a non-empty string"));
+            return bad(format!(
+                "candidate #{i}: dedupeKey must be a non-empty string"
+            ));
         }
         if !c.confidence.is_finite() || c.confidence < 0.0 {
             return bad(format!(
@@ -1117,12 +1128,10 @@ pub fn decode(path: &Path, raw: Option<&[u8]>) -> Result<Snapshot, crate::Error>
     match top.remove("version") {
         None => return Err(corrupt("missing \"version\" field".into())),
         Some(v) if v.as_u64() == Some(FILE_VERSION) => {}
-        Some(v) => {
-            return Err(corrupt(format!(
-                "unknown version {v} (this lockstore {} supports {FILE_VERSION}); refusing to touch it",
-                env!("CARGO_PKG_VERSION")
-            )))
-        }
+        Some(v) => return Err(corrupt(format!(
+            "unknown version {v} (this lockstore {} supports {FILE_VERSION}); refusing to touch it",
+            env!("CARGO_PKG_VERSION")
+        ))),
     }
     let list = match top.remove("commitments") {
         None => return Err(corrupt("missing \"commitments\" array".into())),
@@ -1219,7 +1228,12 @@ pub fn validate_record(v: &Value) -> Result<Commitment, (String, String)> {
     match m.get("confidence") {
         Some(Value::Number(n)) if n.as_f64().is_some_and(|x| x.is_finite() && x >= 0.0) => {}
         None => return err("confidence", "missing (required number >= 0)".into()),
-        Some(x) => return err("confidence", format!("must be a number >= 0, got {}", got(x))),
+        Some(x) => {
+            return err(
+                "confidence",
+                format!("must be a number >= 0, got {}", got(x)),
+            )
+        }
     }
     let int = |x: &Value| x.as_i64().is_some();
     for f in ["createdAtMs", "updatedAtMs"] {
@@ -1232,7 +1246,12 @@ pub fn validate_record(v: &Value) -> Result<Commitment, (String, String)> {
     match m.get("attempts") {
         Some(x) if x.as_u64().is_some() => {}
         None => return err("attempts", "missing (required integer >= 0)".into()),
-        Some(x) => return err("attempts", format!("must be an integer >= 0, got {}", got(x))),
+        Some(x) => {
+            return err(
+                "attempts",
+                format!("must be an integer >= 0, got {}", got(x)),
+            )
+        }
     }
     for f in [
         "lastAttemptAtMs",
