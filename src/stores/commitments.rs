@@ -1128,10 +1128,12 @@ pub fn decode(path: &Path, raw: Option<&[u8]>) -> Result<Snapshot, crate::Error>
     match top.remove("version") {
         None => return Err(corrupt("missing \"version\" field".into())),
         Some(v) if v.as_u64() == Some(FILE_VERSION) => {}
-        Some(v) => return Err(corrupt(format!(
+        Some(v) => {
+            return Err(corrupt(format!(
             "unknown version {v} (this lockstore {} supports {FILE_VERSION}); refusing to touch it",
             env!("CARGO_PKG_VERSION")
-        ))),
+        )))
+        }
     }
     let list = match top.remove("commitments") {
         None => return Err(corrupt("missing \"commitments\" array".into())),
