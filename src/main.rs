@@ -28,6 +28,8 @@ enum Cmd {
     Json(cli::json::JsonArgs),
     /// Run the daemon on the state dir (one per state dir) until SIGINT/SIGTERM.
     Daemon(cli::daemon::DaemonArgs),
+    /// Follow-ups the agent promised or inferred: list, add, snooze, dismiss.
+    Commitments(cli::commitments::CommitmentsArgs),
 }
 
 fn init_logging(format: &str) {
@@ -53,6 +55,7 @@ fn main() {
     let res = match cli.cmd {
         Cmd::Json(a) => cli::json::run(a),
         Cmd::Daemon(a) => cli::daemon::run(a, &state_dir),
+        Cmd::Commitments(a) => cli::commitments::run(a, &state_dir),
     };
     match res {
         Ok(()) => {}

@@ -1,5 +1,6 @@
 //! Shared CLI plumbing: exit codes, error reporting, lock-wait messages.
 
+pub mod commitments;
 pub mod daemon;
 pub mod json;
 

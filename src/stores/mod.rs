@@ -1,1 +1,2 @@
 //! The stores of an agent gateway, built only on the core layers.
+pub mod commitments;
