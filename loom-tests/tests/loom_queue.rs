@@ -38,7 +38,7 @@ fn check(name: &str, bound: usize, f: impl Fn() + Sync + Send + 'static) {
 
 #[test]
 fn mutual_exclusion_3_threads() {
-    check("mutual_exclusion(3 threads x 1)", 2, || models::mutual_exclusion(3, 1));
+    check("mutual_exclusion(3 threads x 1)", 3, || models::mutual_exclusion(3, 1));
 }
 
 #[test]
@@ -58,12 +58,12 @@ fn fifo_order_chained_entries() {
 
 #[test]
 fn error_and_panic_release_the_queue() {
-    check("error_and_panic_release", 2, models::error_and_panic_release);
+    check("error_and_panic_release", 3, models::error_and_panic_release);
 }
 
 #[test]
 fn cancelled_waiter_does_not_block() {
-    check("cancelled_waiter", 2, models::cancelled_waiter);
+    check("cancelled_waiter", 3, models::cancelled_waiter);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //!
 //! Run with `RUSTFLAGS="--cfg shuttle" cargo test --release -p loom-tests --test
 //! shuttle_queue` (see loom-tests/run-models.sh). `SHUTTLE_ITERATIONS` overrides
-//! the iteration count (default 3000 per scheduler per model).
+//! the iteration count (default 5000 per scheduler per model).
 #![cfg(shuttle)]
 
 mod rt {
@@ -22,7 +22,7 @@ fn iterations() -> usize {
     std::env::var("SHUTTLE_ITERATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3000)
+        .unwrap_or(5000)
 }
 
 /// Runs `f` under shuttle's random scheduler and under PCT (depth 3), printing
@@ -58,9 +58,15 @@ fn fifo_order_chained_entries() {
 }
 
 #[test]
-fn error_and_panic_release_the_queue() {
-    check("error_and_panic_release", models::error_and_panic_release);
+fn error_releases_the_queue() {
+    check("error_release", || models::error_and_panic_release_with(true, false));
 }
+
+// No panicking-job twin: shuttle deliberately skips its scheduler while a thread
+// unwinds (`ExecutionState::should_stop` returns true when
+// `std::thread::panicking()`; a MutexGuard dropped during unwinding is not
+// released), so a Slot dropped during a panic cannot be modelled here. The loom
+// model `error_and_panic_release_the_queue` covers it.
 
 #[test]
 fn cancelled_waiter_does_not_block() {

@@ -128,33 +128,48 @@ struct JobPanic;
 /// One job returns an error and one panics (the panic is caught by its own
 /// caller only); the queue is released both times and the remaining writers run.
 pub fn error_and_panic_release() {
+    error_and_panic_release_with(true, true)
+}
+
+/// [`error_and_panic_release`] with only some of the failing jobs (shuttle
+/// cannot switch threads while one unwinds, see shuttle_queue.rs).
+pub fn error_and_panic_release_with(erring_job: bool, panicking_job: bool) {
     let q = leak_queue();
     let s = Section::new();
-    let s1 = s.clone();
-    let erring = thread::spawn(move || {
-        let r: Result<(), &str> = (|| {
-            let slot = q.acquire();
-            s1.run(&slot);
-            Err("job failed")
-        })();
-        assert!(r.is_err());
-    });
-    let s2 = s.clone();
-    let panicking = thread::spawn(move || {
-        let r = catch_unwind(AssertUnwindSafe(|| {
-            let slot = q.acquire();
-            s2.run(&slot);
-            // resume_unwind skips the panic hook: quiet in every iteration.
-            resume_unwind(Box::new(JobPanic));
+    let mut hs = Vec::new();
+    if erring_job {
+        let s1 = s.clone();
+        hs.push(thread::spawn(move || {
+            let r: Result<(), &str> = (|| {
+                let slot = q.acquire();
+                s1.run(&slot);
+                Err("job failed")
+            })();
+            assert!(r.is_err());
         }));
-        assert!(r.is_err(), "the panic must reach its own caller");
-    });
+    }
+    if panicking_job {
+        let s2 = s.clone();
+        hs.push(thread::spawn(move || {
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                let slot = q.acquire();
+                s2.run(&slot);
+                // resume_unwind skips the panic hook: quiet in every iteration.
+                resume_unwind(Box::new(JobPanic));
+            }));
+            assert!(r.is_err(), "the panic must reach its own caller");
+        }));
+    }
     let slot = q.acquire();
     s.run(&slot);
     drop(slot);
-    erring.join().unwrap();
-    panicking.join().unwrap();
-    assert_eq!(s.count.load(SeqCst), 3);
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(
+        s.count.load(SeqCst),
+        1 + erring_job as usize + panicking_job as usize
+    );
     assert!(q.is_empty());
 }
 
