@@ -64,7 +64,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn seed(path: &Path) -> Result<(), BoxError> {
     let mut records = serde_json::Map::new();
     for id in ["A", "B"] {
-        records.insert(id.into(), json!({"status": "pending", "title": format!("commitment {id}")}));
+        records.insert(
+            id.into(),
+            json!({"status": "pending", "title": format!("commitment {id}")}),
+        );
     }
     for i in 0..FILLER_RECORDS {
         records.insert(
@@ -152,7 +155,10 @@ fn trial_threads(mode: Mode, path: &Path) -> Result<(), BoxError> {
             })
             .collect();
         hs.into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("writer thread panicked".into())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("writer thread panicked".into()))
+            })
             .collect()
     });
     results.into_iter().collect()

@@ -53,7 +53,11 @@ fn check_counts(store: &Path, procs: usize, threads: usize, m: usize) {
             "lost updates on /tally/{i}"
         );
     }
-    assert!(temps(store).is_empty(), "temp files left: {:?}", temps(store));
+    assert!(
+        temps(store).is_empty(),
+        "temp files left: {:?}",
+        temps(store)
+    );
 }
 
 fn run_procs(procs: usize, threads: usize, m: usize, durability: &str) {
@@ -177,7 +181,8 @@ fn naive_incr(store: &Path, i: usize, m: usize) {
         doc["tally"][i.to_string()] = (t + 1).into();
         let tmp = store.with_extension(format!("{}.naive.tmp", std::process::id()));
         let mut f = std::fs::File::create(&tmp).unwrap();
-        f.write_all(&serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+        f.write_all(&serde_json::to_vec_pretty(&doc).unwrap())
+            .unwrap();
         drop(f);
         std::fs::rename(&tmp, store).unwrap();
     }

@@ -91,7 +91,10 @@ fn sigkill_holder_is_reclaimed(#[values("temp", "saved")] mode: &str) {
     assert!(after_kill < Duration::from_secs(1), "took {after_kill:?}");
     assert!(reclaimed, "the acquisition must report the reclaim");
     assert!(lockstore::lock::reclaim_count() > before);
-    assert!(temps_inside.is_empty(), "orphan temp left: {temps_inside:?}");
+    assert!(
+        temps_inside.is_empty(),
+        "orphan temp left: {temps_inside:?}"
+    );
     let want = if mode == "saved" { "new" } else { "old" };
     assert_eq!(read_json(&store)["v"], want);
     eprintln!("sigkill({mode}): next holder in {after_kill:?}");
@@ -144,7 +147,10 @@ fn crash_window_leaves_store_whole(
         .unwrap();
     assert!(next.status.success());
     let err = String::from_utf8_lossy(&next.stderr);
-    assert!(err.contains("reclaimed lock"), "{fp}: no reclaim logged: {err}");
+    assert!(
+        err.contains("reclaimed lock"),
+        "{fp}: no reclaim logged: {err}"
+    );
     assert!(temps(&store).is_empty(), "{fp}: {:?}", temps(&store));
     let doc = read_json(&store);
     assert_eq!(doc["v"], want);
@@ -181,7 +187,10 @@ fn sigstop_holder_times_out_then_proceeds() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("pid {}", h.pid())) && err.contains("stopped"), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", h.pid())) && err.contains("stopped"),
+        "{err}"
+    );
     assert!(err.contains("Blocking waiting for file lock"), "{err}");
 
     kill(pid, Signal::SIGCONT).unwrap();

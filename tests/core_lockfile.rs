@@ -83,7 +83,10 @@ fn inode_check_catches_deleted_or_replaced_lock_file(#[values("delete", "replace
             Ok(_) => {}
             Err(seen) => panic!("W was not stopped by the inode check: {seen:?}"),
         }
-        assert!(w.try_wait().unwrap().is_none(), "W finished while X held the lock");
+        assert!(
+            w.try_wait().unwrap().is_none(),
+            "W finished while X held the lock"
+        );
         let doc = serde_json::json!({"n": n + 10});
         lockstore::atomic::write_atomic(
             &store,
@@ -139,7 +142,11 @@ fn corrupt_store_is_an_error_and_untouched(#[case] bytes: &[u8]) {
         })
         .unwrap_err();
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
-    assert_eq!(std::fs::read(&p).unwrap(), bytes, "corrupt file was modified");
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        bytes,
+        "corrupt file was modified"
+    );
     assert!(temps(&p).is_empty());
 }
 
@@ -174,7 +181,12 @@ fn cli_corrupt_exit_2_and_quarantine() {
     let p = d.path().join("c.json");
     let bad = b"{\"a\": [1, 2";
     std::fs::write(&p, bad).unwrap();
-    for args in [vec!["incr", "/n"], vec!["set", "/n", "1"], vec!["del", "/a"], vec!["get", "/a"]] {
+    for args in [
+        vec!["incr", "/n"],
+        vec!["set", "/n", "1"],
+        vec!["del", "/a"],
+        vec!["get", "/a"],
+    ] {
         let out = lockstore(["json", args[0]])
             .arg(&p)
             .args(&args[1..])
@@ -191,11 +203,19 @@ fn cli_corrupt_exit_2_and_quarantine() {
     let moved: Vec<_> = std::fs::read_dir(d.path())
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("c.json.corrupt-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("c.json.corrupt-")
+        })
         .collect();
     assert_eq!(moved.len(), 1);
     assert_eq!(std::fs::read(moved[0].path()).unwrap(), bad);
-    let out = lockstore(["json", "incr"]).arg(&p).arg("/n").output().unwrap();
+    let out = lockstore(["json", "incr"])
+        .arg(&p)
+        .arg("/n")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(read_json(&p)["n"], 1);
 }

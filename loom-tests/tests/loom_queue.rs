@@ -38,12 +38,16 @@ fn check(name: &str, bound: usize, f: impl Fn() + Sync + Send + 'static) {
 
 #[test]
 fn mutual_exclusion_3_threads() {
-    check("mutual_exclusion(3 threads x 1)", 3, || models::mutual_exclusion(3, 1));
+    check("mutual_exclusion(3 threads x 1)", 3, || {
+        models::mutual_exclusion(3, 1)
+    });
 }
 
 #[test]
 fn mutual_exclusion_2_threads_2_rounds() {
-    check("mutual_exclusion(2 threads x 2)", 3, || models::mutual_exclusion(2, 2));
+    check("mutual_exclusion(2 threads x 2)", 3, || {
+        models::mutual_exclusion(2, 2)
+    });
 }
 
 #[test]
@@ -58,7 +62,11 @@ fn fifo_order_chained_entries() {
 
 #[test]
 fn error_and_panic_release_the_queue() {
-    check("error_and_panic_release", 3, models::error_and_panic_release);
+    check(
+        "error_and_panic_release",
+        3,
+        models::error_and_panic_release,
+    );
 }
 
 #[test]
@@ -68,5 +76,7 @@ fn cancelled_waiter_does_not_block() {
 
 #[test]
 fn registry_cleanup_races_new_get() {
-    check("registry_cleanup(3 threads)", 3, || models::registry_cleanup(2));
+    check("registry_cleanup(3 threads)", 3, || {
+        models::registry_cleanup(2)
+    });
 }

@@ -44,7 +44,9 @@ fn check(name: &str, f: impl Fn() + Send + Sync + 'static) {
 
 #[test]
 fn mutual_exclusion_4_threads() {
-    check("mutual_exclusion(4 threads x 2)", || models::mutual_exclusion(4, 2));
+    check("mutual_exclusion(4 threads x 2)", || {
+        models::mutual_exclusion(4, 2)
+    });
 }
 
 #[test]
@@ -59,7 +61,9 @@ fn fifo_order_chained_entries() {
 
 #[test]
 fn error_releases_the_queue() {
-    check("error_release", || models::error_and_panic_release_with(true, false));
+    check("error_release", || {
+        models::error_and_panic_release_with(true, false)
+    });
 }
 
 // No panicking-job twin: shuttle deliberately skips its scheduler while a thread

@@ -37,7 +37,13 @@ where
 /// [`ROLE`]), in `role` on `store`, with piped stdin/stdout.
 pub fn spawn_role(entry_test: &str, role: &str, store: &Path) -> Child {
     Command::new(std::env::current_exe().expect("current_exe"))
-        .args([entry_test, "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .args([
+            entry_test,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
         .env(ROLE, role)
         .env(STORE, store)
         .stdin(Stdio::piped())
@@ -135,7 +141,8 @@ pub fn signal(line: &str) {
 /// Parses the store file.
 pub fn read_json(path: &Path) -> Value {
     let b = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    serde_json::from_slice(&b).unwrap_or_else(|e| panic!("{} is not whole JSON: {e}", path.display()))
+    serde_json::from_slice(&b)
+        .unwrap_or_else(|e| panic!("{} is not whole JSON: {e}", path.display()))
 }
 
 /// Temp files of any writer left beside the store.
