@@ -106,9 +106,7 @@ fn inject(reg: &TaskRegistry, f: Failure, op: Op) -> Option<rusqlite::Connection
                  BEGIN INSERT INTO ballast VALUES (zeroblob(200000)); END;",
             )
             .unwrap();
-            let pages: i64 = c
-                .query_row("PRAGMA page_count", [], |r| r.get(0))
-                .unwrap();
+            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
             c.execute_batch(&format!("PRAGMA max_page_count = {pages}"))
                 .unwrap();
             None
@@ -172,7 +170,10 @@ fn failed_write_leaves_memory_as_sqlite(
         Failure::Busy => assert!(matches!(&err, TaskError::Core(e) if e.is_busy()), "{err}"),
         _ => {}
     }
-    assert!(err.to_string().contains("runs.sqlite"), "error names the file: {err}");
+    assert!(
+        err.to_string().contains("runs.sqlite"),
+        "error names the file: {err}"
+    );
     clear(&reg, f, guard);
 
     // Memory is exactly as before, and agrees with a direct SQLite read and
@@ -201,7 +202,10 @@ fn failed_write_leaves_memory_as_sqlite(
     )
     .unwrap();
     assert_eq!(
-        TaskRegistry::open(&path, opts()).unwrap().snapshot().unwrap(),
+        TaskRegistry::open(&path, opts())
+            .unwrap()
+            .snapshot()
+            .unwrap(),
         reg.snapshot().unwrap()
     );
     if op == Op::Delete {

@@ -53,7 +53,14 @@ fn registry_and_cli_processes_share_the_ledger_without_lost_updates() {
     let children: Vec<_> = (0..PROCS)
         .map(|i| {
             cli(state)
-                .args(["tasks", "progress", &ids[i % 2], "--counter", "n", "--repeat"])
+                .args([
+                    "tasks",
+                    "progress",
+                    &ids[i % 2],
+                    "--counter",
+                    "n",
+                    "--repeat",
+                ])
                 .arg(PER_PROC.to_string())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -78,7 +85,10 @@ fn registry_and_cli_processes_share_the_ledger_without_lost_updates() {
             .map(|l| l.parse().unwrap())
             .collect();
         assert_eq!(vs.len(), PER_PROC);
-        assert!(vs.windows(2).all(|w| w[0] < w[1]), "child {i} versions not increasing");
+        assert!(
+            vs.windows(2).all(|w| w[0] < w[1]),
+            "child {i} versions not increasing"
+        );
         versions[i % 2].extend(vs);
     }
     assert!(mine.windows(2).all(|w| w[0] < w[1]));
@@ -104,11 +114,8 @@ fn registry_and_cli_processes_share_the_ledger_without_lost_updates() {
     assert_eq!(a.version, na + 1);
 
     // The registry's view equals the database.
-    let store = SqliteTaskStore::open(
-        &lockstore::paths::tasks_db(state),
-        SqliteOptions::default(),
-    )
-    .unwrap();
+    let store = SqliteTaskStore::open(&lockstore::paths::tasks_db(state), SqliteOptions::default())
+        .unwrap();
     assert_eq!(reg.snapshot().unwrap(), store.load_snapshot().unwrap());
 }
 
@@ -144,7 +151,11 @@ fn killed_tasks_run_is_marked_lost_and_live_owner_never_is() {
     // Owner alive: even a day later with no grace, never lost.
     let later = lockstore::proc::now_ms() + 86_400_000;
     let rep = reg
-        .maintenance(MaintenanceMode::Apply, later, &MaintenanceOptions { grace_ms: 0 })
+        .maintenance(
+            MaintenanceMode::Apply,
+            later,
+            &MaintenanceOptions { grace_ms: 0 },
+        )
         .unwrap();
     assert_eq!(rep.reconciled, 0);
     assert_eq!(reg.get(&id).unwrap().unwrap().status, TaskStatus::Running);
@@ -160,7 +171,11 @@ fn killed_tasks_run_is_marked_lost_and_live_owner_never_is() {
     // Immediately (no grace needed): the owner is definitely dead.
     let now = lockstore::proc::now_ms();
     let preview = reg
-        .maintenance(MaintenanceMode::Preview, now, &MaintenanceOptions::default())
+        .maintenance(
+            MaintenanceMode::Preview,
+            now,
+            &MaintenanceOptions::default(),
+        )
         .unwrap();
     assert_eq!(preview.reconciled, 1);
     assert_eq!(reg.get(&id).unwrap().unwrap().status, TaskStatus::Running);
@@ -202,7 +217,10 @@ fn tasks_run_records_exit_code_and_timeout() {
         .unwrap();
     assert_eq!(st.status.code(), Some(124));
     let id2 = String::from_utf8(st.stdout).unwrap().trim().to_string();
-    let ok = cli(state).args(["tasks", "run", "--", "true"]).output().unwrap();
+    let ok = cli(state)
+        .args(["tasks", "run", "--", "true"])
+        .output()
+        .unwrap();
     assert!(ok.status.success());
     let id3 = String::from_utf8(ok.stdout).unwrap().trim().to_string();
     let reg = TaskRegistry::open_state_dir(state, RegistryOptions::default()).unwrap();
@@ -211,7 +229,10 @@ fn tasks_run_records_exit_code_and_timeout() {
     assert_eq!(t.error.as_deref(), Some("exited with code 7"));
     assert!(t.cleanup_after.is_some());
     assert_eq!(reg.get(&id2).unwrap().unwrap().status, TaskStatus::TimedOut);
-    assert_eq!(reg.get(&id3).unwrap().unwrap().status, TaskStatus::Succeeded);
+    assert_eq!(
+        reg.get(&id3).unwrap().unwrap().status,
+        TaskStatus::Succeeded
+    );
     // list --json shape
     let l = cli(state)
         .args(["tasks", "list", "--status", "failed", "--json"])

@@ -67,7 +67,10 @@ enum TasksCmd {
         json: bool,
     },
     /// Set the notify policy (done_only, state_changes, silent).
-    Notify { lookup: String, policy: NotifyPolicy },
+    Notify {
+        lookup: String,
+        policy: NotifyPolicy,
+    },
     /// Audit the ledger.
     Audit {
         /// Only rows of this severity (warn or error); the summary counts all.
@@ -255,12 +258,24 @@ fn show_text(t: &TaskRecord) {
         ("notifyPolicy", t.notify_policy.to_string()),
         ("label", o(&t.label)),
         ("task", t.task.clone()),
-        ("ownerKey", if t.owner_key.is_empty() { "n/a".into() } else { t.owner_key.clone() }),
+        (
+            "ownerKey",
+            if t.owner_key.is_empty() {
+                "n/a".into()
+            } else {
+                t.owner_key.clone()
+            },
+        ),
         ("scopeKind", t.scope_kind.to_string()),
         ("runId", o(&t.run_id)),
         ("childSessionKey", o(&t.child_session_key)),
         ("parentFlowId", o(&t.parent_flow_id)),
-        ("ownerPid", t.owner_pid.map(|p| p.to_string()).unwrap_or_else(|| "n/a".into())),
+        (
+            "ownerPid",
+            t.owner_pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "n/a".into()),
+        ),
         ("createdAt", iso(t.created_at)),
         ("startedAt", ts(t.started_at)),
         ("endedAt", ts(t.ended_at)),
@@ -269,7 +284,12 @@ fn show_text(t: &TaskRecord) {
         ("error", o(&t.error)),
         ("progressSummary", o(&t.progress_summary)),
         ("terminalSummary", o(&t.terminal_summary)),
-        ("terminalOutcome", t.terminal_outcome.map(|x| x.to_string()).unwrap_or_else(|| "n/a".into())),
+        (
+            "terminalOutcome",
+            t.terminal_outcome
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "n/a".into()),
+        ),
         ("version", t.version.to_string()),
     ];
     for (k, v) in lines {
@@ -312,7 +332,10 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
         TasksCmd::Notify { lookup, policy } => {
             let t = reg.lookup(&lookup).map_err(cli_err)?;
             let t = reg.set_notify_policy(&t.task_id, policy).map_err(cli_err)?;
-            println!("Updated {} notify policy to {}.", t.task_id, t.notify_policy);
+            println!(
+                "Updated {} notify policy to {}.",
+                t.task_id, t.notify_policy
+            );
             Ok(())
         }
         TasksCmd::Audit {
@@ -399,8 +422,14 @@ fn list(reg: &TaskRegistry, l: &ListArgs) -> CliResult {
     }
     let issues = audit(&all, now, &AuditOptions::default()).summary.total;
     println!("Background tasks: {}", tasks.len());
-    let q = all.iter().filter(|t| t.status == TaskStatus::Queued).count();
-    let r = all.iter().filter(|t| t.status == TaskStatus::Running).count();
+    let q = all
+        .iter()
+        .filter(|t| t.status == TaskStatus::Queued)
+        .count();
+    let r = all
+        .iter()
+        .filter(|t| t.status == TaskStatus::Running)
+        .count();
     println!("Task pressure: {q} queued · {r} running · {issues} issues");
     if let Some(r) = l.runtime {
         println!("Runtime filter: {r}");
@@ -514,7 +543,10 @@ fn audit_cmd(
 }
 
 fn health(s: &AuditSummary) -> String {
-    format!("{} findings · {} errors · {} warnings", s.total, s.errors, s.warnings)
+    format!(
+        "{} findings · {} errors · {} warnings",
+        s.total, s.errors, s.warnings
+    )
 }
 
 fn maintenance_cmd(reg: &TaskRegistry, apply: bool, json: bool, grace_ms: i64) -> CliResult {
@@ -658,7 +690,12 @@ fn run_cmd(
     match (status.code(), status.signal()) {
         (Some(0), _) => record_end(reg, &id, TaskStatus::Succeeded, None),
         (Some(c), _) => {
-            record_end(reg, &id, TaskStatus::Failed, Some(format!("exited with code {c}")))?;
+            record_end(
+                reg,
+                &id,
+                TaskStatus::Failed,
+                Some(format!("exited with code {c}")),
+            )?;
             Err(CliError {
                 code: c,
                 msg: format!("task {id}: `{desc}` exited with code {c}"),
@@ -666,7 +703,12 @@ fn run_cmd(
         }
         (None, sig) => {
             let s = sig.unwrap_or(0);
-            record_end(reg, &id, TaskStatus::Failed, Some(format!("killed by signal {s}")))?;
+            record_end(
+                reg,
+                &id,
+                TaskStatus::Failed,
+                Some(format!("killed by signal {s}")),
+            )?;
             Err(CliError {
                 code: 128 + s,
                 msg: format!("task {id}: `{desc}` killed by signal {s}"),

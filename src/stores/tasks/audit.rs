@@ -222,7 +222,11 @@ pub fn audit(tasks: &[TaskRecord], now_ms: i64, opts: &AuditOptions) -> AuditRep
             ),
             TaskStatus::Lost => {
                 let retained = t.cleanup_after.is_some_and(|c| c > now_ms);
-                let prefix = t.error.as_deref().map(|e| format!("{e}; ")).unwrap_or_default();
+                let prefix = t
+                    .error
+                    .as_deref()
+                    .map(|e| format!("{e}; "))
+                    .unwrap_or_default();
                 let (sev, tail) = if retained {
                     (
                         Severity::Warn,

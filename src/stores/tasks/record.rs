@@ -381,7 +381,9 @@ pub fn parse_metadata(s: &str) -> Result<Metadata, String> {
             return Err("metadata has an empty key".into());
         }
         if v.is_object() || v.is_array() {
-            return Err(format!("metadata key {k:?} is not a string, number, boolean or null"));
+            return Err(format!(
+                "metadata key {k:?} is not a string, number, boolean or null"
+            ));
         }
         out.insert(k, v);
     }

@@ -43,6 +43,7 @@ pub struct RegistryOptions {
 /// A registry event (openclaw `onEvent` / observers). Built only when at least
 /// one observer is registered.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum TaskEvent {
     /// The registry (re)loaded from SQLite — emitted also for an empty ledger.
     Restored {
@@ -221,6 +222,7 @@ impl Inner {
 }
 
 /// A committed change to apply to memory.
+#[allow(clippy::large_enum_variant)]
 enum Change {
     Put(TaskRecord, Option<DeliveryState>),
     Remove(String),
@@ -310,7 +312,7 @@ impl TaskRegistry {
     /// tasks (also when there are none).
     pub fn add_observer(&self, o: Arc<dyn TaskObserver>) {
         let tasks = self.lock_inner().snap.tasks.values().cloned().collect();
-        notify(&[o.clone()], &TaskEvent::Restored { tasks });
+        notify(std::slice::from_ref(&o), &TaskEvent::Restored { tasks });
         self.observers
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -330,7 +332,11 @@ impl TaskRegistry {
 
     /// Reloads when another connection committed since the last load
     /// (`PRAGMA data_version` changed). Returns the `restored` event to emit.
-    fn refresh(&self, inner: &mut Inner, conn: &Connection) -> Result<Option<TaskEvent>, TaskError> {
+    fn refresh(
+        &self,
+        inner: &mut Inner,
+        conn: &Connection,
+    ) -> Result<Option<TaskEvent>, TaskError> {
         let dv = self.store.data_version(conn)?;
         if inner.data_version == Some(dv) {
             return Ok(None);
@@ -378,7 +384,7 @@ impl TaskRegistry {
             let conn = self.store.connection();
             let mut events = Vec::new();
             events.extend(self.refresh(&mut inner, &conn)?);
-            let (out, changes) = self.store.immediate(&conn, |tx| f(tx, &*inner))?;
+            let (out, changes) = self.store.immediate(&conn, |tx| f(tx, &inner))?;
             drop(conn);
             // Committed: only now does memory change.
             let has = !self
@@ -808,7 +814,11 @@ impl TaskRegistry {
     }
 
     /// Sets the delivery status.
-    pub fn set_delivery_status(&self, id: &str, d: DeliveryStatus) -> Result<TaskRecord, TaskError> {
+    pub fn set_delivery_status(
+        &self,
+        id: &str,
+        d: DeliveryStatus,
+    ) -> Result<TaskRecord, TaskError> {
         self.update(id, |t| {
             let ch = t.delivery_status != d;
             t.delivery_status = d;
@@ -967,7 +977,8 @@ impl TaskRegistry {
                         ),
                     });
                     if mode == MaintenanceMode::Apply {
-                        stamped = self.update(&id, |f| Ok(f.status.is_terminal() && f.stamp_cleanup()))?;
+                        stamped =
+                            self.update(&id, |f| Ok(f.status.is_terminal() && f.stamp_cleanup()))?;
                     }
                 }
                 if stamped.cleanup_after.is_some_and(|c| now_ms >= c) {

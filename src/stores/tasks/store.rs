@@ -202,7 +202,12 @@ fn parse_task(path: &Path, raw: RawTask) -> Result<TaskRecord, TaskError> {
     let runtime = need(t[1].as_ref(), Runtime::parse, "runtime", &bad)?;
     let scope_kind = need(t[6].as_ref(), ScopeKind::parse, "scope_kind", &bad)?;
     let status = need(t[15].as_ref(), TaskStatus::parse, "status", &bad)?;
-    let delivery_status = need(t[16].as_ref(), DeliveryStatus::parse, "delivery_status", &bad)?;
+    let delivery_status = need(
+        t[16].as_ref(),
+        DeliveryStatus::parse,
+        "delivery_status",
+        &bad,
+    )?;
     let notify_policy = need(t[17].as_ref(), NotifyPolicy::parse, "notify_policy", &bad)?;
     let terminal_outcome = match t[21].as_ref() {
         None => None,
@@ -309,12 +314,14 @@ pub(crate) fn load_all(c: &Connection, path: &Path) -> Result<Snapshot, TaskErro
     for (id, origin, last) in rows {
         let requester_origin = match origin {
             None => None,
-            Some(s) => Some(serde_json::from_str(&s).map_err(|_| TaskError::InvalidPersisted {
-                path: path.to_path_buf(),
-                task_id: id.clone(),
-                column: "requester_origin_json",
-                value: s.clone(),
-            })?),
+            Some(s) => Some(
+                serde_json::from_str(&s).map_err(|_| TaskError::InvalidPersisted {
+                    path: path.to_path_buf(),
+                    task_id: id.clone(),
+                    column: "requester_origin_json",
+                    value: s.clone(),
+                })?,
+            ),
         };
         snap.delivery_states.insert(
             id.clone(),
@@ -330,7 +337,10 @@ pub(crate) fn load_all(c: &Connection, path: &Path) -> Result<Snapshot, TaskErro
 
 /// Writes `task` with version `task.version + 1` iff the row's version is
 /// `task.version` (0: no row). Returns the outcome; runs inside the caller's tx.
-pub(crate) fn write_task(tx: &Transaction<'_>, task: &TaskRecord) -> rusqlite::Result<WriteOutcome> {
+pub(crate) fn write_task(
+    tx: &Transaction<'_>,
+    task: &TaskRecord,
+) -> rusqlite::Result<WriteOutcome> {
     let cur: Option<i64> = tx
         .query_row(
             "SELECT version FROM task_runs WHERE task_id = ?1",
@@ -415,7 +425,10 @@ pub(crate) fn write_delivery(
 ) -> rusqlite::Result<()> {
     match d {
         None => {
-            tx.execute("DELETE FROM task_delivery_state WHERE task_id = ?1", [task_id])?;
+            tx.execute(
+                "DELETE FROM task_delivery_state WHERE task_id = ?1",
+                [task_id],
+            )?;
         }
         Some(d) => {
             tx.execute(
@@ -564,7 +577,10 @@ impl TaskStore for SqliteTaskStore {
     fn delete_task_with_delivery_state(&self, task_id: &str) -> Result<bool, TaskError> {
         let c = self.connection();
         self.immediate(&c, |tx| {
-            tx.execute("DELETE FROM task_delivery_state WHERE task_id = ?1", [task_id])?;
+            tx.execute(
+                "DELETE FROM task_delivery_state WHERE task_id = ?1",
+                [task_id],
+            )?;
             let n = tx.execute("DELETE FROM task_runs WHERE task_id = ?1", [task_id])?;
             Ok(Ok(n == 1))
         })
