@@ -30,6 +30,8 @@ enum Cmd {
     Daemon(cli::daemon::DaemonArgs),
     /// Follow-ups the agent promised or inferred: list, add, snooze, dismiss.
     Commitments(cli::commitments::CommitmentsArgs),
+    /// The task ledger: list, show, audit, maintenance, run a tracked command.
+    Tasks(cli::tasks::TasksArgs),
 }
 
 fn init_logging(format: &str) {
@@ -56,6 +58,7 @@ fn main() {
         Cmd::Json(a) => cli::json::run(a),
         Cmd::Daemon(a) => cli::daemon::run(a, &state_dir),
         Cmd::Commitments(a) => cli::commitments::run(a, &state_dir),
+        Cmd::Tasks(a) => cli::tasks::run(a, &state_dir),
     };
     match res {
         Ok(()) => {}

@@ -3,6 +3,7 @@
 pub mod commitments;
 pub mod daemon;
 pub mod json;
+pub mod tasks;
 
 use std::path::Path;
 use std::sync::Arc;

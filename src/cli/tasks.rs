@@ -1,0 +1,730 @@
+//! `lockstore tasks`: the task ledger CLI (openclaw `openclaw tasks`,
+//! `src/commands/tasks.ts`, reference §5.10), plus `run` to track a real
+//! command and `create|start|progress|finish` for scripts.
+//!
+//! Every mutation goes through [`TaskRegistry`] (exclusive section on the
+//! ledger + one BEGIN IMMEDIATE transaction, persist before commit), so the CLI
+//! and a daemon can change the same ledger concurrently without losing updates.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use lockstore::proc::now_ms;
+use lockstore::sqlite::SqliteOptions;
+use lockstore::stores::tasks::audit::format_age;
+use lockstore::stores::tasks::*;
+use lockstore::Durability;
+
+use super::{cli_lock_options, exit, CliError, CliResult};
+
+/// Arguments of `lockstore tasks` (no subcommand = `list`).
+#[derive(Args, Debug)]
+pub struct TasksArgs {
+    #[command(subcommand)]
+    cmd: Option<TasksCmd>,
+    #[command(flatten)]
+    list: ListArgs,
+    /// Give up waiting for the ledger lock after this many ms (default 60000).
+    #[arg(long, global = true)]
+    lock_timeout_ms: Option<u64>,
+    /// fsync policy: full (synchronous=FULL) or process (synchronous=NORMAL).
+    #[arg(long, global = true, default_value = "full")]
+    durability: Durability,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct ListArgs {
+    /// Only tasks of this runtime (subagent, acp, cli, cron).
+    #[arg(long)]
+    runtime: Option<Runtime>,
+    /// Only tasks with this status.
+    #[arg(long)]
+    status: Option<TaskStatus>,
+    /// JSON output `{count, runtime, status, tasks}`.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum TasksCmd {
+    /// List tasks, newest first.
+    List(ListArgs),
+    /// Show one task (LOOKUP = task id, run id or session key).
+    Show {
+        lookup: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record a task as cancelled (cli tasks: record only).
+    Cancel {
+        lookup: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the notify policy (done_only, state_changes, silent).
+    Notify {
+        lookup: String,
+        policy: NotifyPolicy,
+    },
+    /// Audit the ledger.
+    Audit {
+        /// Only rows of this severity (warn or error); the summary counts all.
+        #[arg(long)]
+        severity: Option<audit::Severity>,
+        /// Only rows of this code; the summary counts all.
+        #[arg(long)]
+        code: Option<AuditCode>,
+        /// Show at most N rows.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Preview (default) or apply the maintenance sweep.
+    Maintenance {
+        #[arg(long)]
+        apply: bool,
+        #[arg(long)]
+        json: bool,
+        /// Grace before an active task with an unjudgeable owner is marked lost, ms.
+        #[arg(long, default_value_t = 300_000)]
+        grace_ms: i64,
+    },
+    /// Run CMD as a cli task owned by this process; records succeeded, failed (exit code) or timed_out. Prints the task id first.
+    Run {
+        #[arg(long)]
+        label: Option<String>,
+        /// Kill the command and record timed_out after this many ms.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Command and arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Create a task (prints its id, or the record with --json).
+    Create(CreateArgs),
+    /// Mark a task running.
+    Start {
+        lookup: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record progress (lastEventAt = now); prints the row version after each write.
+    Progress {
+        lookup: String,
+        #[arg(long)]
+        summary: Option<String>,
+        /// Increment metadata[KEY] by one (read-modify-write).
+        #[arg(long)]
+        counter: Option<String>,
+        /// Do it N times, each a separate locked write.
+        #[arg(long, default_value_t = 1)]
+        repeat: u64,
+    },
+    /// Record a terminal status.
+    Finish {
+        lookup: String,
+        #[arg(long)]
+        status: TaskStatus,
+        #[arg(long)]
+        error: Option<String>,
+        #[arg(long)]
+        summary: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct CreateArgs {
+    #[arg(long)]
+    runtime: Runtime,
+    /// Description.
+    #[arg(long)]
+    task: String,
+    #[arg(long)]
+    label: Option<String>,
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Owner session key (empty: system scope).
+    #[arg(long, default_value = "")]
+    owner_key: String,
+    #[arg(long)]
+    child_session: Option<String>,
+    #[arg(long)]
+    parent_flow: Option<String>,
+    #[arg(long)]
+    notify: Option<NotifyPolicy>,
+    /// Initial status: queued (default) or running.
+    #[arg(long)]
+    status: Option<TaskStatus>,
+    /// Record PID (e.g. the calling shell, `$$`) as the owner process.
+    #[arg(long)]
+    owner_pid: Option<u32>,
+    /// Metadata entries KEY=VALUE (VALUE parsed as JSON scalar, else string).
+    #[arg(long, num_args = 1..)]
+    metadata: Vec<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn cli_err(e: TaskError) -> CliError {
+    match e {
+        TaskError::Core(e) => e.into(),
+        TaskError::NotFound { lookup, .. } => CliError::usage(format!(
+            "Task not found: {lookup}. Run `lockstore tasks list` to see task ids, run ids and session keys."
+        )),
+        e @ TaskError::InvalidPersisted { .. } => CliError {
+            code: exit::CORRUPT,
+            msg: e.to_string(),
+        },
+        e @ (TaskError::InvalidTransition { .. } | TaskError::Invalid { .. }) => {
+            CliError::usage(e.to_string())
+        }
+        e @ TaskError::Conflict { .. } => CliError {
+            code: exit::IO,
+            msg: e.to_string(),
+        },
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> CliResult {
+    let s = serde_json::to_string_pretty(v).map_err(|e| CliError::usage(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+fn trunc(s: &str, w: usize) -> String {
+    let n = s.chars().count();
+    if n <= w {
+        format!("{s:<w$}")
+    } else {
+        let mut t: String = s.chars().take(w.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn summary_text(t: &TaskRecord) -> &str {
+    t.terminal_summary
+        .as_deref()
+        .or(t.progress_summary.as_deref())
+        .or(t.label.as_deref())
+        .unwrap_or(&t.task)
+}
+
+fn registry_summary(tasks: &[TaskRecord]) -> serde_json::Value {
+    let mut by_status = serde_json::Map::new();
+    for s in TaskStatus::ALL {
+        by_status.insert(
+            s.as_str().into(),
+            tasks.iter().filter(|t| t.status == *s).count().into(),
+        );
+    }
+    let mut by_runtime = serde_json::Map::new();
+    for r in Runtime::ALL {
+        by_runtime.insert(
+            r.as_str().into(),
+            tasks.iter().filter(|t| t.runtime == *r).count().into(),
+        );
+    }
+    let active = tasks.iter().filter(|t| t.status.is_active()).count();
+    let failures = tasks
+        .iter()
+        .filter(|t| {
+            matches!(
+                t.status,
+                TaskStatus::Failed | TaskStatus::TimedOut | TaskStatus::Lost
+            )
+        })
+        .count();
+    json!({"total": tasks.len(), "active": active, "terminal": tasks.len() - active,
+           "failures": failures, "byStatus": by_status, "byRuntime": by_runtime})
+}
+
+fn show_text(t: &TaskRecord) {
+    let ts = |v: Option<i64>| v.map(iso).unwrap_or_else(|| "n/a".into());
+    let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "n/a".into());
+    let lines: Vec<(&str, String)> = vec![
+        ("taskId", t.task_id.clone()),
+        ("runtime", t.runtime.to_string()),
+        ("status", t.status.to_string()),
+        ("deliveryStatus", t.delivery_status.to_string()),
+        ("notifyPolicy", t.notify_policy.to_string()),
+        ("label", o(&t.label)),
+        ("task", t.task.clone()),
+        (
+            "ownerKey",
+            if t.owner_key.is_empty() {
+                "n/a".into()
+            } else {
+                t.owner_key.clone()
+            },
+        ),
+        ("scopeKind", t.scope_kind.to_string()),
+        ("runId", o(&t.run_id)),
+        ("childSessionKey", o(&t.child_session_key)),
+        ("parentFlowId", o(&t.parent_flow_id)),
+        (
+            "ownerPid",
+            t.owner_pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "n/a".into()),
+        ),
+        ("createdAt", iso(t.created_at)),
+        ("startedAt", ts(t.started_at)),
+        ("endedAt", ts(t.ended_at)),
+        ("lastEventAt", ts(t.last_event_at)),
+        ("cleanupAfter", ts(t.cleanup_after)),
+        ("error", o(&t.error)),
+        ("progressSummary", o(&t.progress_summary)),
+        ("terminalSummary", o(&t.terminal_summary)),
+        (
+            "terminalOutcome",
+            t.terminal_outcome
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "n/a".into()),
+        ),
+        ("version", t.version.to_string()),
+    ];
+    for (k, v) in lines {
+        println!("{k}: {v}");
+    }
+}
+
+/// Runs `lockstore tasks ...` on `<state_dir>/tasks/runs.sqlite`.
+pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
+    let opts = RegistryOptions {
+        sqlite: SqliteOptions {
+            durability: a.durability,
+            ..Default::default()
+        },
+        lock: cli_lock_options(a.lock_timeout_ms),
+    };
+    let reg = TaskRegistry::open_state_dir(state_dir, opts).map_err(cli_err)?;
+    let cmd = a.cmd.unwrap_or(TasksCmd::List(a.list));
+    match cmd {
+        TasksCmd::List(l) => list(&reg, &l),
+        TasksCmd::Show { lookup, json } => {
+            let t = reg.lookup(&lookup).map_err(cli_err)?;
+            if json {
+                print_json(&t)
+            } else {
+                show_text(&t);
+                Ok(())
+            }
+        }
+        TasksCmd::Cancel { lookup, json } => {
+            let t = reg.lookup(&lookup).map_err(cli_err)?;
+            let t = reg.cancel(&t.task_id, now_ms()).map_err(cli_err)?;
+            if json {
+                print_json(&t)
+            } else {
+                println!("Cancelled {} ({}).", t.task_id, t.runtime);
+                Ok(())
+            }
+        }
+        TasksCmd::Notify { lookup, policy } => {
+            let t = reg.lookup(&lookup).map_err(cli_err)?;
+            let t = reg.set_notify_policy(&t.task_id, policy).map_err(cli_err)?;
+            println!(
+                "Updated {} notify policy to {}.",
+                t.task_id, t.notify_policy
+            );
+            Ok(())
+        }
+        TasksCmd::Audit {
+            severity,
+            code,
+            limit,
+            json,
+        } => audit_cmd(&reg, severity, code, limit, json),
+        TasksCmd::Maintenance {
+            apply,
+            json,
+            grace_ms,
+        } => maintenance_cmd(&reg, apply, json, grace_ms),
+        TasksCmd::Run {
+            label,
+            timeout_ms,
+            cmd,
+        } => run_cmd(&reg, label, timeout_ms, cmd),
+        TasksCmd::Create(c) => create_cmd(&reg, c),
+        TasksCmd::Start { lookup, json } => {
+            let t = reg.lookup(&lookup).map_err(cli_err)?;
+            let t = reg.mark_running(&t.task_id, now_ms()).map_err(cli_err)?;
+            if json {
+                print_json(&t)
+            } else {
+                println!("{}", t.task_id);
+                Ok(())
+            }
+        }
+        TasksCmd::Progress {
+            lookup,
+            summary,
+            counter,
+            repeat,
+        } => {
+            let id = reg.lookup(&lookup).map_err(cli_err)?.task_id;
+            let out = std::io::stdout();
+            let mut out = out.lock();
+            for _ in 0..repeat {
+                let t = reg
+                    .record_progress(&id, now_ms(), summary.as_deref(), counter.as_deref())
+                    .map_err(cli_err)?;
+                let _ = writeln!(out, "{}", t.version);
+            }
+            Ok(())
+        }
+        TasksCmd::Finish {
+            lookup,
+            status,
+            error,
+            summary,
+            json,
+        } => {
+            let t = reg.lookup(&lookup).map_err(cli_err)?;
+            let t = reg
+                .finish(&t.task_id, now_ms(), status, error, summary)
+                .map_err(cli_err)?;
+            if json {
+                print_json(&t)
+            } else {
+                println!("{}", t.task_id);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn list(reg: &TaskRegistry, l: &ListArgs) -> CliResult {
+    let now = now_ms();
+    let all = reg.list().map_err(cli_err)?;
+    let tasks: Vec<_> = all
+        .iter()
+        .filter(|t| l.runtime.is_none_or(|r| t.runtime == r))
+        .filter(|t| l.status.is_none_or(|s| t.status == s))
+        .cloned()
+        .collect();
+    if l.json {
+        return print_json(&json!({
+            "count": tasks.len(),
+            "runtime": l.runtime,
+            "status": l.status,
+            "tasks": tasks,
+        }));
+    }
+    let issues = audit(&all, now, &AuditOptions::default()).summary.total;
+    println!("Background tasks: {}", tasks.len());
+    let q = all
+        .iter()
+        .filter(|t| t.status == TaskStatus::Queued)
+        .count();
+    let r = all
+        .iter()
+        .filter(|t| t.status == TaskStatus::Running)
+        .count();
+    println!("Task pressure: {q} queued · {r} running · {issues} issues");
+    if let Some(r) = l.runtime {
+        println!("Runtime filter: {r}");
+    }
+    if let Some(s) = l.status {
+        println!("Status filter: {s}");
+    }
+    if tasks.is_empty() {
+        println!("No background tasks found. Run `lockstore tasks audit` to check the ledger.");
+        return Ok(());
+    }
+    println!(
+        "{} {} {} {} {} {} Summary",
+        trunc("Task", 10),
+        trunc("Kind", 8),
+        trunc("Status", 10),
+        trunc("Delivery", 14),
+        trunc("Run", 10),
+        trunc("Child Session", 36)
+    );
+    for t in &tasks {
+        println!(
+            "{} {} {} {} {} {} {}",
+            trunc(&t.task_id, 10),
+            trunc(t.runtime.as_str(), 8),
+            trunc(t.status.as_str(), 10),
+            trunc(t.delivery_status.as_str(), 14),
+            trunc(t.run_id.as_deref().unwrap_or("n/a"), 10),
+            trunc(t.child_session_key.as_deref().unwrap_or("n/a"), 36),
+            trunc(summary_text(t), 80).trim_end()
+        );
+    }
+    Ok(())
+}
+
+fn audit_json(
+    rep: &AuditReport,
+    severity: Option<audit::Severity>,
+    code: Option<AuditCode>,
+    limit: Option<usize>,
+) -> serde_json::Value {
+    let rows = rep.filtered(severity, code);
+    let shown: Vec<_> = rows.iter().take(limit.unwrap_or(usize::MAX)).collect();
+    let s = &rep.summary;
+    json!({
+        "count": rep.findings.len(),
+        "filteredCount": rows.len(),
+        "displayed": shown.len(),
+        "filters": {"severity": severity, "code": code, "limit": limit},
+        "summary": {
+            "total": s.total, "warnings": s.warnings, "errors": s.errors, "byCode": s.by_code,
+            "taskFlows": {"total": 0, "warnings": 0, "errors": 0},
+            "combined": {"total": s.total, "errors": s.errors, "warnings": s.warnings},
+        },
+        "findings": shown,
+    })
+}
+
+fn audit_cmd(
+    reg: &TaskRegistry,
+    severity: Option<audit::Severity>,
+    code: Option<AuditCode>,
+    limit: Option<usize>,
+    json: bool,
+) -> CliResult {
+    let rep = reg
+        .audit(now_ms(), &AuditOptions::default())
+        .map_err(cli_err)?;
+    if json {
+        return print_json(&audit_json(&rep, severity, code, limit));
+    }
+    let s = &rep.summary;
+    println!(
+        "Tasks audit: {} findings · {} errors · {} warnings",
+        s.total, s.errors, s.warnings
+    );
+    if let Some(v) = severity {
+        println!("Severity filter: {}", v.as_str());
+    }
+    if let Some(c) = code {
+        println!("Code filter: {}", c.as_str());
+    }
+    println!("Task findings: {} · TaskFlow findings: 0", s.total);
+    let rows = rep.filtered(severity, code);
+    if rows.is_empty() {
+        println!("No findings.");
+        return Ok(());
+    }
+    println!(
+        "{} {} {} {} {} {} Detail",
+        trunc("Scope", 8),
+        trunc("Severity", 8),
+        trunc("Code", 22),
+        trunc("Item", 18),
+        trunc("Status", 10),
+        trunc("Age", 8)
+    );
+    for f in rows.iter().take(limit.unwrap_or(usize::MAX)) {
+        println!(
+            "{} {} {} {} {} {} {}",
+            trunc("Task", 8),
+            trunc(f.severity.as_str(), 8),
+            trunc(f.code.as_str(), 22),
+            trunc(&f.task_id, 18),
+            trunc(f.status.as_str(), 10),
+            trunc(&format_age(f.age_ms), 8),
+            trunc(&f.detail, 88).trim_end()
+        );
+    }
+    Ok(())
+}
+
+fn health(s: &AuditSummary) -> String {
+    format!(
+        "{} findings · {} errors · {} warnings",
+        s.total, s.errors, s.warnings
+    )
+}
+
+fn maintenance_cmd(reg: &TaskRegistry, apply: bool, json: bool, grace_ms: i64) -> CliResult {
+    let now = now_ms();
+    let before = reg.audit(now, &AuditOptions::default()).map_err(cli_err)?;
+    let mode = if apply {
+        MaintenanceMode::Apply
+    } else {
+        MaintenanceMode::Preview
+    };
+    let rep = reg
+        .maintenance(mode, now, &MaintenanceOptions { grace_ms })
+        .map_err(cli_err)?;
+    let after = reg.audit(now, &AuditOptions::default()).map_err(cli_err)?;
+    let tasks = reg.list().map_err(cli_err)?;
+    if json {
+        return print_json(&json!({
+            "mode": if apply { "apply" } else { "preview" },
+            "maintenance": {"tasks": rep, "taskFlows": {"reconciled": 0, "pruned": 0}},
+            "tasks": registry_summary(&tasks),
+            "auditBefore": before.summary,
+            "auditAfter": after.summary,
+        }));
+    }
+    println!(
+        "Tasks maintenance ({}): tasks {} reconcile · {} recovered · {} cleanup stamp · {} prune · {} normalize; task-flows 0 reconcile · 0 prune",
+        if apply { "applied" } else { "preview" },
+        rep.reconciled,
+        rep.recovered,
+        rep.cleanup_stamped,
+        rep.pruned,
+        rep.normalized
+    );
+    for a in &rep.actions {
+        println!("  {} {}: {}", a.action, a.task_id, a.reason);
+    }
+    println!("Health before: {}", health(&before.summary));
+    println!("Health after: {}", health(&after.summary));
+    Ok(())
+}
+
+fn create_cmd(reg: &TaskRegistry, c: CreateArgs) -> CliResult {
+    let mut md = Metadata::new();
+    for kv in &c.metadata {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| CliError::usage(format!("--metadata {kv:?}: expected KEY=VALUE")))?;
+        if k.is_empty() {
+            return Err(CliError::usage(format!("--metadata {kv:?}: empty key")));
+        }
+        let v = match serde_json::from_str::<serde_json::Value>(v) {
+            Ok(j) if !(j.is_object() || j.is_array()) => j,
+            _ => serde_json::Value::String(v.to_string()),
+        };
+        md.insert(k.to_string(), v);
+    }
+    let owner = c.owner_pid.map(|pid| lockstore::proc::ProcessIdentity {
+        pid,
+        start_time: lockstore::proc::start_time_of(pid),
+        boot_id: lockstore::proc::boot_id(),
+        hostname: None,
+        pid_ns: None,
+    });
+    let new = NewTask {
+        runtime: Some(c.runtime),
+        task: c.task,
+        label: c.label,
+        owner_key: c.owner_key,
+        run_id: c.run_id,
+        child_session_key: c.child_session,
+        parent_flow_id: c.parent_flow,
+        notify_policy: c.notify,
+        status: c.status,
+        owner,
+        metadata: (!md.is_empty()).then_some(md),
+        ..Default::default()
+    };
+    let (t, _) = reg.create(new, now_ms()).map_err(cli_err)?;
+    if c.json {
+        print_json(&t)
+    } else {
+        println!("{}", t.task_id);
+        Ok(())
+    }
+}
+
+fn run_cmd(
+    reg: &TaskRegistry,
+    label: Option<String>,
+    timeout_ms: Option<u64>,
+    cmd: Vec<String>,
+) -> CliResult {
+    let desc = cmd.join(" ");
+    let new = NewTask {
+        runtime: Some(Runtime::Cli),
+        task: desc.clone(),
+        label,
+        owner: Some(lockstore::proc::current().clone()),
+        ..Default::default()
+    };
+    let (t, _) = reg.create(new, now_ms()).map_err(cli_err)?;
+    let id = t.task_id;
+    reg.mark_running(&id, now_ms()).map_err(cli_err)?;
+    println!("{id}");
+    let _ = std::io::stdout().flush();
+    let child = Command::new(&cmd[0]).args(&cmd[1..]).spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("cannot start {:?}: {e}", cmd[0]);
+            reg.finish(&id, now_ms(), TaskStatus::Failed, Some(msg.clone()), None)
+                .map_err(cli_err)?;
+            return Err(CliError { code: 127, msg });
+        }
+    };
+    let pid = child.id();
+    eprintln!("lockstore: task {id} running `{desc}` (pid {pid})");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let waited = match timeout_ms {
+        Some(ms) => rx.recv_timeout(Duration::from_millis(ms)).ok(),
+        None => rx.recv().ok(),
+    };
+    let Some(status) = waited else {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = rx.recv();
+        let msg = format!("timed out after {} ms; killed", timeout_ms.unwrap_or(0));
+        record_end(reg, &id, TaskStatus::TimedOut, Some(msg.clone()))?;
+        return Err(CliError { code: 124, msg });
+    };
+    let status = status.map_err(|e| CliError {
+        code: exit::IO,
+        msg: format!("waiting for {desc:?}: {e}"),
+    })?;
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => record_end(reg, &id, TaskStatus::Succeeded, None),
+        (Some(c), _) => {
+            record_end(
+                reg,
+                &id,
+                TaskStatus::Failed,
+                Some(format!("exited with code {c}")),
+            )?;
+            Err(CliError {
+                code: c,
+                msg: format!("task {id}: `{desc}` exited with code {c}"),
+            })
+        }
+        (None, sig) => {
+            let s = sig.unwrap_or(0);
+            record_end(
+                reg,
+                &id,
+                TaskStatus::Failed,
+                Some(format!("killed by signal {s}")),
+            )?;
+            Err(CliError {
+                code: 128 + s,
+                msg: format!("task {id}: `{desc}` killed by signal {s}"),
+            })
+        }
+    }
+}
+
+fn record_end(reg: &TaskRegistry, id: &str, s: TaskStatus, err: Option<String>) -> CliResult {
+    match reg.finish(id, now_ms(), s, err, None) {
+        Ok(_) => Ok(()),
+        // Cancelled meanwhile: monotonicity keeps the operator's decision.
+        Err(TaskError::InvalidTransition { from, .. }) => {
+            eprintln!("lockstore: task {id} was already {from}; result {s} not recorded");
+            Ok(())
+        }
+        Err(e) => Err(cli_err(e)),
+    }
+}
