@@ -102,7 +102,7 @@ fn inode_check_catches_deleted_or_replaced_lock_file(#[values("delete", "replace
     assert_eq!(read_json(&store)["n"], 11, "an update was lost");
 }
 
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 struct Doc {
     n: u64,
 }
