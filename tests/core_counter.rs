@@ -115,7 +115,7 @@ fn threads_and_processes_count_exactly(
     run_procs(procs, threads, m, durability);
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, Clone)]
 struct Counter {
     count: u64,
     tally: Vec<u64>,
