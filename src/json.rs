@@ -241,6 +241,8 @@ impl<T: Serialize + DeserializeOwned + Default> JsonStore<T> {
         self.writer.run(|ctx| {
             let Loaded { mut doc, raw } = self.load_with_state()?;
             let out = f(&mut doc, ctx)?;
+            // Fencing (sidecar lease mode): refuse to commit over a new holder.
+            ctx.verify_still_held()?;
             self.save_if_changed(&doc, raw.as_deref())?;
             Ok(out)
         })

@@ -21,14 +21,23 @@ use std::time::{Duration, Instant};
 use crate::atomic;
 use crate::error::{Error, Result};
 use crate::lock::owner::{HolderInfo, OwnerRecord};
-use crate::lock::{self, Acquired, LockFile, LockOptions};
+use crate::lock::sidecar::{SidecarHeld, SidecarLock};
+use crate::lock::{self, Acquired, LockFile, LockOptions, LockProtocol};
 use crate::queue::{self, FifoQueue, Handle, Registry};
 
 /// Per-store state shared by every writer of one process.
 #[derive(Debug)]
 pub struct StoreEntry {
     fifo: FifoQueue,
-    lock: Mutex<LockFile>,
+    lock: Mutex<OsLock>,
+    protocol: LockProtocol,
+}
+
+/// The store's cross-process lock, by protocol ([`LockOptions::protocol`]).
+#[derive(Debug)]
+enum OsLock {
+    Flock(LockFile),
+    Sidecar(SidecarLock),
 }
 
 type Reg = Registry<PathBuf, StoreEntry>;
@@ -71,6 +80,7 @@ pub struct Exclusive<'a> {
     path: &'a Path,
     acquired: &'a Acquired,
     waited: Duration,
+    sidecar: Option<&'a SidecarHeld>,
 }
 
 impl Exclusive<'_> {
@@ -94,6 +104,17 @@ impl Exclusive<'_> {
     /// Total wait (queue + OS lock).
     pub fn waited(&self) -> Duration {
         self.waited
+    }
+    /// Fencing check before a commit: with the sidecar protocol, verifies that the
+    /// sidecar still holds this holder's bytes ([`SidecarHeld::verify_still_held`]);
+    /// with flock, always Ok (a kernel flock cannot be taken over).
+    ///
+    /// Errors: [`Error::LockLost`], [`Error::Io`].
+    pub fn verify_still_held(&self) -> Result<()> {
+        match self.sidecar {
+            Some(h) => h.verify_still_held(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -128,13 +149,16 @@ impl Drop for HeldMark {
 }
 
 struct OsLockGuard<'a> {
-    lf: MutexGuard<'a, LockFile>,
+    lf: MutexGuard<'a, OsLock>,
     record: Option<OwnerRecord>,
+    sidecar: Option<SidecarHeld>,
 }
 impl Drop for OsLockGuard<'_> {
     fn drop(&mut self) {
-        if let Some(r) = self.record.take() {
-            self.lf.unlock(r);
+        if let Some(h) = self.sidecar.take() {
+            h.release();
+        } else if let (Some(r), OsLock::Flock(lf)) = (self.record.take(), &mut *self.lf) {
+            lf.unlock(r);
         }
     }
 }
@@ -143,14 +167,27 @@ impl Writer {
     /// Opens the writer for the store file `path` (the file need not exist).
     ///
     /// Errors: [`Error::InvalidPath`], [`Error::Io`] creating or canonicalizing the
-    /// parent directory.
+    /// parent directory; [`Error::LockProtocolMismatch`] when this process already
+    /// has the store open with the other [`LockOptions::protocol`].
     pub fn open(path: &Path, opts: LockOptions) -> Result<Self> {
         let path = canonical_store_path(path)?;
         let lock_path = lock::lock_path_for(&path);
         let handle = registry().get(&path, || StoreEntry {
             fifo: FifoQueue::new(),
-            lock: Mutex::new(LockFile::new(lock_path.clone())),
+            lock: Mutex::new(match opts.protocol {
+                LockProtocol::Flock => OsLock::Flock(LockFile::new(lock_path.clone())),
+                LockProtocol::Sidecar => OsLock::Sidecar(SidecarLock::new(lock_path.clone())),
+            }),
+            protocol: opts.protocol,
         });
+        let open_with = handle.protocol;
+        if open_with != opts.protocol {
+            return Err(Error::LockProtocolMismatch {
+                path: lock_path,
+                found: open_with.as_str(),
+                wanted: opts.protocol.as_str(),
+            });
+        }
         Ok(Writer {
             path,
             lock_path,
@@ -218,10 +255,17 @@ impl Writer {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        let acquired = lf.lock(&self.opts, deadline)?;
+        let (acquired, sidecar) = match &mut *lf {
+            OsLock::Flock(l) => (l.lock(&self.opts, deadline)?, None),
+            OsLock::Sidecar(s) => {
+                let (a, h) = s.lock(&self.opts, deadline)?;
+                (a, Some(h))
+            }
+        };
         let guard = OsLockGuard {
             lf,
             record: Some(acquired.record.clone()),
+            sidecar,
         };
         let waited = start.elapsed();
         span.record("waited_ms", waited.as_millis() as u64);
@@ -237,6 +281,7 @@ impl Writer {
             path: &self.path,
             acquired: &acquired,
             waited,
+            sidecar: guard.sidecar.as_ref(),
         };
         let out = f(&mut ctx);
         // Release order: OS lock first, then the queue slot.
