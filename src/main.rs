@@ -26,6 +26,8 @@ struct Cli {
 enum Cmd {
     /// Concurrency-safe edits of a JSON file (jq-style, JSON Pointer paths).
     Json(cli::json::JsonArgs),
+    /// Inspect or reclaim a store's lock (`lock status PATH`, `lock reclaim PATH`).
+    Lock(cli::lock::LockArgs),
 }
 
 fn init_logging(format: &str) {
@@ -51,6 +53,7 @@ fn main() {
     let _ = &state_dir;
     let res = match cli.cmd {
         Cmd::Json(a) => cli::json::run(a),
+        Cmd::Lock(a) => cli::lock::run(a, &state_dir),
     };
     match res {
         Ok(()) => {}
