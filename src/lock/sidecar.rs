@@ -1022,6 +1022,32 @@ mod tests {
         assert!(matches!(err, Error::LockStale { .. }), "{err}");
     }
 
+    /// The re-check under the guard: a reclaimer that judged an old dead file must
+    /// not unlink the lock a faster reclaimer created meanwhile.
+    #[test]
+    fn reclaim_rechecks_identity_and_bytes_before_unlink() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.json.lock");
+        std::fs::write(
+            &p,
+            "{\"pid\": 999999999, \"createdAt\": \"2000-01-01T00:00:00.000Z\"}",
+        )
+        .unwrap();
+        let old = Snapshot::read(&p).unwrap().unwrap();
+        // A faster reclaimer removes it and takes the lock.
+        std::fs::remove_file(&p).unwrap();
+        let (_, held) = SidecarLock::new(&p).lock(&opts(), Instant::now()).unwrap();
+        assert!(!unlink_if_unchanged(&p, &old).unwrap());
+        held.verify_still_held().unwrap();
+        // Same inode rewritten in place with other bytes: also refused.
+        drop(held);
+        std::fs::write(&p, "{\"pid\": 999999999}").unwrap();
+        let old = Snapshot::read(&p).unwrap().unwrap();
+        std::fs::write(&p, "{\"pid\": 1}").unwrap();
+        assert!(!unlink_if_unchanged(&p, &old).unwrap());
+        assert!(p.exists());
+    }
+
     #[test]
     fn flock_record_is_refused() {
         let d = tempfile::tempdir().unwrap();
