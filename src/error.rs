@@ -84,6 +84,25 @@ pub enum Error {
         supported: i64,
     },
 
+    /// Sidecar protocol with `fail_closed`: the lock's holder is gone (`holder`
+    /// says why) but reclaiming was not allowed (fs-safe's `file_lock_stale`).
+    #[error("stale file lock on {}: {holder}; not reclaimed (fail-closed); check and run `lockstore lock reclaim`", .path.display())]
+    LockStale { path: PathBuf, holder: String },
+
+    /// Sidecar lease mode: another process took the lock over while this holder
+    /// was silent; the commit was refused so the newer holder's work is kept.
+    #[error("lost file lock on {}: another process reclaimed it (lease expired); nothing was written", .path.display())]
+    LockLost { path: PathBuf },
+
+    /// `<store>.lock` belongs to the other lock protocol (`found`); this acquirer
+    /// uses `wanted`. The two protocols are never mixed on one store.
+    #[error("lock file {} is used with the {found} lock protocol but this store is opened with the {wanted} protocol; use the same protocol everywhere (--lock-protocol)", .path.display())]
+    LockProtocolMismatch {
+        path: PathBuf,
+        found: &'static str,
+        wanted: &'static str,
+    },
+
     /// An I/O error, with the operation that failed.
     #[error("{op} {}: {source}", .path.display())]
     Io {
@@ -124,6 +143,9 @@ impl Error {
             | Error::Serialize { path, .. }
             | Error::Sqlite { path, .. }
             | Error::SchemaTooNew { path, .. }
+            | Error::LockStale { path, .. }
+            | Error::LockLost { path }
+            | Error::LockProtocolMismatch { path, .. }
             | Error::Io { path, .. } => path,
         }
     }

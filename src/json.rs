@@ -271,12 +271,14 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
         F: FnOnce(&mut T, &mut Exclusive<'_>) -> std::result::Result<R, E>,
         E: From<Error>,
     {
-        if self.opts.group_commit.enabled {
+        if self.opts.group_commit.enabled && self.writer.supports_group_commit() {
             return self.update_grouped(f);
         }
         self.writer.run(|ctx| {
             let Loaded { mut doc, raw } = self.load_with_state()?;
             let out = f(&mut doc, ctx)?;
+            // Fencing (sidecar lease mode): refuse to commit over a new holder.
+            ctx.verify_still_held()?;
             self.save_if_changed(&doc, raw.as_deref())?;
             Ok(out)
         })

@@ -32,6 +32,8 @@ enum Cmd {
     Commitments(cli::commitments::CommitmentsArgs),
     /// The task ledger: list, show, audit, maintenance, run a tracked command.
     Tasks(cli::tasks::TasksArgs),
+    /// Inspect or reclaim a store's lock (`lock status PATH`, `lock reclaim PATH`).
+    Lock(cli::lock::LockArgs),
 }
 
 fn init_logging(format: &str) {
@@ -59,6 +61,7 @@ fn main() {
         Cmd::Daemon(a) => cli::daemon::run(a, &state_dir),
         Cmd::Commitments(a) => cli::commitments::run(a, &state_dir),
         Cmd::Tasks(a) => cli::tasks::run(a, &state_dir),
+        Cmd::Lock(a) => cli::lock::run(a, &state_dir),
     };
     match res {
         Ok(()) => {}

@@ -21,16 +21,18 @@ use std::time::{Duration, Instant};
 use crate::atomic;
 use crate::error::{Error, Result};
 use crate::lock::owner::{HolderInfo, OwnerRecord};
-use crate::lock::{self, Acquired, LockFile, LockOptions};
+use crate::lock::sidecar::{SidecarHeld, SidecarLock};
+use crate::lock::{self, Acquired, LockFile, LockOptions, LockProtocol};
 use crate::queue::{self, FifoQueue, Handle, Registry};
 
 /// Per-store state shared by every writer of one process.
 pub struct StoreEntry {
     pub(crate) fifo: FifoQueue,
-    pub(crate) lock: Mutex<LockFile>,
+    pub(crate) lock: Mutex<OsLock>,
+    protocol: LockProtocol,
     /// A group-commit batch left open by the previous slot holder (see
     /// [`crate::json`]): it holds the OS lock and an unsaved document. Only the
-    /// queue slot holder touches it.
+    /// queue slot holder touches it. Flock protocol only.
     pub(crate) batch: Mutex<Option<Box<dyn OpenBatch>>>,
 }
 
@@ -38,8 +40,16 @@ impl std::fmt::Debug for StoreEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreEntry")
             .field("fifo", &self.fifo)
+            .field("protocol", &self.protocol)
             .finish()
     }
+}
+
+/// The store's cross-process lock, by protocol ([`LockOptions::protocol`]).
+#[derive(Debug)]
+pub(crate) enum OsLock {
+    Flock(LockFile),
+    Sidecar(SidecarLock),
 }
 
 /// A group-commit batch that holds the OS lock and changes not yet saved.
@@ -94,6 +104,7 @@ pub struct Exclusive<'a> {
     path: &'a Path,
     acquired: &'a Acquired,
     waited: Duration,
+    sidecar: Option<&'a SidecarHeld>,
 }
 
 impl Exclusive<'_> {
@@ -117,6 +128,17 @@ impl Exclusive<'_> {
     /// Total wait (queue + OS lock).
     pub fn waited(&self) -> Duration {
         self.waited
+    }
+    /// Fencing check before a commit: with the sidecar protocol, verifies that the
+    /// sidecar still holds this holder's bytes ([`SidecarHeld::verify_still_held`]);
+    /// with flock, always Ok (a kernel flock cannot be taken over).
+    ///
+    /// Errors: [`Error::LockLost`], [`Error::Io`].
+    pub fn verify_still_held(&self) -> Result<()> {
+        match self.sidecar {
+            Some(h) => h.verify_still_held(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -151,13 +173,16 @@ impl Drop for HeldMark {
 }
 
 struct OsLockGuard<'a> {
-    lf: MutexGuard<'a, LockFile>,
+    lf: MutexGuard<'a, OsLock>,
     record: Option<OwnerRecord>,
+    sidecar: Option<SidecarHeld>,
 }
 impl Drop for OsLockGuard<'_> {
     fn drop(&mut self) {
-        if let Some(r) = self.record.take() {
-            self.lf.unlock(r);
+        if let Some(h) = self.sidecar.take() {
+            h.release();
+        } else if let (Some(r), OsLock::Flock(lf)) = (self.record.take(), &mut *self.lf) {
+            lf.unlock(r);
         }
     }
 }
@@ -166,15 +191,28 @@ impl Writer {
     /// Opens the writer for the store file `path` (the file need not exist).
     ///
     /// Errors: [`Error::InvalidPath`], [`Error::Io`] creating or canonicalizing the
-    /// parent directory.
+    /// parent directory; [`Error::LockProtocolMismatch`] when this process already
+    /// has the store open with the other [`LockOptions::protocol`].
     pub fn open(path: &Path, opts: LockOptions) -> Result<Self> {
         let path = canonical_store_path(path)?;
         let lock_path = lock::lock_path_for(&path);
         let handle = registry().get(&path, || StoreEntry {
             fifo: FifoQueue::new(),
-            lock: Mutex::new(LockFile::new(lock_path.clone())),
+            lock: Mutex::new(match opts.protocol {
+                LockProtocol::Flock => OsLock::Flock(LockFile::new(lock_path.clone())),
+                LockProtocol::Sidecar => OsLock::Sidecar(SidecarLock::new(lock_path.clone())),
+            }),
+            protocol: opts.protocol,
             batch: Mutex::new(None),
         });
+        let open_with = handle.protocol;
+        if open_with != opts.protocol {
+            return Err(Error::LockProtocolMismatch {
+                path: lock_path,
+                found: open_with.as_str(),
+                wanted: opts.protocol.as_str(),
+            });
+        }
         Ok(Writer {
             path,
             lock_path,
@@ -228,10 +266,17 @@ impl Writer {
         let slot = self.slot(start, deadline)?;
         self.close_open_batch();
         let mut lf = relock(&entry.lock);
-        let acquired = lf.lock(&self.opts, deadline)?;
+        let (acquired, sidecar) = match &mut *lf {
+            OsLock::Flock(l) => (l.lock(&self.opts, deadline)?, None),
+            OsLock::Sidecar(s) => {
+                let (a, h) = s.lock(&self.opts, deadline)?;
+                (a, Some(h))
+            }
+        };
         let guard = OsLockGuard {
             lf,
             record: Some(acquired.record.clone()),
+            sidecar,
         };
         let waited = start.elapsed();
         span.record("waited_ms", waited.as_millis() as u64);
@@ -242,6 +287,7 @@ impl Writer {
             path: &self.path,
             acquired: &acquired,
             waited,
+            sidecar: guard.sidecar.as_ref(),
         };
         let out = f(&mut ctx);
         // Release order: OS lock first, then the queue slot.
@@ -299,15 +345,31 @@ impl Writer {
     }
 
     /// Takes the OS lock (slot holder only) without keeping the mutex guard.
+    /// Group commit is offered for the flock protocol only (the sidecar
+    /// protocol's lease and fencing checks are per section).
+    pub(crate) fn supports_group_commit(&self) -> bool {
+        self.handle.protocol == LockProtocol::Flock
+    }
+
     pub(crate) fn os_lock(&self, deadline: Instant) -> Result<Acquired> {
-        let acquired = relock(&self.handle.lock).lock(&self.opts, deadline)?;
+        let acquired = match &mut *relock(&self.handle.lock) {
+            OsLock::Flock(l) => l.lock(&self.opts, deadline)?,
+            OsLock::Sidecar(_) => {
+                return Err(Error::InvalidPath {
+                    path: self.lock_path.clone(),
+                    reason: "group commit is not available with the sidecar lock protocol",
+                })
+            }
+        };
         self.after_reclaim(&acquired);
         Ok(acquired)
     }
 
     /// Releases the OS lock taken by [`Writer::os_lock`].
     pub(crate) fn os_unlock(&self, record: OwnerRecord) {
-        relock(&self.handle.lock).unlock(record);
+        if let OsLock::Flock(l) = &mut *relock(&self.handle.lock) {
+            l.unlock(record);
+        }
     }
 
     fn after_reclaim(&self, acquired: &Acquired) {
@@ -325,6 +387,7 @@ impl Writer {
             path: &self.path,
             acquired,
             waited,
+            sidecar: None,
         }
     }
 }

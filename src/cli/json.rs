@@ -32,6 +32,16 @@ pub struct JsonArgs {
     /// Give up waiting for the lock after this many ms (default 60000).
     #[arg(long, global = true)]
     lock_timeout_ms: Option<u64>,
+    /// Cross-process lock protocol: flock (lockstore's) or sidecar (interop with
+    /// @openclaw/fs-safe). Never mix the two on one file.
+    #[arg(long, global = true, default_value = "flock")]
+    lock_protocol: lockstore::lock::LockProtocol,
+    /// Sidecar: lease mode with this lease term in ms (holder refreshes every term/3).
+    #[arg(long, global = true)]
+    lock_lease_ms: Option<u64>,
+    /// Sidecar: age in ms after which a lock without a judgeable owner is stale (default 60000).
+    #[arg(long, global = true)]
+    lock_stale_ms: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -200,8 +210,14 @@ fn add(v: &Value, by: i64, ptr: &str) -> Result<Value, String> {
 
 /// Runs `lockstore json`.
 pub fn run(a: JsonArgs) -> CliResult {
+    let mut lock = cli_lock_options(a.lock_timeout_ms);
+    lock.protocol = a.lock_protocol;
+    lock.lease = a.lock_lease_ms.map(std::time::Duration::from_millis);
+    if let Some(ms) = a.lock_stale_ms {
+        lock.stale = std::time::Duration::from_millis(ms);
+    }
     let opts = JsonOptions {
-        lock: cli_lock_options(a.lock_timeout_ms),
+        lock,
         durability: a.durability,
         ..Default::default()
     };

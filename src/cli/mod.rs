@@ -3,6 +3,7 @@
 pub mod commitments;
 pub mod daemon;
 pub mod json;
+pub mod lock;
 pub mod tasks;
 
 use std::path::Path;

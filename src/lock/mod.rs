@@ -25,6 +25,9 @@
 
 pub mod fs_check;
 pub mod owner;
+pub mod sidecar;
+
+pub use sidecar::LockProtocol;
 
 use std::fs::File;
 use std::io::Read;
@@ -75,6 +78,21 @@ pub struct LockOptions {
     /// backoff. Default true; ignored when `max_retries` is set (the openclaw
     /// profile polls).
     pub blocking_wait: bool,
+    /// Cross-process protocol of this store: [`LockProtocol::Flock`] (default) or
+    /// [`LockProtocol::Sidecar`] (interop with `@openclaw/fs-safe`). Never mix the
+    /// two on one store.
+    pub protocol: LockProtocol,
+    /// Sidecar only: age after which a lock without a judgeable owner (empty,
+    /// unparseable, no pid) is stale. Default 60 s (openclaw's `stale`).
+    pub stale: Duration,
+    /// Sidecar only: return [`Error::LockStale`] instead of reclaiming a stale lock
+    /// (fs-safe's `staleRecovery: "fail-closed"`). Default false.
+    pub fail_closed: bool,
+    /// Sidecar only: lease mode with this lease term. The holder refreshes the
+    /// sidecar's mtime every term/3; a waiter may take over a live holder silent
+    /// for longer than the term, and the old holder gets [`Error::LockLost`] at
+    /// its next commit. Default `None` (no lease: a live holder is never robbed).
+    pub lease: Option<Duration>,
 }
 
 impl std::fmt::Debug for LockOptions {
@@ -88,6 +106,10 @@ impl std::fmt::Debug for LockOptions {
             .field("max_retries", &self.max_retries)
             .field("on_wait", &self.on_wait.is_some())
             .field("blocking_wait", &self.blocking_wait)
+            .field("protocol", &self.protocol)
+            .field("stale", &self.stale)
+            .field("fail_closed", &self.fail_closed)
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -103,6 +125,10 @@ impl Default for LockOptions {
             max_retries: None,
             on_wait: None,
             blocking_wait: true,
+            protocol: LockProtocol::Flock,
+            stale: Duration::from_secs(60),
+            fail_closed: false,
+            lease: None,
         }
     }
 }
@@ -121,6 +147,7 @@ impl LockOptions {
             max_retries: Some(6),
             on_wait: None,
             blocking_wait: false,
+            ..Default::default()
         }
     }
 
@@ -433,6 +460,18 @@ impl LockFile {
             buf.truncate(n);
         }
         let previous = OwnerRecord::parse(&buf);
+        // Flock records always have generation >= 1; anything else that looks like
+        // a sidecar payload means the store is locked with the other protocol.
+        if previous.as_ref().is_none_or(|p| p.generation == 0) && sidecar::looks_like_sidecar(&buf)
+        {
+            let _ = f.unlock();
+            self.file = None;
+            return Err(Error::LockProtocolMismatch {
+                path: self.path.clone(),
+                found: LockProtocol::Sidecar.as_str(),
+                wanted: LockProtocol::Flock.as_str(),
+            });
+        }
         let generation = previous.as_ref().map_or(0, |p| p.generation) + 1;
         let reclaimed = previous.as_ref().is_some_and(|p| !p.released);
         if let Some(p) = previous.as_ref().filter(|_| reclaimed) {
