@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lockstore::json::{group_commit_stats, GroupCommit};
+use lockstore::stores::tasks::{NewTask, RegistryOptions, Runtime, TaskRegistry};
 use lockstore::{Durability, Error, JsonOptions, JsonStore};
 use serde::{Deserialize, Serialize};
 
@@ -262,6 +263,181 @@ fn child_size(path: &Path, n: usize, k: u64) {
     println!("{ms} {hwm}");
 }
 
+/// Row 6: a bare rusqlite loop: BEGIN IMMEDIATE, read the row's version, write
+/// the row with a compare-and-set on version, COMMIT — the same statements the
+/// registry runs, without the framework (no flock, no memory, no observers).
+fn bare_sqlite_loop(path: &Path, id: &str, durability: Durability, secs: f64) -> f64 {
+    let opts = lockstore::sqlite::SqliteOptions {
+        durability,
+        ..Default::default()
+    };
+    let c = lockstore::sqlite::open(path, &opts, lockstore::stores::tasks::store::MIGRATIONS)
+        .expect("open sqlite");
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        let tx = rusqlite::Transaction::new_unchecked(&c, rusqlite::TransactionBehavior::Immediate)
+            .expect("begin");
+        let (v, meta): (i64, Option<String>) = tx
+            .query_row(
+                "SELECT version, metadata_json FROM task_runs WHERE task_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("read");
+        let mut m: serde_json::Map<String, serde_json::Value> = meta
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        let k = m.get("n").and_then(|x| x.as_i64()).unwrap_or(0);
+        m.insert("n".into(), (k + 1).into());
+        tx.execute(
+            "UPDATE task_runs SET last_event_at = ?2, metadata_json = ?3, version = ?4 WHERE task_id = ?1 AND version = ?4 - 1",
+            rusqlite::params![id, lockstore::proc::now_ms(), serde_json::to_string(&m).expect("ser"), v + 1],
+        )
+        .expect("update");
+        tx.commit().expect("commit");
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn registry(path: &Path, durability: Durability, group: bool) -> TaskRegistry {
+    TaskRegistry::open(
+        path,
+        RegistryOptions {
+            sqlite: lockstore::sqlite::SqliteOptions {
+                durability,
+                ..Default::default()
+            },
+            group_commit: GroupCommit {
+                enabled: group,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .expect("open registry")
+}
+
+fn seed_task(reg: &TaskRegistry) -> String {
+    reg.create(
+        NewTask {
+            runtime: Some(Runtime::Cli),
+            task: "bench".into(),
+            owner_key: "bench".into(),
+            ..Default::default()
+        },
+        lockstore::proc::now_ms(),
+    )
+    .expect("create")
+    .0
+    .task_id
+}
+
+/// Registry updates/s with `t` threads (`per` updates each, one task per
+/// thread); returns (ops/s, mean batch size).
+fn registry_threads(path: &Path, t: usize, per: u64, group: bool, secs: f64) -> (f64, f64) {
+    let reg = registry(path, Durability::Full, group);
+    let ids: Vec<String> = (0..t).map(|_| seed_task(&reg)).collect();
+    let (b0, u0) = lockstore::stores::tasks::group_commit_stats();
+    let start = Instant::now();
+    let total = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|sc| {
+        for id in &ids {
+            let (reg, total) = (&reg, &total);
+            sc.spawn(move || {
+                let mut n = 0;
+                while n < per && start.elapsed().as_secs_f64() < secs {
+                    reg.record_progress(id, lockstore::proc::now_ms(), None, Some("n"))
+                        .expect("update");
+                    n += 1;
+                }
+                total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+    });
+    let ops = total.into_inner() as f64 / start.elapsed().as_secs_f64();
+    let (b1, u1) = lockstore::stores::tasks::group_commit_stats();
+    let mean = if b1 > b0 {
+        (u1 - u0) as f64 / (b1 - b0) as f64
+    } else {
+        1.0
+    };
+    (ops, mean)
+}
+
+/// Peak resident set (VmHWM) of this process, in kB.
+fn vm_hwm_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Row 6/7 child: runs one ledger measurement in a fresh process and prints
+/// "<ops/s> <mean batch> <VmHWM kB>".
+fn child_ledger(dir: &Path, which: &str, secs: f64) {
+    let p = dir.join(format!("ledger-{which}.sqlite"));
+    let (ops, mean) = match which {
+        "bare" | "bare-process" => {
+            let d = if which == "bare" {
+                Durability::Full
+            } else {
+                Durability::Process
+            };
+            let id = seed_task(&registry(&p, d, false));
+            (bare_sqlite_loop(&p, &id, d, secs), 1.0)
+        }
+        "reg1" | "reg1-process" => {
+            let d = if which == "reg1" {
+                Durability::Full
+            } else {
+                Durability::Process
+            };
+            let reg = registry(&p, d, true);
+            let id = seed_task(&reg);
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed().as_secs_f64() < secs {
+                reg.record_progress(&id, lockstore::proc::now_ms(), None, Some("n"))
+                    .expect("update");
+                n += 1;
+            }
+            (n as f64 / start.elapsed().as_secs_f64(), 1.0)
+        }
+        other => {
+            // "reg8-on", "reg8-off", "reg32-on", ...
+            let (t, g) = other
+                .strip_prefix("reg")
+                .and_then(|r| r.split_once('-'))
+                .expect("ledger child role");
+            registry_threads(&p, t.parse().expect("threads"), u64::MAX, g == "on", secs)
+        }
+    };
+    println!("{ops} {mean} {}", vm_hwm_kb());
+}
+
+fn run_child(args: &[&str]) -> Vec<f64> {
+    let exe = std::env::current_exe().expect("exe");
+    let out = Command::new(&exe).args(args).output().expect("child");
+    if !out.status.success() {
+        eprintln!(
+            "child {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(f64::NAN))
+        .collect()
+}
+
 struct Row {
     name: String,
     value: f64,
@@ -281,6 +457,14 @@ fn main() {
             Path::new(&args[2]),
             args[3].parse().unwrap_or(100),
             args[4].parse().unwrap_or(10),
+        );
+        return;
+    }
+    if args.len() >= 5 && args[1] == "--child-ledger" {
+        child_ledger(
+            Path::new(&args[2]),
+            &args[3],
+            args[4].parse().unwrap_or(1.0),
         );
         return;
     }
@@ -435,6 +619,69 @@ fn main() {
             ratio: None,
             note: "O(n) per save".into(),
         });
+    }
+
+    // Row 6 (+ row 7: each measurement in its own child, reporting VmHWM).
+    let mut ledger = |role: &str| -> (f64, f64, f64) {
+        let v = run_child(&[
+            "--child-ledger",
+            &dir.display().to_string(),
+            role,
+            &secs.to_string(),
+        ]);
+        (
+            v.first().copied().unwrap_or(f64::NAN),
+            v.get(1).copied().unwrap_or(f64::NAN),
+            v.get(2).copied().unwrap_or(f64::NAN) / 1024.0,
+        )
+    };
+    let (bare, _, bare_mem) = ledger("bare");
+    rows.push(Row {
+        name: "ledger: bare rusqlite BEGIN IMMEDIATE read+CAS update (baseline)".into(),
+        value: bare,
+        unit: "updates/s",
+        ratio: Some(bare / phys),
+        note: format!("synchronous FULL; peak RSS {bare_mem:.1} MiB"),
+    });
+    let (r1, _, r1_mem) = ledger("reg1");
+    rows.push(Row {
+        name: "ledger: TaskRegistry 1 writer".into(),
+        value: r1,
+        unit: "updates/s",
+        ratio: Some(r1 / phys),
+        note: format!(
+            "{:.2}x bare; target >= 0.8x bare; peak RSS {r1_mem:.1} MiB",
+            r1 / bare
+        ),
+    });
+    let (bp, _, _) = ledger("bare-process");
+    let (rp, _, _) = ledger("reg1-process");
+    rows.push(Row {
+        name: "ledger: TaskRegistry 1 writer, synchronous NORMAL".into(),
+        value: rp,
+        unit: "updates/s",
+        ratio: Some(rp / phys),
+        note: format!("{:.2}x bare NORMAL ({bp:.0}/s)", rp / bp),
+    });
+    for t in [8usize, 32] {
+        for g in ["off", "on"] {
+            let (ops, mean, mem) = ledger(&format!("reg{t}-{g}"));
+            rows.push(Row {
+                name: format!("ledger: TaskRegistry {t} threads, group commit {g}"),
+                value: ops,
+                unit: "updates/s",
+                ratio: Some(ops / phys),
+                note: format!(
+                    "{:.2}x bare{}; peak RSS {mem:.1} MiB",
+                    ops / bare,
+                    if g == "on" {
+                        format!("; mean batch {mean:.1}")
+                    } else {
+                        String::new()
+                    }
+                ),
+            });
+        }
     }
 
     if json {

@@ -17,6 +17,7 @@
 
 pub mod atomic;
 pub mod error;
+pub(crate) mod group;
 pub mod json;
 pub mod lock;
 pub mod paths;

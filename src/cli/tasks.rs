@@ -305,6 +305,7 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
             ..Default::default()
         },
         lock: cli_lock_options(a.lock_timeout_ms),
+        ..Default::default()
     };
     let reg = TaskRegistry::open_state_dir(state_dir, opts).map_err(cli_err)?;
     let cmd = a.cmd.unwrap_or(TasksCmd::List(a.list));

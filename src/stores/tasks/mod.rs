@@ -23,8 +23,8 @@ pub use audit::{
 };
 pub use record::*;
 pub use registry::{
-    MaintenanceMode, MaintenanceOptions, MaintenanceReport, RegistryOptions, TaskEvent,
-    TaskObserver, TaskRegistry,
+    group_commit_stats, MaintenanceMode, MaintenanceOptions, MaintenanceReport, RegistryOptions,
+    TaskEvent, TaskObserver, TaskRegistry,
 };
 pub use store::{Snapshot, SqliteTaskStore, TaskStore, WriteOutcome, SCHEMA_VERSION};
 

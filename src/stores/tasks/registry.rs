@@ -11,19 +11,22 @@
 //! failed write returns the error and leaves memory exactly as it was.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use super::audit::{self, AuditOptions, AuditReport};
 use super::record::*;
 use super::store::{self, Snapshot, SqliteTaskStore, WriteOutcome};
 use super::TaskError;
-use crate::lock::LockOptions;
+use crate::group::BatchShared;
+use crate::json::GroupCommit;
+use crate::lock::{Acquired, LockOptions};
+use crate::writer::{OpenBatch, Writer};
 use crate::proc::Liveness;
 use crate::sqlite::SqliteOptions;
 
@@ -38,6 +41,11 @@ pub struct RegistryOptions {
     pub sqlite: SqliteOptions,
     /// Lock options for the exclusive section on the ledger path (60 s deadline).
     pub lock: LockOptions,
+    /// Group commit of queued mutations (on by default): several mutations
+    /// queued on this ledger in this process run in one `BEGIN IMMEDIATE`
+    /// transaction, each in its own `SAVEPOINT`, with one COMMIT (one WAL
+    /// fsync with synchronous FULL). See [`TaskRegistry`]. Flock protocol only.
+    pub group_commit: GroupCommit,
 }
 
 /// A registry event (openclaw `onEvent` / observers). Built only when at least
@@ -142,6 +150,10 @@ pub struct MaintenanceReport {
 struct Inner {
     snap: Snapshot,
     data_version: Option<i64>,
+    /// A group-commit batch has an open write transaction on the connection.
+    /// Set and cleared only with `Inner` locked, together with BEGIN and
+    /// COMMIT/ROLLBACK, so a holder of `Inner` knows the connection's state.
+    batch_open: bool,
     by_run: BTreeMap<String, BTreeSet<String>>,
     by_owner: BTreeMap<String, BTreeSet<String>>,
     by_child: BTreeMap<String, BTreeSet<String>>,
@@ -192,6 +204,7 @@ impl Inner {
     fn replace(&mut self, snap: Snapshot) {
         *self = Inner {
             data_version: self.data_version,
+            batch_open: self.batch_open,
             ..Default::default()
         };
         for t in snap.tasks.values() {
@@ -230,19 +243,64 @@ enum Change {
 
 type TxResult<T> = rusqlite::Result<Result<T, TaskError>>;
 
-/// The task registry. `Send + Sync`; share it with `Arc`.
-pub struct TaskRegistry {
+/// What a mutation sees of memory: the committed registry plus the changes of
+/// earlier members of the same group-commit batch (not yet committed).
+struct View<'a> {
+    inner: &'a Inner,
+    /// `(member, changes)` of the batch's earlier successful members.
+    pending: &'a [(usize, Vec<Change>)],
+}
+
+impl View<'_> {
+    /// The version memory (plus the batch's earlier members) has for `id`.
+    fn version(&self, id: &str) -> Option<i64> {
+        for ch in self.pending.iter().rev().flat_map(|(_, c)| c.iter().rev()) {
+            match ch {
+                Change::Put(t, _) if t.task_id == id => return Some(t.version),
+                Change::Remove(r) if r == id => return None,
+                _ => {}
+            }
+        }
+        self.inner.snap.tasks.get(id).map(|t| t.version)
+    }
+}
+
+/// The registry's shared state (also held by an open group-commit batch,
+/// which commits and updates memory when it is closed).
+struct Core {
     store: SqliteTaskStore,
-    lock: LockOptions,
     inner: Mutex<Inner>,
+    /// Signalled when a group-commit batch closes (`Inner::batch_open` false).
+    idle: std::sync::Condvar,
     observers: RwLock<Vec<Arc<dyn TaskObserver>>>,
     cas_misses: AtomicU64,
+}
+
+/// The task registry. `Send + Sync`; share it with `Arc`.
+///
+/// Group commit ([`RegistryOptions::group_commit`], on by default): when
+/// several threads of this process have mutations queued on the ledger, the
+/// writer at the head of the FIFO queue takes the flock and opens one
+/// `BEGIN IMMEDIATE` transaction; each queued mutation then runs in turn, on
+/// its own thread, inside its own `SAVEPOINT` (SQLite docs, "SAVEPOINT"): an
+/// error or panic rolls back only that savepoint and reaches only its caller.
+/// The last one commits. Memory changes only after that COMMIT and only for
+/// the mutations that succeeded; no caller returns before the COMMIT that
+/// contains its change (persist-before-commit, openclaw PR #88008). If the
+/// COMMIT fails every member of the batch gets the error and memory is
+/// unchanged. While a batch is open, registry reads see the last committed
+/// state; SQLite-direct reads through [`TaskRegistry::store`] on the
+/// registry's own connection may see the open batch's rows.
+pub struct TaskRegistry {
+    core: Arc<Core>,
+    writer: Writer,
+    group: GroupCommit,
 }
 
 impl std::fmt::Debug for TaskRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TaskRegistry")
-            .field("path", &self.store.path())
+            .field("path", &self.core.store.path())
             .finish()
     }
 }
@@ -277,16 +335,21 @@ impl TaskRegistry {
     /// [`crate::Error::Sqlite`]), [`TaskError::InvalidPersisted`].
     pub fn open(path: &Path, opts: RegistryOptions) -> Result<Self, TaskError> {
         let store = SqliteTaskStore::open(path, opts.sqlite)?;
+        let writer = Writer::open(path, opts.lock)?;
         let reg = TaskRegistry {
-            store,
-            lock: opts.lock,
-            inner: Mutex::new(Inner::default()),
-            observers: RwLock::new(Vec::new()),
-            cas_misses: AtomicU64::new(0),
+            core: Arc::new(Core {
+                store,
+                inner: Mutex::new(Inner::default()),
+                idle: std::sync::Condvar::new(),
+                observers: RwLock::new(Vec::new()),
+                cas_misses: AtomicU64::new(0),
+            }),
+            writer,
+            group: opts.group_commit,
         };
         {
             let mut inner = reg.lock_inner();
-            let conn = reg.store.connection();
+            let conn = reg.core.store.connection();
             reg.refresh(&mut inner, &conn)?;
         }
         Ok(reg)
@@ -294,18 +357,18 @@ impl TaskRegistry {
 
     /// The underlying store (SQLite-direct reads, failure injection).
     pub fn store(&self) -> &SqliteTaskStore {
-        &self.store
+        &self.core.store
     }
 
     /// The ledger path.
     pub fn path(&self) -> &Path {
-        self.store.path()
+        self.core.store.path()
     }
 
     /// Number of compare-and-set misses so far (a stale memory copy was
     /// reloaded and the patch re-applied on the fresh row).
     pub fn cas_misses(&self) -> u64 {
-        self.cas_misses.load(Ordering::Relaxed)
+        self.core.cas_misses.load(Ordering::Relaxed)
     }
 
     /// Registers an observer and sends it a `restored` event with the current
@@ -313,18 +376,18 @@ impl TaskRegistry {
     pub fn add_observer(&self, o: Arc<dyn TaskObserver>) {
         let tasks = self.lock_inner().snap.tasks.values().cloned().collect();
         notify(std::slice::from_ref(&o), &TaskEvent::Restored { tasks });
-        self.observers
+        self.core.observers
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .push(o);
     }
 
     fn lock_inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.core.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn observers(&self) -> Vec<Arc<dyn TaskObserver>> {
-        self.observers
+        self.core.observers
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -332,25 +395,26 @@ impl TaskRegistry {
 
     /// Reloads when another connection committed since the last load
     /// (`PRAGMA data_version` changed). Returns the `restored` event to emit.
+    /// Skipped while this registry's group-commit batch holds the write
+    /// transaction (no other connection can commit then, and a reload inside
+    /// it would read the batch's uncommitted rows).
     fn refresh(
         &self,
         inner: &mut Inner,
         conn: &Connection,
     ) -> Result<Option<TaskEvent>, TaskError> {
-        let dv = self.store.data_version(conn)?;
+        if inner.batch_open {
+            return Ok(None);
+        }
+        let dv = self.core.store.data_version(conn)?;
         if inner.data_version == Some(dv) {
             return Ok(None);
         }
-        let (snap, dv) = self.store.load_with_version(conn)?;
+        let (snap, dv) = self.core.store.load_with_version(conn)?;
         tracing::debug!(path = %self.path().display(), tasks = snap.tasks.len(), "reloaded task ledger");
         inner.replace(snap);
         inner.data_version = Some(dv);
-        let has = !self
-            .observers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty();
-        Ok(has.then(|| TaskEvent::Restored {
+        Ok(self.core.has_observers().then(|| TaskEvent::Restored {
             tasks: inner.snap.tasks.values().cloned().collect(),
         }))
     }
@@ -359,7 +423,7 @@ impl TaskRegistry {
     fn read<T>(&self, f: impl FnOnce(&Inner) -> T) -> Result<T, TaskError> {
         let (out, ev) = {
             let mut inner = self.lock_inner();
-            let conn = self.store.connection();
+            let conn = self.core.store.connection();
             let ev = self.refresh(&mut inner, &conn)?;
             drop(conn);
             (f(&inner), ev)
@@ -372,50 +436,38 @@ impl TaskRegistry {
 
     /// The persist-before-commit core: exclusive section → refresh → one
     /// IMMEDIATE transaction (`f` reads and writes SQLite only) → commit →
-    /// memory → observers.
+    /// memory → observers. With group commit, the transaction may be shared
+    /// with the mutations queued before and after this one (see
+    /// [`TaskRegistry`]).
     fn mutate<T>(
         &self,
-        mut f: impl FnMut(&Transaction<'_>, &Inner) -> TxResult<(T, Vec<Change>)>,
+        f: impl FnMut(&Connection, &View<'_>) -> TxResult<(T, Vec<Change>)>,
     ) -> Result<T, TaskError> {
+        if self.group.enabled && self.writer.supports_group_commit() {
+            return self.mutate_grouped(f);
+        }
+        let mut f = f;
         let path = self.path().to_path_buf();
-        let (out, events) = crate::writer::run_exclusive(&path, &self.lock, |ctx| {
+        let (out, events) = self.writer.run(|ctx| {
             let _span = tracing::debug_span!("task_ledger_commit", path = %path.display(), pid = std::process::id(), waited_ms = ctx.waited().as_millis() as u64).entered();
             let mut inner = self.lock_inner();
-            let conn = self.store.connection();
+            let conn = self.core.store.connection();
             let mut events = Vec::new();
             events.extend(self.refresh(&mut inner, &conn)?);
-            let (out, changes) = self.store.immediate(&conn, |tx| f(tx, &inner))?;
+            let (out, changes) = self.core.store.immediate(&conn, |tx| {
+                f(
+                    tx,
+                    &View {
+                        inner: &inner,
+                        pending: &[],
+                    },
+                )
+            })?;
+            ctx.verify_still_held()?;
             drop(conn);
             // Committed: only now does memory change.
-            let has = !self
-                .observers
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty();
-            for ch in changes {
-                match ch {
-                    Change::Put(t, d) => {
-                        let ev_task = has.then(|| t.clone());
-                        let prev = inner.put(t, d);
-                        if let Some(task) = ev_task {
-                            events.push(TaskEvent::Upserted {
-                                task,
-                                previous: prev,
-                            });
-                        }
-                    }
-                    Change::Remove(id) => {
-                        if let Some(prev) = inner.remove(&id) {
-                            if has {
-                                events.push(TaskEvent::Deleted {
-                                    task_id: id,
-                                    previous: prev,
-                                });
-                            }
-                        }
-                    }
-                }
-            }
+            let has = self.core.has_observers();
+            events.extend(apply(&mut inner, changes, has));
             Ok::<_, TaskError>((out, events))
         })?;
         if !events.is_empty() {
@@ -425,6 +477,215 @@ impl TaskRegistry {
             }
         }
         Ok(out)
+    }
+
+    /// Opens a group-commit batch: OS lock, refresh, `BEGIN IMMEDIATE`
+    /// (retried on BUSY until the SQLite retry deadline). Slot holder only.
+    fn begin_batch(
+        &self,
+        deadline: std::time::Instant,
+    ) -> Result<(Box<TaskBatch>, Option<TaskEvent>), TaskError> {
+        let w = &self.writer;
+        let acquired = w.os_lock(deadline)?;
+        let begun = (|| {
+            let mut inner = self.lock_inner();
+            let conn = self.core.store.connection();
+            let ev = self.refresh(&mut inner, &conn)?;
+            let opts = self.core.store.options();
+            let until = std::time::Instant::now() + opts.retry_deadline;
+            let mut attempt = 0u32;
+            loop {
+                match conn.execute_batch("BEGIN IMMEDIATE") {
+                    Ok(()) => break,
+                    Err(e) if crate::sqlite::is_busy(&e) && std::time::Instant::now() < until => {
+                        let ms = (1u64 << attempt.min(6)).min(50);
+                        attempt += 1;
+                        tracing::debug!(path = %self.path().display(), attempt, "database busy; retrying BEGIN IMMEDIATE");
+                        std::thread::sleep(std::time::Duration::from_millis(
+                            ms + fastrand::u64(0..=ms),
+                        ));
+                    }
+                    Err(e) => return Err(TaskError::sqlite("begin group commit", self.path(), e)),
+                }
+            }
+            inner.batch_open = true;
+            Ok(ev)
+        })();
+        match begun {
+            Ok(ev) => Ok((
+                Box::new(TaskBatch {
+                    core: self.core.clone(),
+                    acquired,
+                    pending: Vec::new(),
+                    ran: 0,
+                    committed_members: 0,
+                    failed: None,
+                    shared: Arc::new(BatchShared::default()),
+                }),
+                ev,
+            )),
+            Err(e) => {
+                w.os_unlock(acquired.record);
+                Err(e)
+            }
+        }
+    }
+
+    /// The group-commit path of [`TaskRegistry::mutate`] (the handoff of
+    /// [`crate::json`]'s group commit, with a SAVEPOINT per member).
+    fn mutate_grouped<T>(
+        &self,
+        mut f: impl FnMut(&Connection, &View<'_>) -> TxResult<(T, Vec<Change>)>,
+    ) -> Result<T, TaskError> {
+        let w = &self.writer;
+        if w.held_by_this_thread() {
+            return Err(crate::Error::Reentrant {
+                path: w.path().to_path_buf(),
+            }
+            .into());
+        }
+        let start = std::time::Instant::now();
+        let deadline = crate::queue::deadline_after(w.options().deadline);
+        let span = tracing::debug_span!(
+            "lock_wait",
+            path = %w.path().display(),
+            pid = std::process::id(),
+            waited_ms = tracing::field::Empty
+        );
+        let entered = span.enter();
+        let slot = w.slot(start, deadline)?;
+        let open = w
+            .entry()
+            .batch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let reuse = match open {
+            Some(b)
+                if b.as_any()
+                    .downcast_ref::<TaskBatch>()
+                    .is_some_and(|t| Arc::ptr_eq(&t.core, &self.core) && t.failed.is_none()) =>
+            {
+                b.into_any().downcast::<TaskBatch>().ok()
+            }
+            Some(other) => {
+                other.close(w);
+                None
+            }
+            None => None,
+        };
+        let (mut batch, restored) = match reuse {
+            Some(b) => (b, None),
+            None => self.begin_batch(deadline)?,
+        };
+        span.record("waited_ms", start.elapsed().as_millis() as u64);
+        drop(entered);
+
+        // Run this mutation in its own SAVEPOINT, on this thread.
+        let member = batch.ran;
+        batch.ran += 1;
+        let outcome = {
+            let _mark = w.mark_held();
+            let _span = tracing::debug_span!("task_ledger_member", path = %w.path().display(), member).entered();
+            let inner = self.lock_inner();
+            let conn = self.core.store.connection();
+            let r = match conn.execute_batch("SAVEPOINT lockstore_member") {
+                Err(e) => Ok(Err(TaskError::sqlite("savepoint", self.path(), e))),
+                Ok(()) => catch_unwind(AssertUnwindSafe(|| {
+                    match f(
+                        &conn,
+                        &View {
+                            inner: &inner,
+                            pending: &batch.pending,
+                        },
+                    ) {
+                        Ok(r) => r,
+                        Err(e) => Err(TaskError::sqlite("transaction", self.path(), e)),
+                    }
+                })),
+            };
+            let ok = matches!(r, Ok(Ok(_)));
+            let end = if ok {
+                conn.execute_batch("RELEASE lockstore_member")
+            } else if conn.is_autocommit() {
+                Ok(())
+            } else {
+                conn.execute_batch("ROLLBACK TO lockstore_member; RELEASE lockstore_member")
+            };
+            if let Err(e) = end {
+                batch.failed.get_or_insert_with(|| failure_of(&e));
+            }
+            // SQLite may roll the whole transaction back by itself (SQLITE_FULL,
+            // SQLITE_IOERR, ...): the earlier members' changes are gone too.
+            if conn.is_autocommit() && batch.failed.is_none() {
+                batch.failed = Some((
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    "the group-commit transaction was rolled back by SQLite".into(),
+                ));
+            }
+            drop(conn);
+            drop(inner);
+            match r {
+                Ok(Ok((v, changes))) => {
+                    batch.pending.push((member, changes));
+                    Ok(Ok(v))
+                }
+                Ok(Err(e)) => Ok(Err(e)),
+                Err(p) => Err(p),
+            }
+        };
+
+        // Leave the batch open for the next queued mutation, or commit now.
+        let gc = self.group;
+        let mut successors = w.entry().fifo.len() > 1;
+        if !successors && !gc.max_wait.is_zero() && batch.ran < gc.max_batch {
+            let until = std::time::Instant::now() + gc.max_wait;
+            while !successors && std::time::Instant::now() < until {
+                std::thread::yield_now();
+                successors = w.entry().fifo.len() > 1;
+            }
+        }
+        let shared = batch.shared.clone();
+        let committed_here = matches!(outcome, Ok(Ok(_)));
+        if committed_here {
+            batch.committed_members += 1;
+        }
+        if successors && batch.ran < gc.max_batch && batch.failed.is_none() {
+            *w.entry().batch.lock().unwrap_or_else(|p| p.into_inner()) = Some(batch);
+        } else {
+            batch.close(w);
+        }
+        drop(slot);
+        let obs_restored = restored.map(|ev| (self.observers(), ev));
+        if let Some((obs, ev)) = &obs_restored {
+            notify(obs, ev);
+        }
+        match outcome {
+            Ok(Ok(v)) => {
+                let events = shared.wait(w, |o| match o {
+                    Ok(map) => Ok(map.remove(&member).unwrap_or_default()),
+                    Err((code, msg)) => Err((*code, msg.clone())),
+                });
+                match events {
+                    Ok(events) => {
+                        if !events.is_empty() {
+                            let obs = self.observers();
+                            for ev in &events {
+                                notify(&obs, ev);
+                            }
+                        }
+                        Ok(v)
+                    }
+                    Err((code, msg)) => Err(TaskError::sqlite(
+                        "group commit",
+                        self.path(),
+                        rusqlite::Error::SqliteFailure(code, Some(msg)),
+                    )),
+                }
+            }
+            Ok(Err(e)) => Err(e),
+            Err(p) => resume_unwind(p),
+        }
     }
 
     // ---- reads ----
@@ -527,7 +788,21 @@ impl TaskRegistry {
         owner_key: &str,
         now_ms: i64,
     ) -> Result<Vec<TaskRecord>, TaskError> {
-        self.store.list_fresh_tasks_for_owner_key(owner_key, now_ms)
+        // Not while a group-commit batch has uncommitted rows on the connection.
+        let mut inner = self.lock_inner();
+        while inner.batch_open {
+            inner = self
+                .core
+                .idle
+                .wait(inner)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        let out = self
+            .core
+            .store
+            .list_fresh_tasks_for_owner_key(owner_key, now_ms);
+        drop(inner);
+        out
     }
 
     /// Audits every task at `now_ms` (see [`audit::audit`]).
@@ -680,9 +955,9 @@ impl TaskRegistry {
                     lookup: id.to_string(),
                 }));
             };
-            let mem_version = inner.snap.tasks.get(id).map(|t| t.version);
+            let mem_version = inner.version(id);
             if mem_version != Some(fresh.version) {
-                self.cas_misses.fetch_add(1, Ordering::Relaxed);
+                self.core.cas_misses.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(path = %path.display(), task_id = id, memory = ?mem_version, durable = fresh.version, "compare-and-set miss: re-applying the patch on the durable row");
             }
             let mut next = fresh.clone();
@@ -1017,5 +1292,142 @@ fn notify(obs: &[Arc<dyn TaskObserver>], ev: &TaskEvent) {
             Ok(Err(e)) => tracing::warn!(error = %e, "task observer failed (ignored)"),
             Err(_) => tracing::warn!("task observer panicked (ignored)"),
         }
+    }
+}
+
+/// Applies committed changes to memory; returns the events to emit (only
+/// when `has_observers`).
+fn apply(inner: &mut Inner, changes: Vec<Change>, has_observers: bool) -> Vec<TaskEvent> {
+    let mut events = Vec::new();
+    for ch in changes {
+        match ch {
+            Change::Put(t, d) => {
+                let ev_task = has_observers.then(|| t.clone());
+                let prev = inner.put(t, d);
+                if let Some(task) = ev_task {
+                    events.push(TaskEvent::Upserted {
+                        task,
+                        previous: prev,
+                    });
+                }
+            }
+            Change::Remove(id) => {
+                if let Some(prev) = inner.remove(&id) {
+                    if has_observers {
+                        events.push(TaskEvent::Deleted {
+                            task_id: id,
+                            previous: prev,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    events
+}
+
+impl Core {
+    fn has_observers(&self) -> bool {
+        !self
+            .observers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+}
+
+/// A batch failure, kept in a form every member can rebuild an error from.
+type Failure = (rusqlite::ffi::Error, String);
+
+fn failure_of(e: &rusqlite::Error) -> Failure {
+    match e {
+        rusqlite::Error::SqliteFailure(code, msg) => {
+            (*code, msg.clone().unwrap_or_else(|| e.to_string()))
+        }
+        other => (
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            other.to_string(),
+        ),
+    }
+}
+
+/// Outcome of a batch: each committed member's events (by member number), or
+/// the failure every member gets.
+type BatchOutcome = Result<BTreeMap<usize, Vec<TaskEvent>>, Failure>;
+
+static BATCHES: AtomicU64 = AtomicU64::new(0);
+static BATCHED: AtomicU64 = AtomicU64::new(0);
+
+/// Group-commit statistics of the task ledgers in this process:
+/// `(batches committed, mutations committed in them)`; the mean batch size is
+/// the ratio.
+pub fn group_commit_stats() -> (u64, u64) {
+    (
+        BATCHES.load(Ordering::Relaxed),
+        BATCHED.load(Ordering::Relaxed),
+    )
+}
+
+/// An open group-commit batch of a task ledger: holds the flock and the open
+/// `BEGIN IMMEDIATE` transaction on the registry's connection.
+struct TaskBatch {
+    core: Arc<Core>,
+    acquired: Acquired,
+    /// Committed-to-be changes of the members that succeeded, in order.
+    pending: Vec<(usize, Vec<Change>)>,
+    /// Members that ran (any outcome).
+    ran: usize,
+    /// Members that succeeded.
+    committed_members: usize,
+    /// The transaction is unusable; every member gets this error.
+    failed: Option<Failure>,
+    shared: Arc<BatchShared<BatchOutcome>>,
+}
+
+impl OpenBatch for TaskBatch {
+    fn close(self: Box<Self>, w: &Writer) {
+        let b = *self;
+        let core = b.core;
+        let outcome: BatchOutcome = {
+            let mut inner = core.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let conn = core.store.connection();
+            let r = match b.failed {
+                Some(f) => Err(f),
+                None => conn.execute_batch("COMMIT").map_err(|e| failure_of(&e)),
+            };
+            if !conn.is_autocommit() {
+                if let Err(e) = conn.execute_batch("ROLLBACK") {
+                    tracing::error!(path = %w.path().display(), error = %e, "rollback of a failed group commit failed");
+                }
+            }
+            drop(conn);
+            inner.batch_open = false;
+            let out = r.map(|()| {
+                // Committed: only now does memory change, member by member.
+                let has = core.has_observers();
+                let mut map = BTreeMap::new();
+                for (m, chs) in b.pending {
+                    map.insert(m, apply(&mut inner, chs, has));
+                }
+                map
+            });
+            drop(inner);
+            core.idle.notify_all();
+            out
+        };
+        w.os_unlock(b.acquired.record);
+        if outcome.is_ok() {
+            BATCHES.fetch_add(1, Ordering::Relaxed);
+            BATCHED.fetch_add(b.committed_members as u64, Ordering::Relaxed);
+        } else {
+            tracing::warn!(path = %w.path().display(), members = b.ran, "group commit failed; every member gets the error");
+        }
+        b.shared.finish(outcome);
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
     }
 }

@@ -338,7 +338,7 @@ pub(crate) fn load_all(c: &Connection, path: &Path) -> Result<Snapshot, TaskErro
 /// Writes `task` with version `task.version + 1` iff the row's version is
 /// `task.version` (0: no row). Returns the outcome; runs inside the caller's tx.
 pub(crate) fn write_task(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     task: &TaskRecord,
 ) -> rusqlite::Result<WriteOutcome> {
     let cur: Option<i64> = tx
@@ -419,7 +419,7 @@ pub(crate) fn write_task(
 }
 
 pub(crate) fn write_delivery(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     task_id: &str,
     d: Option<&DeliveryState>,
 ) -> rusqlite::Result<()> {
