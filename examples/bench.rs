@@ -263,38 +263,74 @@ fn child_size(path: &Path, n: usize, k: u64) {
     println!("{ms} {hwm}");
 }
 
-/// Row 6: a bare rusqlite loop: BEGIN IMMEDIATE, read the row's version, write
-/// the row with a compare-and-set on version, COMMIT — the same statements the
-/// registry runs, without the framework (no flock, no memory, no observers).
+/// Row 6: a bare rusqlite loop: BEGIN IMMEDIATE, read the whole row, write
+/// every column back with `last_event_at`, the metadata counter and `version`
+/// changed (compare-and-set on version), COMMIT — the statements the registry
+/// runs (cached), without the framework (no flock, no memory, no observers).
 fn bare_sqlite_loop(path: &Path, id: &str, durability: Durability, secs: f64) -> f64 {
+    use rusqlite::types::Value;
     let opts = lockstore::sqlite::SqliteOptions {
         durability,
         ..Default::default()
     };
     let c = lockstore::sqlite::open(path, &opts, lockstore::stores::tasks::store::MIGRATIONS)
         .expect("open sqlite");
+    let cols: Vec<String> = c
+        .prepare("SELECT * FROM task_runs LIMIT 0")
+        .expect("cols")
+        .column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let idx = |n: &str| cols.iter().position(|c| c == n).expect("column");
+    let (i_id, i_last, i_meta, i_ver) = (
+        idx("task_id"),
+        idx("last_event_at"),
+        idx("metadata_json"),
+        idx("version"),
+    );
+    let sets: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} = ?{}", i + 1))
+        .collect();
+    let update = format!(
+        "UPDATE task_runs SET {} WHERE task_id = ?{} AND version = ?{}",
+        sets.join(", "),
+        cols.len() + 1,
+        cols.len() + 2
+    );
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed().as_secs_f64() < secs {
         let tx = rusqlite::Transaction::new_unchecked(&c, rusqlite::TransactionBehavior::Immediate)
             .expect("begin");
-        let (v, meta): (i64, Option<String>) = tx
-            .query_row(
-                "SELECT version, metadata_json FROM task_runs WHERE task_id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+        let mut row: Vec<Value> = tx
+            .prepare_cached("SELECT * FROM task_runs WHERE task_id = ?1")
+            .expect("prepare")
+            .query_row([id], |r| (0..cols.len()).map(|i| r.get::<_, Value>(i)).collect())
             .expect("read");
-        let mut m: serde_json::Map<String, serde_json::Value> = meta
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default();
+        let Value::Integer(v) = row[i_ver] else {
+            panic!("version")
+        };
+        let mut m: serde_json::Map<String, serde_json::Value> = match &row[i_meta] {
+            Value::Text(s) => serde_json::from_str(s).unwrap_or_default(),
+            _ => Default::default(),
+        };
         let k = m.get("n").and_then(|x| x.as_i64()).unwrap_or(0);
         m.insert("n".into(), (k + 1).into());
-        tx.execute(
-            "UPDATE task_runs SET last_event_at = ?2, metadata_json = ?3, version = ?4 WHERE task_id = ?1 AND version = ?4 - 1",
-            rusqlite::params![id, lockstore::proc::now_ms(), serde_json::to_string(&m).expect("ser"), v + 1],
-        )
-        .expect("update");
+        row[i_meta] = Value::Text(serde_json::to_string(&m).expect("ser"));
+        row[i_last] = Value::Integer(lockstore::proc::now_ms());
+        row[i_ver] = Value::Integer(v + 1);
+        let key = row[i_id].clone();
+        row.push(key);
+        row.push(Value::Integer(v));
+        let changed = tx
+            .prepare_cached(&update)
+            .expect("prepare")
+            .execute(rusqlite::params_from_iter(row.iter()))
+            .expect("update");
+        assert_eq!(changed, 1);
         tx.commit().expect("commit");
         n += 1;
     }
@@ -622,7 +658,7 @@ fn main() {
     }
 
     // Row 6 (+ row 7: each measurement in its own child, reporting VmHWM).
-    let mut ledger = |role: &str| -> (f64, f64, f64) {
+    let ledger = |role: &str| -> (f64, f64, f64) {
         let v = run_child(&[
             "--child-ledger",
             &dir.display().to_string(),

@@ -261,13 +261,10 @@ pub(crate) fn read_task(
     path: &Path,
     task_id: &str,
 ) -> Result<Option<TaskRecord>, TaskError> {
+    // Cached statements: parsing the SQL cost as much as running it.
     let raw = c
-        .query_row(
-            &format!("SELECT {COLS} FROM task_runs WHERE task_id = ?1"),
-            [task_id],
-            read_raw,
-        )
-        .optional()
+        .prepare_cached(&format!("SELECT {COLS} FROM task_runs WHERE task_id = ?1"))
+        .and_then(|mut st| st.query_row([task_id], read_raw).optional())
         .map_err(|e| TaskError::sqlite("read task", path, e))?;
     raw.map(|r| parse_task(path, r)).transpose()
 }
@@ -281,7 +278,7 @@ pub(crate) fn query_tasks(
 ) -> Result<Vec<TaskRecord>, TaskError> {
     let q = |e| TaskError::sqlite("read tasks", path, e);
     let mut st = c
-        .prepare(&format!("SELECT {COLS} FROM task_runs {where_sql}"))
+        .prepare_cached(&format!("SELECT {COLS} FROM task_runs {where_sql}"))
         .map_err(q)?;
     let raws = st
         .query_map(p, read_raw)
@@ -342,11 +339,8 @@ pub(crate) fn write_task(
     task: &TaskRecord,
 ) -> rusqlite::Result<WriteOutcome> {
     let cur: Option<i64> = tx
-        .query_row(
-            "SELECT version FROM task_runs WHERE task_id = ?1",
-            [&task.task_id],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT version FROM task_runs WHERE task_id = ?1")?
+        .query_row([&task.task_id], |r| r.get(0))
         .optional()?;
     let expected = (task.version > 0).then_some(task.version);
     if cur != expected {
@@ -392,15 +386,14 @@ pub(crate) fn write_task(
         next,
     ];
     let n = if expected.is_none() {
-        tx.execute(
+        tx.prepare_cached(
             &format!(
                 "INSERT INTO task_runs ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26,?27,?28,?29,?30,?31,?32)"
             ),
-            vals,
-        )?
+        )?.execute(vals)?
     } else {
         // Compare-and-set on version: a stale copy can never overwrite a newer row.
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE task_runs SET runtime=?2, task_kind=?3, source_id=?4, requester_session_key=?5, \
              owner_key=?6, scope_kind=?7, child_session_key=?8, parent_flow_id=?9, parent_task_id=?10, \
              agent_id=?11, requester_agent_id=?12, run_id=?13, label=?14, task=?15, status=?16, \
@@ -408,8 +401,7 @@ pub(crate) fn write_task(
              last_event_at=?22, cleanup_after=?23, error=?24, progress_summary=?25, terminal_summary=?26, \
              terminal_outcome=?27, metadata_json=?28, owner_pid=?29, owner_start_time=?30, \
              owner_boot_id=?31, version=?32 WHERE task_id=?1 AND version=?32 - 1",
-            vals,
-        )?
+        )?.execute(vals)?
     };
     Ok(if n == 1 {
         WriteOutcome::Written(next)
@@ -516,7 +508,8 @@ impl SqliteTaskStore {
     /// `PRAGMA data_version` of this connection: changes when another
     /// connection commits (SQLite docs, "PRAGMA data_version").
     pub fn data_version(&self, c: &Connection) -> Result<i64, TaskError> {
-        c.query_row("PRAGMA data_version", [], |r| r.get(0))
+        c.prepare_cached("PRAGMA data_version")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
             .map_err(|e| TaskError::sqlite("read data_version", &self.path, e))
     }
 
