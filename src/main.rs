@@ -26,6 +26,8 @@ struct Cli {
 enum Cmd {
     /// Concurrency-safe edits of a JSON file (jq-style, JSON Pointer paths).
     Json(cli::json::JsonArgs),
+    /// The delivery outbox: enqueue, list, retry, prune, deliver.
+    Outbox(cli::outbox::OutboxArgs),
 }
 
 fn init_logging(format: &str) {
@@ -51,6 +53,7 @@ fn main() {
     let _ = &state_dir;
     let res = match cli.cmd {
         Cmd::Json(a) => cli::json::run(a),
+        Cmd::Outbox(a) => cli::outbox::run(a, &state_dir),
     };
     match res {
         Ok(()) => {}

@@ -1,6 +1,7 @@
 //! Shared CLI plumbing: exit codes, error reporting, lock-wait messages.
 
 pub mod json;
+pub mod outbox;
 
 use std::path::Path;
 use std::sync::Arc;
