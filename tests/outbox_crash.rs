@@ -36,11 +36,24 @@ fn enqueue(state: &Path, n: usize) -> Outbox {
     ob
 }
 
-fn deliver(state: &Path, adapter: &str, extra: &[&str], fp: Option<(&str, usize)>) -> std::process::ExitStatus {
+fn deliver(
+    state: &Path,
+    adapter: &str,
+    extra: &[&str],
+    fp: Option<(&str, usize)>,
+) -> std::process::ExitStatus {
     let mut c = Command::new(BIN);
     c.arg("--state-dir")
         .arg(state)
-        .args(["outbox", "deliver", "--once", "--durability", "process", "--adapter", adapter])
+        .args([
+            "outbox",
+            "deliver",
+            "--once",
+            "--durability",
+            "process",
+            "--adapter",
+            adapter,
+        ])
         .args(extra)
         .env_remove("LOCKSTORE_OUTBOX_FAILPOINT");
     if let Some((name, skip)) = fp {
@@ -88,7 +101,10 @@ fn one(fp: &str, exec: bool, t: &mut Tally) {
     let raw = d.path().join("sink.jsonl.raw");
     let exec_log = d.path().join("exec.log");
     let adapter = if exec {
-        format!("exec:echo \"$LOCKSTORE_IDEMPOTENCY_KEY\" >> '{}'", exec_log.display())
+        format!(
+            "exec:echo \"$LOCKSTORE_IDEMPOTENCY_KEY\" >> '{}'",
+            exec_log.display()
+        )
     } else {
         format!("file:{}", sink.display())
     };
@@ -103,14 +119,22 @@ fn one(fp: &str, exec: bool, t: &mut Tally) {
     let st = deliver(&state, &adapter, &args, Some((fp, skip)));
     t.runs += 1;
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(st.signal(), Some(6), "{fp}: the worker was not aborted at hit {skip}: {st:?}");
+    assert_eq!(
+        st.signal(),
+        Some(6),
+        "{fp}: the worker was not aborted at hit {skip}: {st:?}"
+    );
     t.killed += 1;
     // Restart: rescue + drain.
     assert!(deliver(&state, &adapter, &args, None).success());
 
     let rows = statuses(&ob);
     let keys: Vec<String> = (0..N).map(|i| format!("m-{i}")).collect();
-    let sent = if exec { key_counts(&exec_log) } else { key_counts(&raw) };
+    let sent = if exec {
+        key_counts(&exec_log)
+    } else {
+        key_counts(&raw)
+    };
     let total: usize = sent.values().sum();
     t.resent += total.saturating_sub(N);
     if !exec {
@@ -118,13 +142,20 @@ fn one(fp: &str, exec: bool, t: &mut Tally) {
         let sink = key_counts(&sink);
         for k in &keys {
             assert_eq!(rows[k], Status::Delivered, "{fp}: {k}");
-            assert_eq!(sink.get(k), Some(&1), "{fp}: sink must hold {k} exactly once");
+            assert_eq!(
+                sink.get(k),
+                Some(&1),
+                "{fp}: sink must hold {k} exactly once"
+            );
             assert!(sent.get(k).copied().unwrap_or(0) >= 1);
         }
         let expect_resend = usize::from(fp == "after_send");
         assert_eq!(total, N + expect_resend, "{fp}: raw sends {sent:?}");
     } else {
-        let unknown: Vec<&String> = keys.iter().filter(|k| rows[*k] == Status::Unknown).collect();
+        let unknown: Vec<&String> = keys
+            .iter()
+            .filter(|k| rows[*k] == Status::Unknown)
+            .collect();
         t.unknown += unknown.len();
         let mid_send = matches!(fp, "after_send_started" | "after_send");
         assert_eq!(unknown.len(), usize::from(mid_send), "{fp}: {rows:?}");
@@ -132,7 +163,11 @@ fn one(fp: &str, exec: bool, t: &mut Tally) {
             let n = sent.get(k).copied().unwrap_or(0);
             if rows[k] == Status::Unknown {
                 // Never blindly resent: sent once (after_send) or never (after_send_started).
-                assert_eq!(n, usize::from(fp == "after_send"), "{fp}: {k} sent {n} times");
+                assert_eq!(
+                    n,
+                    usize::from(fp == "after_send"),
+                    "{fp}: {k} sent {n} times"
+                );
             } else {
                 assert_eq!(rows[k], Status::Delivered, "{fp}: {k}");
                 assert_eq!(n, 1, "{fp}: {k} sent {n} times");
@@ -194,7 +229,17 @@ fn four_workers_deliver_each_message_exactly_once() {
             Command::new(BIN)
                 .arg("--state-dir")
                 .arg(&state)
-                .args(["outbox", "deliver", "--once", "--durability", "process", "--concurrency", "2", "--batch", "4"])
+                .args([
+                    "outbox",
+                    "deliver",
+                    "--once",
+                    "--durability",
+                    "process",
+                    "--concurrency",
+                    "2",
+                    "--batch",
+                    "4",
+                ])
                 .arg("--adapter")
                 .arg(&adapter)
                 .stderr(std::process::Stdio::null())
@@ -211,13 +256,24 @@ fn four_workers_deliver_each_message_exactly_once() {
     for l in raw_text.lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         pids.insert(v["pid"].as_u64().unwrap());
-        *seen.entry(v["key"].as_str().unwrap().to_string()).or_default() += 1;
+        *seen
+            .entry(v["key"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     assert_eq!(seen.len(), n);
-    assert!(seen.values().all(|c| *c == 1), "a message was sent twice: double claim");
+    assert!(
+        seen.values().all(|c| *c == 1),
+        "a message was sent twice: double claim"
+    );
     assert_eq!(key_counts(&sink).len(), n);
     let rows = statuses(&ob);
     assert!(rows.values().all(|s| *s == Status::Delivered));
-    assert!(pids.len() >= 2, "the workers did not overlap (pids {pids:?}); the test proves nothing");
-    eprintln!("four workers: {n} messages, {} delivering processes", pids.len());
+    assert!(
+        pids.len() >= 2,
+        "the workers did not overlap (pids {pids:?}); the test proves nothing"
+    );
+    eprintln!(
+        "four workers: {n} messages, {} delivering processes",
+        pids.len()
+    );
 }

@@ -54,21 +54,35 @@ fn enqueue_is_idempotent_by_key() {
     assert_eq!(b, Enqueued::Existing(a.id()));
     // Still existing after delivery (the tombstone keeps the key).
     let (e, t) = claim_one(&ob, 1000);
-    assert_eq!(ob.ack(e.id, &t, 1001).unwrap(), Outcome::Applied(Status::Delivered));
-    assert_eq!(ob.enqueue(&msg(Some("k")), 3000).unwrap(), Enqueued::Existing(a.id()));
+    assert_eq!(
+        ob.ack(e.id, &t, 1001).unwrap(),
+        Outcome::Applied(Status::Delivered)
+    );
+    assert_eq!(
+        ob.enqueue(&msg(Some("k")), 3000).unwrap(),
+        Enqueued::Existing(a.id())
+    );
     let tomb = ob.get(a.id()).unwrap().unwrap();
     assert_eq!(tomb.payload, None);
     assert_eq!(tomb.idempotency_key.as_deref(), Some("k"));
     // No key: always a new row.
-    assert_ne!(ob.enqueue(&msg(None), 1).unwrap().id(), ob.enqueue(&msg(None), 1).unwrap().id());
+    assert_ne!(
+        ob.enqueue(&msg(None), 1).unwrap().id(),
+        ob.enqueue(&msg(None), 1).unwrap().id()
+    );
 }
 
 #[test]
 fn claim_is_oldest_first_due_only_and_exclusive() {
     let d = tempfile::tempdir().unwrap();
     let ob = open(d.path());
-    let ids: Vec<i64> = (0..5).map(|i| ob.enqueue(&msg(None), 100 + i).unwrap().id()).collect();
-    assert!(ob.claim(10, LEASE, 99).unwrap().is_empty(), "nothing due before enqueue time");
+    let ids: Vec<i64> = (0..5)
+        .map(|i| ob.enqueue(&msg(None), 100 + i).unwrap().id())
+        .collect();
+    assert!(
+        ob.claim(10, LEASE, 99).unwrap().is_empty(),
+        "nothing due before enqueue time"
+    );
     let a = ob.claim(2, LEASE, 1000).unwrap();
     let b = ob.claim(10, LEASE, 1000).unwrap();
     assert_eq!(a.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..2]);
@@ -76,7 +90,8 @@ fn claim_is_oldest_first_due_only_and_exclusive() {
     assert!(a.iter().chain(&b).all(|e| e.status == Status::InFlight
         && e.claimed_by.as_ref().unwrap().pid == std::process::id()
         && e.lease_expires_at == Some(1000 + 60_000)));
-    let tokens: std::collections::HashSet<_> = a.iter().chain(&b).map(|e| e.claim_token.clone()).collect();
+    let tokens: std::collections::HashSet<_> =
+        a.iter().chain(&b).map(|e| e.claim_token.clone()).collect();
     assert_eq!(tokens.len(), 5, "a fresh token per claimed entry");
     assert!(ob.claim(10, LEASE, 1000).unwrap().is_empty());
 }
@@ -89,18 +104,43 @@ fn transition_guards_are_reported_noops() {
     let check = |id: i64, f: &dyn Fn() -> Outcome, want: Outcome| {
         let before = ob.get(id).unwrap();
         assert_eq!(f(), want);
-        assert_eq!(ob.get(id).unwrap(), before, "row changed by a stale transition");
+        assert_eq!(
+            ob.get(id).unwrap(),
+            before,
+            "row changed by a stale transition"
+        );
     };
 
     // Double ack; fail after ack (no resurrection of a delivered row).
     let id = ob.enqueue(&msg(Some("a")), 0).unwrap().id();
     let (_, t) = claim_one(&ob, 0);
-    assert_eq!(ob.mark_send_started(id, &t, 1).unwrap(), Outcome::Applied(Status::InFlight));
-    assert_eq!(ob.ack(id, &t, 2).unwrap(), Outcome::Applied(Status::Delivered));
+    assert_eq!(
+        ob.mark_send_started(id, &t, 1).unwrap(),
+        Outcome::Applied(Status::InFlight)
+    );
+    assert_eq!(
+        ob.ack(id, &t, 2).unwrap(),
+        Outcome::Applied(Status::Delivered)
+    );
     let del = Outcome::Stale(Some(Status::Delivered));
     check(id, &|| ob.ack(id, &t, 3).unwrap(), del);
     check(id, &|| ob.fail(id, &t, &retryable("late"), 3).unwrap(), del);
-    check(id, &|| ob.fail(id, &t, &Failure { permanent: true, ..retryable("x") }, 3).unwrap(), del);
+    check(
+        id,
+        &|| {
+            ob.fail(
+                id,
+                &t,
+                &Failure {
+                    permanent: true,
+                    ..retryable("x")
+                },
+                3,
+            )
+            .unwrap()
+        },
+        del,
+    );
     check(id, &|| ob.mark_unknown(id, &t, "x", 3).unwrap(), del);
     check(id, &|| ob.mark_send_started(id, &t, 3).unwrap(), del);
     check(id, &|| ob.release(id, &t).unwrap(), del);
@@ -111,9 +151,21 @@ fn transition_guards_are_reported_noops() {
     let (_, t) = claim_one(&ob, 10);
     let r = ob.rescue(10 + 60_000, false).unwrap();
     assert_eq!((r.to_pending, r.to_unknown), (1, 0));
-    check(id, &|| ob.ack(id, &t, 70_001).unwrap(), Outcome::Stale(Some(Status::Pending)));
-    check(id, &|| ob.fail(id, &t, &retryable("x"), 70_001).unwrap(), Outcome::Stale(Some(Status::Pending)));
-    assert_eq!(ob.get(id).unwrap().unwrap().attempt_count, 0, "rescue consumes no attempt");
+    check(
+        id,
+        &|| ob.ack(id, &t, 70_001).unwrap(),
+        Outcome::Stale(Some(Status::Pending)),
+    );
+    check(
+        id,
+        &|| ob.fail(id, &t, &retryable("x"), 70_001).unwrap(),
+        Outcome::Stale(Some(Status::Pending)),
+    );
+    assert_eq!(
+        ob.get(id).unwrap().unwrap().attempt_count,
+        0,
+        "rescue consumes no attempt"
+    );
 
     // Stale token: a newer claim exists; the old token moves nothing.
     let (_, t2) = claim_one(&ob, 70_002);
@@ -121,18 +173,32 @@ fn transition_guards_are_reported_noops() {
     let cur = Outcome::Stale(Some(Status::InFlight));
     check(id, &|| ob.ack(id, &t, 70_003).unwrap(), cur);
     check(id, &|| ob.mark_send_started(id, &t, 70_003).unwrap(), cur);
-    check(id, &|| ob.fail(id, &t, &retryable("x"), 70_003).unwrap(), cur);
+    check(
+        id,
+        &|| ob.fail(id, &t, &retryable("x"), 70_003).unwrap(),
+        cur,
+    );
     check(id, &|| ob.ack(id, "bogus", 70_003).unwrap(), cur);
-    assert_eq!(ob.ack(id, &t2, 70_004).unwrap(), Outcome::Applied(Status::Delivered));
+    assert_eq!(
+        ob.ack(id, &t2, 70_004).unwrap(),
+        Outcome::Applied(Status::Delivered)
+    );
 
     // Fail after expire: the TTL passed at send time.
     let mut m = msg(Some("c"));
     m.ttl_ms = Some(1000);
     let id = ob.enqueue(&m, 100_000).unwrap().id();
     let (_, t) = claim_one(&ob, 100_500);
-    assert_eq!(ob.mark_send_started(id, &t, 101_000).unwrap(), Outcome::Applied(Status::Expired));
+    assert_eq!(
+        ob.mark_send_started(id, &t, 101_000).unwrap(),
+        Outcome::Applied(Status::Expired)
+    );
     let exp = Outcome::Stale(Some(Status::Expired));
-    check(id, &|| ob.fail(id, &t, &retryable("x"), 101_001).unwrap(), exp);
+    check(
+        id,
+        &|| ob.fail(id, &t, &retryable("x"), 101_001).unwrap(),
+        exp,
+    );
     check(id, &|| ob.ack(id, &t, 101_001).unwrap(), exp);
 
     // Unknown row: stale for the worker; only the operator retry moves it.
@@ -141,8 +207,15 @@ fn transition_guards_are_reported_noops() {
     ob.mark_send_started(id, &t, 200_001).unwrap();
     let r = ob.rescue(200_000 + 60_000, false).unwrap();
     assert_eq!((r.to_pending, r.to_unknown), (0, 1));
-    check(id, &|| ob.ack(id, &t, 260_001).unwrap(), Outcome::Stale(Some(Status::Unknown)));
-    assert_eq!(ob.retry(id, 260_002).unwrap(), Outcome::Applied(Status::Pending));
+    check(
+        id,
+        &|| ob.ack(id, &t, 260_001).unwrap(),
+        Outcome::Stale(Some(Status::Unknown)),
+    );
+    assert_eq!(
+        ob.retry(id, 260_002).unwrap(),
+        Outcome::Applied(Status::Pending)
+    );
 
     // No such row.
     assert_eq!(ob.ack(9999, "x", 0).unwrap(), Outcome::Stale(None));
@@ -156,7 +229,8 @@ fn rescue_judges_claimer_liveness_and_lease() {
         ob.enqueue(&msg(Some(k)), 0).unwrap();
     }
     let v = ob.claim(3, LEASE, 0).unwrap();
-    ob.mark_send_started(v[2].id, v[2].claim_token.as_deref().unwrap(), 1).unwrap();
+    ob.mark_send_started(v[2].id, v[2].claim_token.as_deref().unwrap(), 1)
+        .unwrap();
     // Pretend rows 2 and 3 were claimed by a process that has exited.
     let mut child = Command::new("true").spawn().unwrap();
     let mut ghost = lockstore::proc::current().clone();
@@ -176,7 +250,8 @@ fn rescue_judges_claimer_liveness_and_lease() {
     assert_eq!(ob.get(v[1].id).unwrap().unwrap().status, Status::Pending);
     assert_eq!(ob.get(v[2].id).unwrap().unwrap().status, Status::Unknown);
     // Idempotent adapter: a started send goes back to pending after the lease.
-    ob.mark_send_started(v[0].id, v[0].claim_token.as_deref().unwrap(), 11).unwrap();
+    ob.mark_send_started(v[0].id, v[0].claim_token.as_deref().unwrap(), 11)
+        .unwrap();
     let r = ob.rescue(60_000, true).unwrap();
     assert_eq!((r.to_pending, r.to_unknown), (1, 0));
     assert_eq!(ob.get(v[0].id).unwrap().unwrap().attempt_count, 0);
@@ -191,20 +266,37 @@ fn backoff_schedule_jitter_bounds_and_exhaustion() {
     let table = [5_000, 25_000, 120_000, 600_000, 600_000];
     for (i, base) in table.iter().enumerate() {
         let (_, t) = claim_one(&ob, now);
-        assert_eq!(ob.fail(id, &t, &retryable("ETIMEDOUT"), now).unwrap(), Outcome::Applied(Status::Pending));
+        assert_eq!(
+            ob.fail(id, &t, &retryable("ETIMEDOUT"), now).unwrap(),
+            Outcome::Applied(Status::Pending)
+        );
         let e = ob.get(id).unwrap().unwrap();
         assert_eq!(e.attempt_count, i as i64 + 1);
         let j = e.backoff_jitter_ms.unwrap();
-        assert!((0..=base / 5).contains(&j), "jitter {j} outside [0, 20% of {base}]");
+        assert!(
+            (0..=base / 5).contains(&j),
+            "jitter {j} outside [0, 20% of {base}]"
+        );
         assert_eq!(e.next_attempt_at, now + base + j);
-        assert!(ob.claim(1, LEASE, e.next_attempt_at - 1).unwrap().is_empty(), "claimed before due");
+        assert!(
+            ob.claim(1, LEASE, e.next_attempt_at - 1)
+                .unwrap()
+                .is_empty(),
+            "claimed before due"
+        );
         now = e.next_attempt_at;
     }
     // The sixth failure exceeds 5 retries: dead letter.
     let (_, t) = claim_one(&ob, now);
-    assert_eq!(ob.fail(id, &t, &retryable("ETIMEDOUT"), now).unwrap(), Outcome::Applied(Status::Dead));
+    assert_eq!(
+        ob.fail(id, &t, &retryable("ETIMEDOUT"), now).unwrap(),
+        Outcome::Applied(Status::Dead)
+    );
     let e = ob.get(id).unwrap().unwrap();
-    assert_eq!((e.attempt_count, e.terminal_reason.as_deref()), (6, Some("attempts_exhausted")));
+    assert_eq!(
+        (e.attempt_count, e.terminal_reason.as_deref()),
+        (6, Some("attempts_exhausted"))
+    );
     assert!(e.payload.is_some(), "dead letters keep their payload");
 }
 
@@ -212,7 +304,11 @@ fn backoff_schedule_jitter_bounds_and_exhaustion() {
 fn jitter_varies_and_policy_is_configurable() {
     let d = tempfile::tempdir().unwrap();
     let opts = OutboxOptions {
-        retry: RetryPolicy { backoff_ms: vec![1000], max_retries: 1, jitter: 0.5 },
+        retry: RetryPolicy {
+            backoff_ms: vec![1000],
+            max_retries: 1,
+            jitter: 0.5,
+        },
         ..Default::default()
     };
     let ob = Outbox::open(&d.path().join("o.sqlite"), opts).unwrap();
@@ -227,7 +323,10 @@ fn jitter_varies_and_policy_is_configurable() {
         assert_eq!(e.next_attempt_at, 1000 + j);
         js.insert(j);
         let (_, t) = claim_one(&ob, 2000);
-        assert_eq!(ob.fail(id, &t, &retryable("x"), 2000).unwrap(), Outcome::Applied(Status::Dead));
+        assert_eq!(
+            ob.fail(id, &t, &retryable("x"), 2000).unwrap(),
+            Outcome::Applied(Status::Dead)
+        );
     }
     assert!(js.len() > 5, "jitter does not vary: {js:?}");
 }
@@ -238,10 +337,16 @@ fn retry_after_wins_and_permanent_is_dead() {
     let ob = open(d.path());
     let id = ob.enqueue(&msg(None), 0).unwrap().id();
     let (_, t) = claim_one(&ob, 0);
-    let f = Failure { retry_after_ms: Some(42_000), ..retryable("429 Too Many Requests") };
+    let f = Failure {
+        retry_after_ms: Some(42_000),
+        ..retryable("429 Too Many Requests")
+    };
     ob.fail(id, &t, &f, 10).unwrap();
     let e = ob.get(id).unwrap().unwrap();
-    assert_eq!((e.next_attempt_at, e.status, e.attempt_count), (42_010, Status::Pending, 1));
+    assert_eq!(
+        (e.next_attempt_at, e.status, e.attempt_count),
+        (42_010, Status::Pending, 1)
+    );
 
     for (err, adapter_permanent) in [
         ("403 Forbidden: bot was blocked by the user", false),
@@ -251,8 +356,15 @@ fn retry_after_wins_and_permanent_is_dead() {
     ] {
         let id = ob.enqueue(&msg(None), 0).unwrap().id();
         let (_, t) = claim_one(&ob, 1);
-        let f = Failure { permanent: adapter_permanent, ..retryable(err) };
-        assert_eq!(ob.fail(id, &t, &f, 1).unwrap(), Outcome::Applied(Status::Dead), "{err}");
+        let f = Failure {
+            permanent: adapter_permanent,
+            ..retryable(err)
+        };
+        assert_eq!(
+            ob.fail(id, &t, &f, 1).unwrap(),
+            Outcome::Applied(Status::Dead),
+            "{err}"
+        );
         let e = ob.get(id).unwrap().unwrap();
         assert_eq!(e.error_class.as_deref(), Some("permanent"));
         assert_eq!(e.last_error.as_deref(), Some(err));
@@ -262,7 +374,10 @@ fn retry_after_wins_and_permanent_is_dead() {
 #[test]
 fn ttl_expiry() {
     let d = tempfile::tempdir().unwrap();
-    let opts = OutboxOptions { default_ttl: Some(5_000), ..Default::default() };
+    let opts = OutboxOptions {
+        default_ttl: Some(5_000),
+        ..Default::default()
+    };
     let ob = Outbox::open(&d.path().join("o.sqlite"), opts).unwrap();
     let a = ob.enqueue(&msg(None), 0).unwrap().id(); // default TTL 5 s
     let mut m = msg(None);
@@ -275,9 +390,15 @@ fn ttl_expiry() {
     assert!(ob.claim(10, LEASE, 60_000).unwrap().is_empty());
     assert_eq!(ob.get(b).unwrap().unwrap().status, Status::Expired);
     // Operator retry of an expired row clears the passed TTL.
-    assert_eq!(ob.retry(b, 70_000).unwrap(), Outcome::Applied(Status::Pending));
+    assert_eq!(
+        ob.retry(b, 70_000).unwrap(),
+        Outcome::Applied(Status::Pending)
+    );
     assert_eq!(ob.claim(10, LEASE, 70_000).unwrap().len(), 1);
-    let bad = NewMessage { ttl_ms: Some(0), ..msg(None) };
+    let bad = NewMessage {
+        ttl_ms: Some(0),
+        ..msg(None)
+    };
     assert!(ob.enqueue(&bad, 0).is_err());
 }
 
@@ -290,9 +411,25 @@ fn prune_guards() {
     let mk = |k: &str| ob.enqueue(&msg(Some(k)), 0).unwrap().id();
     let (pend, infl, deli, dead, unk) = (mk("p"), mk("i"), mk("d"), mk("x"), mk("u"));
     let v = ob.claim(5, LEASE, 0).unwrap();
-    let tok = |id: i64| v.iter().find(|e| e.id == id).unwrap().claim_token.clone().unwrap();
+    let tok = |id: i64| {
+        v.iter()
+            .find(|e| e.id == id)
+            .unwrap()
+            .claim_token
+            .clone()
+            .unwrap()
+    };
     ob.ack(deli, &tok(deli), 0).unwrap();
-    ob.fail(dead, &tok(dead), &Failure { permanent: true, ..retryable("x") }, 0).unwrap();
+    ob.fail(
+        dead,
+        &tok(dead),
+        &Failure {
+            permanent: true,
+            ..retryable("x")
+        },
+        0,
+    )
+    .unwrap();
     ob.mark_unknown(unk, &tok(unk), "timeout", 0).unwrap();
     let mut m = msg(Some("e"));
     m.ttl_ms = Some(1);
@@ -304,7 +441,16 @@ fn prune_guards() {
 
     assert!(ob.prune(&Retention::all(0), 40 * day, false).is_err());
     assert!(ob.prune(&Retention::all(-5), 40 * day, false).is_err());
-    assert!(ob.prune(&Retention { dead_ms: 0, ..Default::default() }, 40 * day, false).is_err());
+    assert!(ob
+        .prune(
+            &Retention {
+                dead_ms: 0,
+                ..Default::default()
+            },
+            40 * day,
+            false
+        )
+        .is_err());
     // Default retention 30 days: nothing is old enough at day 29.
     let r = ob.prune(&Retention::default(), 29 * day, false).unwrap();
     assert_eq!((r.delivered, r.dead, r.expired), (0, 0, 0));
@@ -313,8 +459,20 @@ fn prune_guards() {
     assert_eq!(ob.list(None, 100).unwrap().len(), 6, "dry run deleted rows");
     let r = ob.prune(&Retention::default(), 31 * day, false).unwrap();
     assert_eq!((r.delivered, r.dead, r.expired), (1, 1, 1));
-    let left: Vec<(i64, Status)> = ob.list(None, 100).unwrap().iter().map(|e| (e.id, e.status)).collect();
-    assert_eq!(left, [(pend, Status::Pending), (infl, Status::InFlight), (unk, Status::Unknown)]);
+    let left: Vec<(i64, Status)> = ob
+        .list(None, 100)
+        .unwrap()
+        .iter()
+        .map(|e| (e.id, e.status))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            (pend, Status::Pending),
+            (infl, Status::InFlight),
+            (unk, Status::Unknown)
+        ]
+    );
     assert!(ob.get(exp).unwrap().is_none());
 }
 
@@ -326,7 +484,16 @@ fn stats_counts() {
         ob.enqueue(&msg(None), i * 1000).unwrap();
     }
     let (e, t) = claim_one(&ob, 5000);
-    ob.fail(e.id, &t, &Failure { permanent: true, ..retryable("x") }, 5000).unwrap();
+    ob.fail(
+        e.id,
+        &t,
+        &Failure {
+            permanent: true,
+            ..retryable("x")
+        },
+        5000,
+    )
+    .unwrap();
     let s = ob.stats(1500).unwrap();
     assert_eq!(s.by_status["pending"], 2);
     assert_eq!(s.by_status["dead"], 1);
@@ -340,7 +507,9 @@ const CHILD_ENV: &str = "OUTBOX_TEST_ENQUEUE_CHILD";
 /// Child role: wait for "go" on stdin, enqueue keys 0..100, print created ids.
 #[test]
 fn enqueue_child_role() {
-    let Ok(db) = std::env::var(CHILD_ENV) else { return };
+    let Ok(db) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let ob = Outbox::open(Path::new(&db), OutboxOptions::default()).unwrap();
     println!("ready");
     std::io::stdout().flush().unwrap();
@@ -362,7 +531,12 @@ fn idempotent_enqueue_under_8_processes() {
     let mut kids: Vec<_> = (0..8)
         .map(|_| {
             Command::new(&exe)
-                .args(["--exact", "enqueue_child_role", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "enqueue_child_role",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(CHILD_ENV, &db)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -370,12 +544,18 @@ fn idempotent_enqueue_under_8_processes() {
                 .unwrap()
         })
         .collect();
-    let mut outs: Vec<_> = kids.iter_mut().map(|k| std::io::BufReader::new(k.stdout.take().unwrap())).collect();
+    let mut outs: Vec<_> = kids
+        .iter_mut()
+        .map(|k| std::io::BufReader::new(k.stdout.take().unwrap()))
+        .collect();
     for o in &mut outs {
         let mut l = String::new();
         while !l.trim_end().ends_with("ready") {
             l.clear();
-            assert!(o.read_line(&mut l).unwrap() > 0, "child exited before ready");
+            assert!(
+                o.read_line(&mut l).unwrap() > 0,
+                "child exited before ready"
+            );
         }
     }
     for k in &mut kids {
@@ -383,7 +563,11 @@ fn idempotent_enqueue_under_8_processes() {
     }
     let mut created = 0;
     for (k, o) in kids.iter_mut().zip(outs) {
-        created += o.lines().map_while(Result::ok).filter(|l| l.contains("created ")).count();
+        created += o
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains("created "))
+            .count();
         assert!(k.wait().unwrap().success());
     }
     assert_eq!(created, 100, "exactly one process creates each key");
@@ -407,7 +591,11 @@ fn legacy_import_twice_imports_nothing_twice() {
     std::fs::write(q.join("b.json"), entry("b", 2)).unwrap();
     std::fs::write(q.join("failed/c.json"), entry("c", 5)).unwrap();
     std::fs::write(q.join("bad.json"), "{not json").unwrap();
-    std::fs::write(q.join("noto.json"), r#"{"id":"x","enqueuedAt":1,"channel":"tg"}"#).unwrap();
+    std::fs::write(
+        q.join("noto.json"),
+        r#"{"id":"x","enqueuedAt":1,"channel":"tg"}"#,
+    )
+    .unwrap();
     let backup: Vec<_> = ["a.json", "b.json", "failed/c.json"]
         .iter()
         .map(|f| (q.join(f), std::fs::read(q.join(f)).unwrap()))
@@ -415,15 +603,27 @@ fn legacy_import_twice_imports_nothing_twice() {
 
     let ob = open(d.path());
     let r = import_legacy(&ob, &d.path().join("legacy"), 10_000).unwrap();
-    assert_eq!((r.imported, r.existing, r.renamed, r.malformed.len()), (3, 0, 3, 2));
-    assert!(q.join("bad.json").exists() && q.join("noto.json").exists(), "malformed files left in place");
+    assert_eq!(
+        (r.imported, r.existing, r.renamed, r.malformed.len()),
+        (3, 0, 3, 2)
+    );
+    assert!(
+        q.join("bad.json").exists() && q.join("noto.json").exists(),
+        "malformed files left in place"
+    );
     assert!(q.join("a.json.imported").exists() && !q.join("a.json").exists());
     let a = ob.get_by_key("legacy:a").unwrap().unwrap();
-    assert_eq!((a.status, a.next_attempt_at, a.target.as_str()), (Status::Pending, 1_000, "123"));
+    assert_eq!(
+        (a.status, a.next_attempt_at, a.target.as_str()),
+        (Status::Pending, 1_000, "123")
+    );
     assert_eq!(a.payload.unwrap()["payloads"][0]["text"], "a");
     let b = ob.get_by_key("legacy:b").unwrap().unwrap();
     assert_eq!((b.attempt_count, b.next_attempt_at), (2, 2_000 + 25_000));
-    assert_eq!(ob.get_by_key("legacy:c").unwrap().unwrap().status, Status::Dead);
+    assert_eq!(
+        ob.get_by_key("legacy:c").unwrap().unwrap().status,
+        Status::Dead
+    );
 
     // Second import: the files are aside; put copies back to prove the key dedupe too.
     let r = import_legacy(&ob, &d.path().join("legacy"), 20_000).unwrap();

@@ -60,21 +60,47 @@ fn entry(id: i64) -> Entry {
 fn exec_adapter_classifies_exit_codes_and_timeouts() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("out");
-    let ex = |cmd: String, ms| ExecAdapter { command: cmd, timeout: Duration::from_millis(ms) };
-    let ok = ex(format!("cat > '{}'; echo \"$LOCKSTORE_IDEMPOTENCY_KEY\" >> '{}'", out.display(), out.display()), 5000);
+    let ex = |cmd: String, ms| ExecAdapter {
+        command: cmd,
+        timeout: Duration::from_millis(ms),
+    };
+    let ok = ex(
+        format!(
+            "cat > '{}'; echo \"$LOCKSTORE_IDEMPOTENCY_KEY\" >> '{}'",
+            out.display(),
+            out.display()
+        ),
+        5000,
+    );
     assert_eq!(ok.deliver(&entry(7)), Delivery::Delivered);
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"x\":1}lockstore-outbox-7\n");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "{\"x\":1}lockstore-outbox-7\n"
+    );
     assert!(!ok.idempotent());
-    assert!(matches!(ex("exit 75".into(), 5000).deliver(&entry(1)), Delivery::Retry { .. }));
     assert!(matches!(
-        ex("echo 'ECONNRESET: connection reset by peer' >&2; exit 1".into(), 5000).deliver(&entry(1)),
+        ex("exit 75".into(), 5000).deliver(&entry(1)),
+        Delivery::Retry { .. }
+    ));
+    assert!(matches!(
+        ex(
+            "echo 'ECONNRESET: connection reset by peer' >&2; exit 1".into(),
+            5000
+        )
+        .deliver(&entry(1)),
         Delivery::Retry { .. }
     ));
     match ex("echo 'chat not found' >&2; exit 2".into(), 5000).deliver(&entry(1)) {
-        Delivery::Permanent { error } => assert!(error.contains("status 2") && error.contains("chat not found"), "{error}"),
+        Delivery::Permanent { error } => assert!(
+            error.contains("status 2") && error.contains("chat not found"),
+            "{error}"
+        ),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(ex("exec sleep 5".into(), 100).deliver(&entry(1)), Delivery::Unknown { .. }));
+    assert!(matches!(
+        ex("exec sleep 5".into(), 100).deliver(&entry(1)),
+        Delivery::Unknown { .. }
+    ));
 }
 
 #[test]
@@ -90,7 +116,12 @@ fn file_adapter_deduplicates_by_key_and_logs_every_attempt() {
     assert_eq!(b.deliver(&entry(1)), Delivery::Delivered);
     assert_eq!(b.deliver(&entry(2)), Delivery::Delivered);
     // A torn last line (crash mid-append) does not swallow the next line.
-    std::fs::OpenOptions::new().append(true).open(&sink).map(|mut f| std::io::Write::write_all(&mut f, b"{\"key\":\"lockstore-outb")).unwrap().unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&sink)
+        .map(|mut f| std::io::Write::write_all(&mut f, b"{\"key\":\"lockstore-outb"))
+        .unwrap()
+        .unwrap();
     assert_eq!(a.deliver(&entry(3)), Delivery::Delivered);
     let text = std::fs::read_to_string(&sink).unwrap();
     let keys: Vec<String> = text
@@ -98,8 +129,21 @@ fn file_adapter_deduplicates_by_key_and_logs_every_attempt() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .map(|v| v["key"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(keys, ["lockstore-outbox-1", "lockstore-outbox-2", "lockstore-outbox-3"]);
-    assert_eq!(std::fs::read_to_string(a.raw_path()).unwrap().lines().count(), 6);
+    assert_eq!(
+        keys,
+        [
+            "lockstore-outbox-1",
+            "lockstore-outbox-2",
+            "lockstore-outbox-3"
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.raw_path())
+            .unwrap()
+            .lines()
+            .count(),
+        6
+    );
 }
 
 /// Fails each delivery with a retryable error, counting calls.
@@ -107,7 +151,10 @@ struct Flaky(AtomicUsize);
 impl ChannelAdapter for Flaky {
     fn deliver(&self, _: &Entry) -> Delivery {
         self.0.fetch_add(1, Ordering::SeqCst);
-        Delivery::Retry { error: "ETIMEDOUT".into(), retry_after: None }
+        Delivery::Retry {
+            error: "ETIMEDOUT".into(),
+            retry_after: None,
+        }
     }
     fn idempotent(&self) -> bool {
         true
@@ -121,7 +168,11 @@ fn run_once_does_not_retry_what_is_not_yet_due() {
     let r = run_once(&w, &a, &AtomicBool::new(false)).unwrap();
     assert_eq!((r.claimed, r.retried), (5, 5));
     assert_eq!(a.0.load(Ordering::SeqCst), 5, "each entry tried once");
-    assert!(ob.list(None, 100).unwrap().iter().all(|e| e.status == Status::Pending && e.attempt_count == 1));
+    assert!(ob
+        .list(None, 100)
+        .unwrap()
+        .iter()
+        .all(|e| e.status == Status::Pending && e.attempt_count == 1));
 }
 
 /// Delivers, and asks the worker to stop after `after` deliveries.
@@ -145,10 +196,21 @@ fn graceful_shutdown_releases_unstarted_claims() {
     let a = StopAfter(AtomicUsize::new(0), 2, &stop);
     let r = run(&w, &a, &stop).unwrap();
     assert_eq!(r.delivered, 2);
-    assert_eq!(r.released, 2, "the rest of the claimed batch of 4 is released");
+    assert_eq!(
+        r.released, 2,
+        "the rest of the claimed batch of 4 is released"
+    );
     let rows = ob.list(None, 100).unwrap();
-    assert_eq!(rows.iter().filter(|e| e.status == Status::Delivered).count(), 2);
-    assert!(rows.iter().filter(|e| e.status != Status::Delivered).all(|e| e.status == Status::Pending && e.attempt_count == 0));
+    assert_eq!(
+        rows.iter()
+            .filter(|e| e.status == Status::Delivered)
+            .count(),
+        2
+    );
+    assert!(rows
+        .iter()
+        .filter(|e| e.status != Status::Delivered)
+        .all(|e| e.status == Status::Pending && e.attempt_count == 0));
 }
 
 #[test]
@@ -161,5 +223,9 @@ fn spent_startup_budget_consumes_no_retry_and_the_loop_keeps_running() {
     let a = StopAfter(AtomicUsize::new(0), 6, &stop);
     let r = run(&w, &a, &stop).unwrap();
     assert_eq!(r.delivered, 6);
-    assert!(ob.list(None, 100).unwrap().iter().all(|e| e.status == Status::Delivered && e.attempt_count == 0));
+    assert!(ob
+        .list(None, 100)
+        .unwrap()
+        .iter()
+        .all(|e| e.status == Status::Delivered && e.attempt_count == 0));
 }

@@ -355,7 +355,7 @@ fn glob_contains(s: &str, pattern: &str) -> bool {
 }
 
 /// Options of [`Outbox::open`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct OutboxOptions {
     /// SQLite options (durability, busy timeout, retry deadline).
     pub sqlite: SqliteOptions,
@@ -363,16 +363,6 @@ pub struct OutboxOptions {
     pub retry: RetryPolicy,
     /// TTL (ms) applied when [`NewMessage::ttl_ms`] is `None`; `None` = never expire.
     pub default_ttl: Option<i64>,
-}
-
-impl Default for OutboxOptions {
-    fn default() -> Self {
-        OutboxOptions {
-            sqlite: SqliteOptions::default(),
-            retry: RetryPolicy::default(),
-            default_ttl: None,
-        }
-    }
 }
 
 /// Retention of [`Outbox::prune`] (ms). Default: 30 days for every terminal kind.
