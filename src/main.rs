@@ -34,6 +34,8 @@ enum Cmd {
     Tasks(cli::tasks::TasksArgs),
     /// Inspect or reclaim a store's lock (`lock status PATH`, `lock reclaim PATH`).
     Lock(cli::lock::LockArgs),
+    /// The delivery outbox: enqueue, list, retry, prune, deliver.
+    Outbox(cli::outbox::OutboxArgs),
 }
 
 fn init_logging(format: &str) {
@@ -62,6 +64,7 @@ fn main() {
         Cmd::Commitments(a) => cli::commitments::run(a, &state_dir),
         Cmd::Tasks(a) => cli::tasks::run(a, &state_dir),
         Cmd::Lock(a) => cli::lock::run(a, &state_dir),
+        Cmd::Outbox(a) => cli::outbox::run(a, &state_dir),
     };
     match res {
         Ok(()) => {}

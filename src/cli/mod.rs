@@ -4,6 +4,7 @@ pub mod commitments;
 pub mod daemon;
 pub mod json;
 pub mod lock;
+pub mod outbox;
 pub mod tasks;
 
 use std::path::Path;
