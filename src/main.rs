@@ -28,6 +28,8 @@ enum Cmd {
     Json(cli::json::JsonArgs),
     /// Run the daemon on the state dir (one per state dir) until SIGINT/SIGTERM.
     Daemon(cli::daemon::DaemonArgs),
+    /// One screen for an operator: daemon, commitments, tasks, outbox, lock holders.
+    Status(cli::status::StatusArgs),
     /// Follow-ups the agent promised or inferred: list, add, snooze, dismiss.
     Commitments(cli::commitments::CommitmentsArgs),
     /// The task ledger: list, show, audit, maintenance, run a tracked command.
@@ -61,6 +63,7 @@ fn main() {
     let res = match cli.cmd {
         Cmd::Json(a) => cli::json::run(a),
         Cmd::Daemon(a) => cli::daemon::run(a, &state_dir),
+        Cmd::Status(a) => cli::status::run(a, &state_dir),
         Cmd::Commitments(a) => cli::commitments::run(a, &state_dir),
         Cmd::Tasks(a) => cli::tasks::run(a, &state_dir),
         Cmd::Lock(a) => cli::lock::run(a, &state_dir),

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod json;
 pub mod lock;
 pub mod outbox;
+pub mod status;
 pub mod tasks;
 
 use std::path::Path;
