@@ -34,7 +34,7 @@ use lockstore::stores::tasks::{
 };
 use lockstore::Error;
 
-use super::{CliError, CliResult};
+use super::{parse_duration, CliError, CliResult};
 
 /// Arguments of `lockstore daemon`.
 #[derive(Args, Debug, Clone)]
@@ -55,30 +55,6 @@ pub struct DaemonArgs {
     /// off by default there too).
     #[arg(long)]
     pub commitments_enabled: bool,
-}
-
-/// Parses `250ms`, `5s`, `2m`, `1h`, `30d` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (e.g. 250ms, 5s, 2m, 1h, 30d)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86_400.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m, h, d)")),
-    };
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(format!("invalid duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -358,19 +334,5 @@ impl Daemon {
                 .mark_status(&sent, TerminalStatus::Sent, now)?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("x").is_err());
-        assert!(parse_duration("5y").is_err());
     }
 }

@@ -15,7 +15,7 @@ use lockstore::stores::outbox::{
 };
 use lockstore::Durability;
 
-use super::{exit, CliError, CliResult};
+use super::{exit, parse_duration, CliError, CliResult};
 
 /// Arguments of `lockstore outbox`.
 #[derive(Args, Debug)]
@@ -102,29 +102,6 @@ enum OutboxCmd {
     },
     /// Import openclaw's delivery-queue/*.json (pending) and failed/*.json (dead) from DIR.
     ImportLegacy { dir: std::path::PathBuf },
-}
-
-/// Parses `500ms`, `30s`, `5m`, `2h`, `30d` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 5m, 2h, 30d"))?;
-    let ms = match unit {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {s:?}: use ms, s, m, h or d"
-            ))
-        }
-    };
-    Ok(Duration::from_millis(n.saturating_mul(ms)))
 }
 
 impl From<OutboxError> for CliError {
