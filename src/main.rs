@@ -28,12 +28,16 @@ enum Cmd {
     Json(cli::json::JsonArgs),
     /// Run the daemon on the state dir (one per state dir) until SIGINT/SIGTERM.
     Daemon(cli::daemon::DaemonArgs),
+    /// One screen for an operator: daemon, commitments, tasks, outbox, lock holders.
+    Status(cli::status::StatusArgs),
     /// Follow-ups the agent promised or inferred: list, add, snooze, dismiss.
     Commitments(cli::commitments::CommitmentsArgs),
     /// The task ledger: list, show, audit, maintenance, run a tracked command.
     Tasks(cli::tasks::TasksArgs),
     /// Inspect or reclaim a store's lock (`lock status PATH`, `lock reclaim PATH`).
     Lock(cli::lock::LockArgs),
+    /// The delivery outbox: enqueue, list, retry, prune, deliver.
+    Outbox(cli::outbox::OutboxArgs),
 }
 
 fn init_logging(format: &str) {
@@ -59,9 +63,11 @@ fn main() {
     let res = match cli.cmd {
         Cmd::Json(a) => cli::json::run(a),
         Cmd::Daemon(a) => cli::daemon::run(a, &state_dir),
+        Cmd::Status(a) => cli::status::run(a, &state_dir),
         Cmd::Commitments(a) => cli::commitments::run(a, &state_dir),
         Cmd::Tasks(a) => cli::tasks::run(a, &state_dir),
         Cmd::Lock(a) => cli::lock::run(a, &state_dir),
+        Cmd::Outbox(a) => cli::outbox::run(a, &state_dir),
     };
     match res {
         Ok(()) => {}

@@ -16,6 +16,7 @@
 //! 2. outbox: rescue, expire, claim → deliver → ack/fail; daily prune.
 //! 3. tasks: the maintenance sweep every `--maintenance-every` (default 60 s).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -23,9 +24,17 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use lockstore::lock::{LockFile, LockOptions};
+use lockstore::stores::commitments::{
+    Commitment, CommitmentsConfig, CommitmentsStore, TerminalStatus,
+};
+use lockstore::stores::outbox::worker::{self, WorkerOptions};
+use lockstore::stores::outbox::{adapters, NewMessage, Outbox, OutboxOptions, Retention, Status};
+use lockstore::stores::tasks::{
+    MaintenanceMode, MaintenanceOptions, RegistryOptions, TaskRegistry,
+};
 use lockstore::Error;
 
-use super::{CliError, CliResult};
+use super::{parse_duration, CliError, CliResult};
 
 /// Arguments of `lockstore daemon`.
 #[derive(Args, Debug, Clone)]
@@ -42,30 +51,10 @@ pub struct DaemonArgs {
     /// Period of the task-ledger maintenance sweep.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub maintenance_every: Duration,
-}
-
-/// Parses `250ms`, `5s`, `2m`, `1h`, `30d` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?} (e.g. 250ms, 5s, 2m, 1h, 30d)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86_400.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m, h, d)")),
-    };
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(format!("invalid duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    /// Deliver due commitments (the heartbeat; openclaw's `commitments.enabled`,
+    /// off by default there too).
+    #[arg(long)]
+    pub commitments_enabled: bool,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -123,50 +112,227 @@ pub fn take_daemon_lock(state_dir: &Path) -> CliResult<(LockFile, lockstore::loc
     }
 }
 
+/// Idempotency key of the outbox delivery for attempt `attempt` (0-based count
+/// of attempts before this one) of commitment `id`.
+pub fn commitment_key(id: &str, attempt: u64) -> String {
+    format!("commitment:{id}:{attempt}")
+}
+
+/// The stores the daemon works on.
+struct Daemon {
+    state: PathBuf,
+    commitments: CommitmentsStore,
+    outbox: Outbox,
+    tasks: TaskRegistry,
+    last_maintenance: Option<Instant>,
+    last_prune: Option<Instant>,
+}
+
 /// Runs `lockstore daemon`.
 pub fn run(a: DaemonArgs, state_dir: &Path) -> CliResult {
     let (mut lf, acquired) = take_daemon_lock(state_dir)?;
     install_signal_handlers()?;
+    let started = Instant::now();
     tracing::info!(state_dir = %state_dir.display(), pid = std::process::id(), "daemon started");
-    let state: PathBuf = state_dir.to_path_buf();
-    let mut last_maintenance: Option<Instant> = None;
-    let result = loop {
-        let tick_start = Instant::now();
-        if let Err(e) = tick(&a, &state, &mut last_maintenance) {
-            tracing::error!(error = %e.msg, "tick failed");
-            if a.once {
-                break Err(e);
-            }
-        }
-        if a.once || stop_requested() {
-            break Ok(());
-        }
-        while tick_start.elapsed() < a.tick && !stop_requested() {
-            std::thread::sleep(Duration::from_millis(20).min(a.tick));
-        }
-        if stop_requested() {
-            break Ok(());
-        }
+    let mut d = Daemon::open(&a, state_dir)?;
+    let adapter_spec = a
+        .adapter
+        .clone()
+        .unwrap_or_else(|| format!("file:{}", state_dir.join("deliveries.jsonl").display()));
+    let adapter = adapters::from_spec(&adapter_spec, Duration::from_secs(30))
+        .map_err(|e| CliError::usage(format!("--adapter {adapter_spec}: {e}")))?;
+    let wopts = WorkerOptions {
+        poll: a.tick.min(Duration::from_secs(1)),
+        ..WorkerOptions::new(lockstore::paths::outbox_db(state_dir))
     };
-    tracing::info!(pid = std::process::id(), "daemon stopping");
+    let result = std::thread::scope(|s| {
+        // The delivery worker runs continuously beside the ticks (rescue at
+        // start, then claim → deliver → ack/fail), until the stop flag is set.
+        let worker = (!a.once).then(|| {
+            s.spawn(|| {
+                let r = worker::run(&wopts, adapter.as_ref(), &STOP);
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "delivery worker stopped");
+                }
+                r
+            })
+        });
+        let result = loop {
+            let tick_start = Instant::now();
+            if let Err(e) = d.tick(&a) {
+                tracing::error!(error = %e.msg, "tick failed");
+                if a.once {
+                    break Err(e);
+                }
+            }
+            if a.once {
+                // One pass: deliver everything due now, then sync acks back.
+                let r = worker::run_once(&wopts, adapter.as_ref(), &STOP)
+                    .map_err(CliError::from)
+                    .and_then(|_| d.sync_acks(lockstore::proc::now_ms()));
+                break r;
+            }
+            while tick_start.elapsed() < a.tick && !stop_requested() {
+                std::thread::sleep(Duration::from_millis(20).min(a.tick));
+            }
+            if stop_requested() {
+                break Ok(());
+            }
+        };
+        STOP.store(true, Ordering::SeqCst);
+        if let Some(w) = worker {
+            let _ = w.join();
+        }
+        result
+    });
+    tracing::info!(
+        pid = std::process::id(),
+        uptime_s = started.elapsed().as_secs(),
+        "daemon stopping"
+    );
     lf.unlock(acquired.record);
     result
 }
 
-fn tick(_a: &DaemonArgs, _state: &Path, _last_maintenance: &mut Option<Instant>) -> CliResult {
-    Ok(())
-}
+impl Daemon {
+    fn open(a: &DaemonArgs, state: &Path) -> CliResult<Self> {
+        let cfg = CommitmentsConfig {
+            enabled: a.commitments_enabled,
+            ..Default::default()
+        };
+        Ok(Daemon {
+            state: state.to_path_buf(),
+            commitments: CommitmentsStore::open(state, cfg)?,
+            outbox: Outbox::open_state(state, OutboxOptions::default())?,
+            tasks: TaskRegistry::open_state_dir(state, RegistryOptions::default())
+                .map_err(super::tasks::cli_err)?,
+            last_maintenance: None,
+            last_prune: None,
+        })
+    }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    fn tick(&mut self, a: &DaemonArgs) -> CliResult {
+        let _span = tracing::debug_span!("tick", state = %self.state.display()).entered();
+        let now = lockstore::proc::now_ms();
+        // 1. commitments: expiry, then write-ahead deliveries of due ones.
+        self.commitments.expire(now)?;
+        self.sync_acks(now)?;
+        if a.commitments_enabled {
+            self.deliver_due_commitments(now)?;
+        }
+        // 2. outbox: TTL expiry each tick, prune daily (the worker thread
+        //    claims, delivers and acks continuously).
+        self.outbox.expire(now)?;
+        if self
+            .last_prune
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(86_400))
+        {
+            self.outbox.prune(&Retention::default(), now, false)?;
+            self.last_prune = Some(Instant::now());
+        }
+        // 3. tasks: maintenance sweep.
+        if self
+            .last_maintenance
+            .is_none_or(|t| t.elapsed() >= a.maintenance_every)
+        {
+            let rep = self
+                .tasks
+                .maintenance(MaintenanceMode::Apply, now, &MaintenanceOptions::default())
+                .map_err(super::tasks::cli_err)?;
+            tracing::debug!(?rep, "task maintenance");
+            self.last_maintenance = Some(Instant::now());
+        }
+        Ok(())
+    }
 
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("x").is_err());
-        assert!(parse_duration("5y").is_err());
+    /// Enqueues a delivery for each due commitment *before* bumping its
+    /// attempts (write-ahead), keyed `commitment:<id>:<attempts>`:
+    /// * a crash after the enqueue and before the bump leaves a row under the
+    ///   current key: the next tick sees it and only bumps (no second row);
+    /// * while the previous attempt's row is pending, in flight, delivered or
+    ///   unknown, nothing new is enqueued (no duplicate delivery); a dead or
+    ///   expired previous attempt is retried under the next key.
+    fn deliver_due_commitments(&self, now: i64) -> CliResult {
+        let agents: BTreeSet<String> = self
+            .commitments
+            .snapshot()?
+            .commitments
+            .into_iter()
+            .filter(|c| c.status.is_active())
+            .map(|c| c.agent_id)
+            .collect();
+        for agent in agents {
+            for key in self.commitments.list_due_session_keys(&agent, now, None)? {
+                for c in self
+                    .commitments
+                    .list_due_for_session(&agent, &key, now, None)?
+                {
+                    self.deliver_one(&c, now)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver_one(&self, c: &Commitment, now: i64) -> CliResult {
+        let a = c.attempts;
+        if self.outbox.get_by_key(&commitment_key(&c.id, a))?.is_some() {
+            // Crash window: enqueued, not yet bumped.
+            self.commitments.mark_attempted(&[c.id.as_str()], now)?;
+            return Ok(());
+        }
+        if a > 0 {
+            if let Some(prev) = self.outbox.get_by_key(&commitment_key(&c.id, a - 1))? {
+                if matches!(
+                    prev.status,
+                    Status::Pending | Status::InFlight | Status::Delivered | Status::Unknown
+                ) {
+                    return Ok(());
+                }
+            }
+        }
+        let expires = c.due_window.latest_ms + 72 * 3_600_000;
+        let msg = NewMessage {
+            channel: c.channel.clone(),
+            target: c.to.clone().unwrap_or_else(|| c.session_key.clone()),
+            account_id: c.account_id.clone(),
+            payload: serde_json::json!({
+                "text": c.suggested_text,
+                "commitmentId": c.id,
+                "agentId": c.agent_id,
+                "sessionKey": c.session_key,
+                "attempt": a + 1,
+            }),
+            idempotency_key: Some(commitment_key(&c.id, a)),
+            ttl_ms: Some((expires - now).max(1)),
+        };
+        self.outbox.enqueue(&msg, now)?;
+        self.commitments.mark_attempted(&[c.id.as_str()], now)?;
+        Ok(())
+    }
+
+    /// Marks `sent` every active commitment whose latest delivery was acked.
+    fn sync_acks(&self, now: i64) -> CliResult {
+        let snap = self.commitments.snapshot()?;
+        let mut sent = Vec::new();
+        for c in snap
+            .commitments
+            .iter()
+            .filter(|c| c.status.is_active() && c.attempts > 0)
+        {
+            if let Some(e) = self
+                .outbox
+                .get_by_key(&commitment_key(&c.id, c.attempts - 1))?
+            {
+                if e.status == Status::Delivered {
+                    sent.push(c.id.clone());
+                }
+            }
+        }
+        if !sent.is_empty() {
+            self.commitments
+                .mark_status(&sent, TerminalStatus::Sent, now)?;
+        }
+        Ok(())
     }
 }

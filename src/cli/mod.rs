@@ -4,10 +4,13 @@ pub mod commitments;
 pub mod daemon;
 pub mod json;
 pub mod lock;
+pub mod outbox;
+pub mod status;
 pub mod tasks;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lockstore::lock::owner::HolderInfo;
 use lockstore::{Error, LockOptions};
@@ -82,4 +85,46 @@ pub fn cli_lock_options(timeout_ms: Option<u64>) -> LockOptions {
         },
     ));
     o
+}
+
+/// Parses `500ms`, `30s`, `5m`, `2h`, `30d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 5m, 2h, 30d"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?}: use ms, s, m, h or d"
+            ))
+        }
+    };
+    Ok(Duration::from_millis(n.saturating_mul(ms)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
 }

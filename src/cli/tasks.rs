@@ -173,7 +173,7 @@ struct CreateArgs {
     json: bool,
 }
 
-fn cli_err(e: TaskError) -> CliError {
+pub(crate) fn cli_err(e: TaskError) -> CliError {
     match e {
         TaskError::Core(e) => e.into(),
         TaskError::NotFound { lookup, .. } => CliError::usage(format!(

@@ -2,3 +2,5 @@
 pub mod commitments;
 
 pub mod tasks;
+
+pub mod outbox;

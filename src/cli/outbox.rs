@@ -1,0 +1,353 @@
+//! `lockstore outbox`: enqueue, inspect, retry, prune and deliver the delivery
+//! outbox at `<state>/outbox/outbox.sqlite`.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use lockstore::proc::now_ms;
+use lockstore::stores::outbox::{
+    adapters, legacy, worker, Entry, NewMessage, Outbox, OutboxError, OutboxOptions, Outcome,
+    Retention, Status,
+};
+use lockstore::Durability;
+
+use super::{exit, parse_duration, CliError, CliResult};
+
+/// Arguments of `lockstore outbox`.
+#[derive(Args, Debug)]
+pub struct OutboxArgs {
+    #[command(subcommand)]
+    cmd: OutboxCmd,
+    /// fsync policy: full (synchronous=FULL) or process (synchronous=NORMAL).
+    #[arg(long, global = true, default_value = "full")]
+    durability: Durability,
+}
+
+#[derive(Subcommand, Debug)]
+enum OutboxCmd {
+    /// Enqueue a message (payload JSON from --payload or stdin); prints `created ID` or `existing ID`.
+    Enqueue {
+        #[arg(long)]
+        channel: String,
+        #[arg(long)]
+        target: String,
+        /// Idempotency key: a second enqueue with the same key returns the existing row.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        account: Option<String>,
+        /// Time to live (30s, 5m, 2h, 30d); expired if not delivered by then.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Payload JSON (default: read stdin).
+        #[arg(long)]
+        payload: Option<String>,
+    },
+    /// List entries (oldest first).
+    List {
+        #[arg(long)]
+        status: Option<Status>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Show one entry as JSON.
+    Show { id: i64 },
+    /// Operator retry: dead / unknown / expired → pending, attempts reset.
+    Retry {
+        #[arg(required = true)]
+        ids: Vec<i64>,
+    },
+    /// Delete delivered tombstones, dead letters and expired rows older than the age (default 30d).
+    Prune {
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Option<Duration>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Counts per status.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the delivery worker in the foreground (until SIGINT/SIGTERM, or --once).
+    Deliver {
+        /// file:PATH (deduplicating JSON-lines sink) or exec:CMD (sh -c CMD).
+        #[arg(long)]
+        adapter: String,
+        /// Deliver everything due now, then exit.
+        #[arg(long)]
+        once: bool,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Claim lease.
+        #[arg(long, value_parser = parse_duration, default_value = "5m")]
+        lease: Duration,
+        /// Startup drain budget.
+        #[arg(long, value_parser = parse_duration, default_value = "60s")]
+        budget: Duration,
+        /// Poll interval when idle.
+        #[arg(long, value_parser = parse_duration, default_value = "1s")]
+        poll: Duration,
+        /// Per-call timeout of exec:CMD.
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        exec_timeout: Duration,
+    },
+    /// Import openclaw's delivery-queue/*.json (pending) and failed/*.json (dead) from DIR.
+    ImportLegacy { dir: std::path::PathBuf },
+}
+
+impl From<OutboxError> for CliError {
+    fn from(e: OutboxError) -> Self {
+        match e {
+            OutboxError::Core(c) => c.into(),
+            OutboxError::Invalid(m) => CliError::usage(m),
+            e @ OutboxError::CorruptRow { .. } => CliError {
+                code: exit::CORRUPT,
+                msg: e.to_string(),
+            },
+        }
+    }
+}
+
+fn fmt_time(ms: Option<i64>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(t) => {
+            let d = t - now_ms();
+            if d.abs() < 1000 {
+                "now".into()
+            } else if d > 0 {
+                format!("in {}", human(d))
+            } else {
+                format!("{} ago", human(-d))
+            }
+        }
+    }
+}
+
+fn human(ms: i64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> CliResult {
+    let s = serde_json::to_string_pretty(v).map_err(|e| CliError::usage(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_stop_handler() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for s in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        let _ = unsafe { sigaction(s, &act) };
+    }
+}
+
+/// Runs `lockstore outbox …` on the outbox of `state_dir`.
+pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
+    let mut opts = OutboxOptions::default();
+    opts.sqlite.durability = args.durability;
+    let db = lockstore::paths::outbox_db(state_dir);
+    let open = || Outbox::open(&db, opts.clone());
+    match args.cmd {
+        OutboxCmd::Enqueue {
+            channel,
+            target,
+            key,
+            account,
+            ttl,
+            payload,
+        } => {
+            let text = match payload {
+                Some(p) => p,
+                None => {
+                    let mut s = String::new();
+                    std::io::stdin().read_to_string(&mut s).map_err(|e| {
+                        CliError::usage(format!("cannot read the payload from stdin: {e}"))
+                    })?;
+                    s
+                }
+            };
+            let payload: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| CliError::usage(format!("the payload is not valid JSON: {e}")))?;
+            let r = open()?.enqueue(
+                &NewMessage {
+                    channel,
+                    target,
+                    account_id: account,
+                    payload,
+                    idempotency_key: key,
+                    ttl_ms: ttl.map(|d| d.as_millis() as i64),
+                },
+                now_ms(),
+            )?;
+            match r {
+                lockstore::stores::outbox::Enqueued::Created(id) => println!("created {id}"),
+                lockstore::stores::outbox::Enqueued::Existing(id) => println!("existing {id}"),
+            }
+        }
+        OutboxCmd::List {
+            status,
+            json,
+            limit,
+        } => {
+            let v = open()?.list(status, limit)?;
+            if json {
+                return print_json(&v);
+            }
+            println!(
+                "{:>6}  {:<9}  {:<10}  {:<16}  {:>3}  {:<10}  {:<24}  LAST ERROR",
+                "ID", "STATUS", "CHANNEL", "TARGET", "TRY", "NEXT", "KEY"
+            );
+            for e in v {
+                println!(
+                    "{:>6}  {:<9}  {:<10}  {:<16}  {:>3}  {:<10}  {:<24}  {}",
+                    e.id,
+                    e.status.as_str(),
+                    e.channel,
+                    e.target,
+                    e.attempt_count,
+                    if e.status == Status::Pending {
+                        fmt_time(Some(e.next_attempt_at))
+                    } else {
+                        "-".into()
+                    },
+                    e.idempotency_key.as_deref().unwrap_or("-"),
+                    e.last_error.as_deref().unwrap_or("")
+                );
+            }
+        }
+        OutboxCmd::Show { id } => match open()?.get(id)? {
+            Some(e) => print_json::<Entry>(&e)?,
+            None => {
+                return Err(CliError::usage(format!(
+                    "no outbox entry {id} in {}",
+                    db.display()
+                )))
+            }
+        },
+        OutboxCmd::Retry { ids } => {
+            let ob = open()?;
+            let mut bad = 0;
+            for id in ids {
+                match ob.retry(id, now_ms())? {
+                    Outcome::Applied(_) => println!("{id}: pending"),
+                    Outcome::Stale(None) => {
+                        bad += 1;
+                        eprintln!("{id}: no such entry");
+                    }
+                    Outcome::Stale(Some(s)) => {
+                        bad += 1;
+                        eprintln!("{id}: not retried: status is {s} (only dead, unknown or expired entries can be retried)");
+                    }
+                }
+            }
+            if bad > 0 {
+                return Err(CliError::usage(format!(
+                    "{bad} entr{} not retried",
+                    if bad == 1 { "y" } else { "ies" }
+                )));
+            }
+        }
+        OutboxCmd::Prune {
+            older_than,
+            dry_run,
+        } => {
+            let ret = match older_than {
+                Some(d) => Retention::all(d.as_millis() as i64),
+                None => Retention::default(),
+            };
+            let r = open()?.prune(&ret, now_ms(), dry_run)?;
+            println!(
+                "{} {} delivered, {} dead, {} expired",
+                if dry_run { "would prune" } else { "pruned" },
+                r.delivered,
+                r.dead,
+                r.expired
+            );
+        }
+        OutboxCmd::Stats { json } => {
+            let s = open()?.stats(now_ms())?;
+            if json {
+                return print_json(&s);
+            }
+            for (k, v) in &s.by_status {
+                println!("{k:<10} {v}");
+            }
+            println!("due now    {}", s.due_now);
+            println!(
+                "oldest pending queued {}",
+                fmt_time(s.oldest_pending_queued_at)
+            );
+            println!("oldest dead letter    {}", fmt_time(s.oldest_dead_at));
+        }
+        OutboxCmd::Deliver {
+            adapter,
+            once,
+            concurrency,
+            batch,
+            lease,
+            budget,
+            poll,
+            exec_timeout,
+        } => {
+            let a = adapters::from_spec(&adapter, exec_timeout).map_err(CliError::usage)?;
+            let mut w = worker::WorkerOptions::new(db.clone());
+            w.outbox = opts.clone();
+            w.concurrency = concurrency;
+            w.batch = batch;
+            w.lease = lease;
+            w.recovery_budget = budget;
+            w.poll = poll;
+            install_stop_handler();
+            let r = if once {
+                worker::run_once(&w, a.as_ref(), &STOP)?
+            } else {
+                worker::run(&w, a.as_ref(), &STOP)?
+            };
+            eprintln!(
+                "outbox: claimed {}, delivered {}, retried {}, dead {}, unknown {}, expired {}, released {}, stale {}, rescued {} (+{} unknown)",
+                r.claimed, r.delivered, r.retried, r.dead, r.unknown, r.expired, r.released, r.stale, r.rescued_pending, r.rescued_unknown
+            );
+        }
+        OutboxCmd::ImportLegacy { dir } => {
+            let r = legacy::import_legacy(&open()?, &dir, now_ms())?;
+            println!(
+                "imported {}, already present {}, renamed aside {}, malformed {}",
+                r.imported,
+                r.existing,
+                r.renamed,
+                r.malformed.len()
+            );
+            for (p, why) in &r.malformed {
+                eprintln!("malformed (left in place): {}: {why}", p.display());
+            }
+        }
+    }
+    Ok(())
+}
