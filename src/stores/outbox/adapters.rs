@@ -52,6 +52,9 @@ pub struct FileAdapter {
     raw: PathBuf,
     lock: LockOptions,
     seen: Mutex<(HashSet<String>, u64)>,
+    /// The sink's writer, kept open so the lock file handle is reused across
+    /// deliveries (opening it per delivery cost an open+close each time).
+    writer: std::sync::OnceLock<crate::Writer>,
 }
 
 impl FileAdapter {
@@ -64,6 +67,7 @@ impl FileAdapter {
             raw: PathBuf::from(raw),
             lock: LockOptions::default(),
             seen: Mutex::new((HashSet::new(), 0)),
+            writer: std::sync::OnceLock::new(),
         }
     }
 
@@ -127,8 +131,13 @@ impl FileAdapter {
 impl ChannelAdapter for FileAdapter {
     fn deliver(&self, e: &Entry) -> Delivery {
         let key = e.delivery_key();
-        let r: Result<(), Error> =
-            crate::writer::run_exclusive(&self.path, &self.lock, |_| self.deliver_locked(e, &key));
+        let r: Result<(), Error> = match self.writer.get() {
+            Some(w) => w.run(|_| self.deliver_locked(e, &key)),
+            None => crate::Writer::open(&self.path, self.lock.clone()).and_then(|w| {
+                let w = self.writer.get_or_init(|| w);
+                w.run(|_| self.deliver_locked(e, &key))
+            }),
+        };
         match r {
             Ok(()) => Delivery::Delivered,
             Err(er) => Delivery::Retry {

@@ -36,6 +36,32 @@ use crate::proc::{self, Liveness, ProcessIdentity};
 use crate::sqlite::{self, SqliteOptions};
 use crate::Error;
 
+/// Cached-statement forms of `execute` / `query_row`: parsing the SQL cost
+/// about as much as running it (perf profile of the bench's outbox row).
+trait CachedExt {
+    fn exec_cached<P: rusqlite::Params>(&self, sql: &str, p: P) -> rusqlite::Result<usize>;
+    fn query_row_cached<T, P: rusqlite::Params, F: FnOnce(&Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        p: P,
+        f: F,
+    ) -> rusqlite::Result<T>;
+}
+
+impl CachedExt for rusqlite::Connection {
+    fn exec_cached<P: rusqlite::Params>(&self, sql: &str, p: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(p)
+    }
+    fn query_row_cached<T, P: rusqlite::Params, F: FnOnce(&Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        p: P,
+        f: F,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(p, f)
+    }
+}
+
 /// Errors of the outbox store.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -502,7 +528,7 @@ fn row_to_entry(r: &Row<'_>) -> rusqlite::Result<Entry> {
 
 fn status_of(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<Option<Status>> {
     let s: Option<String> = tx
-        .query_row("SELECT status FROM entries WHERE id = ?1", [id], |r| {
+        .query_row_cached("SELECT status FROM entries WHERE id = ?1", [id], |r| {
             r.get(0)
         })
         .optional()?;
@@ -633,7 +659,7 @@ impl Outbox {
                               ORDER BY queued_at, id LIMIT ?5)
                  RETURNING {COLS}"
             );
-            let mut st = tx.prepare(&sql)?;
+            let mut st = tx.prepare_cached(&sql)?;
             let rows = st
                 .query_map(
                     params![token, me, lease_end, now, batch as i64],
@@ -655,7 +681,7 @@ impl Outbox {
     /// (`Applied(Expired)`: do not send). `Applied(InFlight)` means: send now.
     pub fn mark_send_started(&self, id: i64, token: &str, now: i64) -> Result<Outcome> {
         self.tx(|tx| {
-            let n = tx.execute(
+            let n = tx.exec_cached(
                 "UPDATE entries SET status = 'expired', terminal_reason = 'ttl', completed_at = ?3,
                    claim_token = NULL, lease_expires_at = NULL
                  WHERE id = ?1 AND status = 'in_flight' AND claim_token = ?2
@@ -705,7 +731,7 @@ impl Outbox {
         let jitter_frac = fastrand::f64();
         self.tx(|tx| {
             let cur: Option<i64> = tx
-                .query_row(
+                .query_row_cached(
                     "SELECT attempt_count FROM entries
                      WHERE id = ?1 AND status = 'in_flight' AND claim_token = ?2",
                     params![id, token],
@@ -853,14 +879,14 @@ impl Outbox {
                     "lease expired"
                 };
                 if started.is_none() || adapter_idempotent {
-                    rep.to_pending += tx.execute(
+                    rep.to_pending += tx.exec_cached(
                         "UPDATE entries SET status = 'pending', claim_token = NULL,
                            lease_expires_at = NULL, send_started_at = NULL
                          WHERE id = ?1 AND status = 'in_flight' AND claim_token = ?2",
                         params![id, token],
                     )? as u64;
                 } else {
-                    rep.to_unknown += tx.execute(
+                    rep.to_unknown += tx.exec_cached(
                         "UPDATE entries SET status = 'unknown', claim_token = NULL,
                            lease_expires_at = NULL, error_class = 'unknown_outcome',
                            terminal_reason = 'send_outcome_unknown', completed_at = ?3,
@@ -884,7 +910,7 @@ impl Outbox {
     /// TTL, which has passed). Stale for any other status.
     pub fn retry(&self, id: i64, now: i64) -> Result<Outcome> {
         self.tx(|tx| {
-            let n = tx.execute(
+            let n = tx.exec_cached(
                 "UPDATE entries SET status = 'pending', attempt_count = 0, next_attempt_at = ?2,
                    terminal_reason = NULL, completed_at = NULL, error_class = NULL,
                    backoff_jitter_ms = NULL, send_started_at = NULL, claim_token = NULL,
@@ -931,13 +957,13 @@ impl Outbox {
             ] {
                 let cutoff = now - age;
                 *slot = if dry_run {
-                    tx.query_row(
+                    tx.query_row_cached(
                         "SELECT count(*) FROM entries WHERE status = ?1 AND completed_at < ?2",
                         params![status, cutoff],
                         |r| r.get::<_, i64>(0),
                     )? as u64
                 } else {
-                    tx.execute(
+                    tx.exec_cached(
                         "DELETE FROM entries WHERE status = ?1 AND completed_at < ?2",
                         params![status, cutoff],
                     )? as u64
@@ -959,17 +985,17 @@ impl Outbox {
                 let (k, v) = r?;
                 s.by_status.insert(k, v as u64);
             }
-            s.due_now = tx.query_row(
+            s.due_now = tx.query_row_cached(
                 "SELECT count(*) FROM entries WHERE status = 'pending' AND next_attempt_at <= ?1",
                 [now],
                 |r| r.get::<_, i64>(0),
             )? as u64;
-            s.oldest_pending_queued_at = tx.query_row(
+            s.oldest_pending_queued_at = tx.query_row_cached(
                 "SELECT min(queued_at) FROM entries WHERE status = 'pending'",
                 [],
                 |r| r.get(0),
             )?;
-            s.oldest_dead_at = tx.query_row(
+            s.oldest_dead_at = tx.query_row_cached(
                 "SELECT min(completed_at) FROM entries WHERE status = 'dead'",
                 [],
                 |r| r.get(0),
@@ -981,7 +1007,7 @@ impl Outbox {
     /// One entry by id.
     pub fn get(&self, id: i64) -> Result<Option<Entry>> {
         self.tx(|tx| {
-            tx.query_row(
+            tx.query_row_cached(
                 &format!("SELECT {COLS} FROM entries WHERE id = ?1"),
                 [id],
                 row_to_entry,
@@ -993,7 +1019,7 @@ impl Outbox {
     /// One entry by idempotency key.
     pub fn get_by_key(&self, key: &str) -> Result<Option<Entry>> {
         self.tx(|tx| {
-            tx.query_row(
+            tx.query_row_cached(
                 &format!("SELECT {COLS} FROM entries WHERE idempotency_key = ?1"),
                 [key],
                 row_to_entry,
@@ -1041,7 +1067,7 @@ pub(crate) struct InsertRow<'a> {
 pub(crate) fn insert_row(tx: &Transaction<'_>, r: &InsertRow<'_>) -> rusqlite::Result<Enqueued> {
     if let Some(k) = r.key {
         let existing: Option<i64> = tx
-            .query_row(
+            .query_row_cached(
                 "SELECT id FROM entries WHERE idempotency_key = ?1",
                 [k],
                 |x| x.get(0),
@@ -1051,7 +1077,7 @@ pub(crate) fn insert_row(tx: &Transaction<'_>, r: &InsertRow<'_>) -> rusqlite::R
             return Ok(Enqueued::Existing(id));
         }
     }
-    tx.execute(
+    tx.exec_cached(
         "INSERT INTO entries(idempotency_key, channel, target, account_id, payload, status,
            attempt_count, next_attempt_at, queued_at, expires_at, last_attempt_at, last_error,
            completed_at, terminal_reason, error_class)
@@ -1087,7 +1113,7 @@ impl Outbox {
 }
 
 fn expire_in(tx: &Transaction<'_>, now: i64) -> rusqlite::Result<u64> {
-    Ok(tx.execute(
+    Ok(tx.exec_cached(
         "UPDATE entries SET status = 'expired', terminal_reason = 'ttl', completed_at = ?1
          WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= ?1",
         [now],
@@ -1101,7 +1127,7 @@ fn cas(
     p: impl rusqlite::Params,
     to: Status,
 ) -> rusqlite::Result<Outcome> {
-    let n = tx.execute(sql, p)?;
+    let n = tx.exec_cached(sql, p)?;
     Ok(if n == 1 {
         Outcome::Applied(to)
     } else {
