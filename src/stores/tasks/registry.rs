@@ -274,6 +274,9 @@ struct Core {
     idle: std::sync::Condvar,
     observers: RwLock<Vec<Arc<dyn TaskObserver>>>,
     cas_misses: AtomicU64,
+    /// Group-commit batches committed by this registry, and their members.
+    batches: AtomicU64,
+    batched: AtomicU64,
 }
 
 /// The task registry. `Send + Sync`; share it with `Arc`.
@@ -343,6 +346,8 @@ impl TaskRegistry {
                 idle: std::sync::Condvar::new(),
                 observers: RwLock::new(Vec::new()),
                 cas_misses: AtomicU64::new(0),
+                batches: AtomicU64::new(0),
+                batched: AtomicU64::new(0),
             }),
             writer,
             group: opts.group_commit,
@@ -369,6 +374,16 @@ impl TaskRegistry {
     /// reloaded and the patch re-applied on the fresh row).
     pub fn cas_misses(&self) -> u64 {
         self.core.cas_misses.load(Ordering::Relaxed)
+    }
+
+    /// Group-commit statistics of this registry: `(batches committed,
+    /// mutations committed in them)`. A mutation outside group commit counts
+    /// as neither.
+    pub fn group_commit_stats(&self) -> (u64, u64) {
+        (
+            self.core.batches.load(Ordering::Relaxed),
+            self.core.batched.load(Ordering::Relaxed),
+        )
     }
 
     /// Registers an observer and sends it a `restored` event with the current
@@ -1419,6 +1434,9 @@ impl OpenBatch for TaskBatch {
         if outcome.is_ok() {
             BATCHES.fetch_add(1, Ordering::Relaxed);
             BATCHED.fetch_add(b.committed_members as u64, Ordering::Relaxed);
+            core.batches.fetch_add(1, Ordering::Relaxed);
+            core.batched
+                .fetch_add(b.committed_members as u64, Ordering::Relaxed);
         } else {
             tracing::warn!(path = %w.path().display(), members = b.ran, "group commit failed; every member gets the error");
         }
@@ -1429,5 +1447,323 @@ impl OpenBatch for TaskBatch {
     }
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn reg(dir: &Path, max_batch: usize) -> TaskRegistry {
+        TaskRegistry::open(
+            &dir.join("runs.sqlite"),
+            RegistryOptions {
+                group_commit: GroupCommit {
+                    enabled: true,
+                    max_batch,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn task(r: &TaskRegistry, label: &str) -> String {
+        r.create(
+            NewTask {
+                runtime: Some(Runtime::Subagent),
+                task: label.into(),
+                owner_key: "owner:a".into(),
+                requester_origin: Some(serde_json::json!({"channel": "chat"})),
+                ..Default::default()
+            },
+            T0,
+        )
+        .unwrap()
+        .0
+        .task_id
+    }
+
+    fn counter(t: &TaskRecord) -> i64 {
+        t.metadata
+            .as_ref()
+            .and_then(|m| m.get("n"))
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0)
+    }
+
+    /// The counter as SQLite has it, read on a fresh connection.
+    fn durable_counter(r: &TaskRegistry, id: &str) -> i64 {
+        let c = Connection::open(r.path()).unwrap();
+        let m: Option<String> = c
+            .query_row(
+                "SELECT metadata_json FROM task_runs WHERE task_id = ?1",
+                [id],
+                |x| x.get(0),
+            )
+            .unwrap();
+        m.and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
+            .and_then(|v| v["n"].as_i64())
+            .unwrap_or(0)
+    }
+
+    fn until_queued(r: &TaskRegistry, n: usize) {
+        while r.writer.entry().fifo.len() < n {
+            std::thread::yield_now();
+        }
+    }
+
+    fn bump(r: &TaskRegistry, id: &str, seen: &Mutex<Vec<(char, i64)>>, who: char) {
+        r.update(id, |t| {
+            seen.lock().unwrap().push((who, counter(t)));
+            let n = counter(t) + 1;
+            t.metadata
+                .get_or_insert_with(Default::default)
+                .insert("n".into(), n.into());
+            Ok(true)
+        })
+        .unwrap();
+    }
+
+    /// Runs a head mutation that blocks until `followers` (spawned one by one,
+    /// each queued behind the previous) are all queued, then lets it go.
+    fn queued_behind<'s>(
+        sc: &'s std::thread::Scope<'s, '_>,
+        r: &'s TaskRegistry,
+        id: &'s str,
+        seen: &'s Mutex<Vec<(char, i64)>>,
+        followers: Vec<Box<dyn FnOnce() + Send + 's>>,
+    ) {
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let head = sc.spawn(move || {
+            r.update(id, |t| {
+                go_rx.recv().unwrap();
+                seen.lock().unwrap().push(('a', counter(t)));
+                let n = counter(t) + 1;
+                t.metadata
+                    .get_or_insert_with(Default::default)
+                    .insert("n".into(), n.into());
+                Ok(true)
+            })
+            .unwrap();
+        });
+        until_queued(r, 1);
+        let mut hs = Vec::new();
+        for (i, f) in followers.into_iter().enumerate() {
+            hs.push(sc.spawn(f));
+            until_queued(r, i + 2);
+        }
+        go_tx.send(()).unwrap();
+        head.join().unwrap();
+        for h in hs {
+            h.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn grouped_threads_lose_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let r = reg(d.path(), 64);
+        let id = task(&r, "counter");
+        std::thread::scope(|sc| {
+            for _ in 0..8 {
+                sc.spawn(|| {
+                    for _ in 0..25 {
+                        r.record_progress(&id, T0 + 5, None, Some("n")).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(counter(&r.get(&id).unwrap().unwrap()), 200);
+        assert_eq!(durable_counter(&r, &id), 200);
+        let (b, m) = r.group_commit_stats();
+        assert!(b >= 1 && m == 200 + 1, "every mutation committed in a batch ({b}, {m})");
+    }
+
+    #[test]
+    fn batch_of_exactly_max_batch_commits_once() {
+        let d = tempfile::tempdir().unwrap();
+        let r = reg(d.path(), 4);
+        let id = task(&r, "counter");
+        let before = r.group_commit_stats();
+        let seen = Mutex::new(Vec::new());
+        std::thread::scope(|sc| {
+            let f = |c: char| -> Box<dyn FnOnce() + Send + '_> {
+                let (r, id, seen) = (&r, &id, &seen);
+                Box::new(move || bump(r, id, seen, c))
+            };
+            queued_behind(sc, &r, &id, &seen, vec![f('b'), f('c'), f('d')]);
+        });
+        let after = r.group_commit_stats();
+        assert_eq!((after.0 - before.0, after.1 - before.1), (1, 4));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![('a', 0), ('b', 1), ('c', 2), ('d', 3)]
+        );
+        assert_eq!(durable_counter(&r, &id), 4);
+    }
+
+    #[test]
+    fn batch_cut_by_max_batch_continues_in_a_new_one() {
+        let d = tempfile::tempdir().unwrap();
+        let r = reg(d.path(), 4);
+        let id = task(&r, "counter");
+        let before = r.group_commit_stats();
+        let seen = Mutex::new(Vec::new());
+        std::thread::scope(|sc| {
+            let f = |c: char| -> Box<dyn FnOnce() + Send + '_> {
+                let (r, id, seen) = (&r, &id, &seen);
+                Box::new(move || bump(r, id, seen, c))
+            };
+            queued_behind(sc, &r, &id, &seen, vec![f('b'), f('c'), f('d'), f('e')]);
+        });
+        let after = r.group_commit_stats();
+        assert_eq!((after.0 - before.0, after.1 - before.1), (2, 5));
+        // e ran in the second batch, on the first batch's committed state.
+        assert_eq!(seen.lock().unwrap().last(), Some(&('e', 4)));
+        assert_eq!(durable_counter(&r, &id), 5);
+        assert_eq!(counter(&r.get(&id).unwrap().unwrap()), 5);
+    }
+
+    #[test]
+    fn error_sqlite_failure_and_panic_inside_a_batch_roll_back_only_their_own_savepoint() {
+        let d = tempfile::tempdir().unwrap();
+        let r = reg(d.path(), 64);
+        let id = task(&r, "counter");
+        let other = task(&r, "victim");
+        // Deleting `other` deletes its delivery state first, then fails on the
+        // task row: without the member's savepoint the first DELETE would be
+        // committed by the batch while memory keeps the delivery state.
+        r.store()
+            .connection()
+            .execute_batch(
+                "CREATE TEMP TRIGGER fail_delete BEFORE DELETE ON main.task_runs \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let ev = events.clone();
+        r.add_observer(Arc::new(move |e: &TaskEvent| {
+            if let TaskEvent::Upserted { task, .. } = e {
+                ev.lock().unwrap().push(counter(task));
+            }
+            Ok(())
+        }));
+        let before = r.group_commit_stats();
+        let seen = Mutex::new(Vec::new());
+        let results = Mutex::new(Vec::new());
+        std::thread::scope(|sc| {
+            let (r, id, other, seen, results) = (&r, &id, &other, &seen, &results);
+            let followers: Vec<Box<dyn FnOnce() + Send + '_>> = vec![
+                Box::new(move || bump(r, id, seen, 'b')),
+                Box::new(move || {
+                    let e = r.update(id, |t| {
+                        seen.lock().unwrap().push(('c', counter(t)));
+                        t.metadata
+                            .get_or_insert_with(Default::default)
+                            .insert("n".into(), 100.into());
+                        Err(TaskError::Invalid {
+                            path: "c".into(),
+                            reason: "closure error".into(),
+                        })
+                    });
+                    results.lock().unwrap().push(('c', e.is_err()));
+                }),
+                Box::new(move || {
+                    let e = r.delete(other);
+                    results.lock().unwrap().push(('x', e.is_err()));
+                }),
+                Box::new(move || {
+                    let p = catch_unwind(AssertUnwindSafe(|| {
+                        r.update(id, |t| -> Result<bool, TaskError> {
+                            seen.lock().unwrap().push(('p', counter(t)));
+                            panic!("closure panic")
+                        })
+                    }));
+                    results.lock().unwrap().push(('p', p.is_err()));
+                }),
+                Box::new(move || bump(r, id, seen, 'e')),
+            ];
+            queued_behind(sc, r, id, seen, followers);
+        });
+        let after = r.group_commit_stats();
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1),
+            (1, 3),
+            "one batch, three committed members"
+        );
+        let mut res = results.lock().unwrap().clone();
+        res.sort();
+        assert_eq!(res, vec![('c', true), ('p', true), ('x', true)]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![('a', 0), ('b', 1), ('c', 2), ('p', 2), ('e', 2)]
+        );
+        assert_eq!(durable_counter(&r, &id), 3);
+        assert_eq!(counter(&r.get(&id).unwrap().unwrap()), 3);
+        // The failed delete left both SQLite and memory whole.
+        let c = Connection::open(r.path()).unwrap();
+        let ds: i64 = c
+            .query_row(
+                "SELECT count(*) FROM task_delivery_state WHERE task_id = ?1",
+                [&other],
+                |x| x.get(0),
+            )
+            .unwrap();
+        assert_eq!(ds, 1, "the failed member's first DELETE was rolled back");
+        assert!(r.get(&other).unwrap().is_some());
+        assert!(r.delivery_state(&other).unwrap().is_some());
+        // Observers saw only the committed members, after the commit.
+        assert_eq!(*events.lock().unwrap(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn successor_giving_up_while_the_batch_is_open_still_closes_it() {
+        let d = tempfile::tempdir().unwrap();
+        let r = reg(d.path(), 64);
+        let id = task(&r, "counter");
+        let before = r.group_commit_stats();
+        let seen = Mutex::new(Vec::new());
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        std::thread::scope(|sc| {
+            let (r, id, seen) = (&r, &id, &seen);
+            let a = sc.spawn(move || {
+                r.update(id, |t| {
+                    go_rx.recv().unwrap();
+                    let n = counter(t) + 1;
+                    t.metadata
+                        .get_or_insert_with(Default::default)
+                        .insert("n".into(), n.into());
+                    Ok(true)
+                })
+            });
+            until_queued(r, 1);
+            let b = sc.spawn(move || bump(r, id, seen, 'b'));
+            until_queued(r, 2);
+            // A successor that will give up: a queue ticket, dropped unserved
+            // (what a deadline does to a waiting writer).
+            let quitter = r.writer.entry().fifo.enter();
+            until_queued(r, 3);
+            go_tx.send(()).unwrap();
+            // b leaves the batch open for the quitter ...
+            while !(r.writer.entry().fifo.len() == 1
+                && r.writer.entry().batch.lock().unwrap().is_some())
+            {
+                std::thread::yield_now();
+            }
+            // ... which gives up. a and b must still be committed and told.
+            drop(quitter);
+            a.join().unwrap().unwrap();
+            b.join().unwrap();
+        });
+        let after = r.group_commit_stats();
+        assert_eq!((after.0 - before.0, after.1 - before.1), (1, 2));
+        assert!(r.writer.entry().batch.lock().unwrap().is_none());
+        assert_eq!(durable_counter(&r, &id), 2);
+        assert_eq!(counter(&r.get(&id).unwrap().unwrap()), 2);
     }
 }
