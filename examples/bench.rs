@@ -308,7 +308,9 @@ fn bare_sqlite_loop(path: &Path, id: &str, durability: Durability, secs: f64) ->
         let mut row: Vec<Value> = tx
             .prepare_cached("SELECT * FROM task_runs WHERE task_id = ?1")
             .expect("prepare")
-            .query_row([id], |r| (0..cols.len()).map(|i| r.get::<_, Value>(i)).collect())
+            .query_row([id], |r| {
+                (0..cols.len()).map(|i| r.get::<_, Value>(i)).collect()
+            })
             .expect("read");
         let Value::Integer(v) = row[i_ver] else {
             panic!("version")
@@ -406,7 +408,9 @@ fn registry_threads(path: &Path, t: usize, per: u64, group: bool, secs: f64) -> 
 /// one worker run (`concurrency` threads) claims, delivers to a file adapter
 /// and acks each. Returns (messages/s end to end, enqueues/s alone).
 fn outbox_run(dir: &Path, concurrency: usize, secs: f64) -> (f64, f64) {
-    use lockstore::stores::outbox::{adapters::FileAdapter, worker, NewMessage, Outbox, OutboxOptions};
+    use lockstore::stores::outbox::{
+        adapters::FileAdapter, worker, NewMessage, Outbox, OutboxOptions,
+    };
     let db = dir.join(format!("outbox-{concurrency}.sqlite"));
     let oopts = OutboxOptions {
         sqlite: lockstore::sqlite::SqliteOptions {

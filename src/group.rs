@@ -14,8 +14,9 @@
 //! every 10 ms whether the queue is free and, if so, takes the slot and closes
 //! the open batch itself.
 //!
-//! Synchronization uses the [`crate::sync`] shim so the handoff can be modelled
-//! with loom/shuttle.
+//! Synchronization uses the [`crate::sync`] shim so the handoff is modelled
+//! with shuttle and loom (loom-tests/, `batch_handoff`). Public only for
+//! those models (`#[doc(hidden)]`).
 
 use std::time::Duration;
 
@@ -23,11 +24,11 @@ use crate::sync::{self, Condvar, Mutex};
 use crate::writer::Writer;
 
 /// How often a waiting member re-checks for an abandoned open batch: 10 ms.
-pub(crate) const ABANDONED_POLL: Duration = Duration::from_millis(10);
+pub const ABANDONED_POLL: Duration = Duration::from_millis(10);
 
 /// Completion of one group-commit batch, shared by its members: the closer
 /// stores the outcome `O` once; every member waits for it.
-pub(crate) struct BatchShared<O> {
+pub struct BatchShared<O> {
     done: Mutex<Option<O>>,
     cv: Condvar,
 }
@@ -43,21 +44,22 @@ impl<O> Default for BatchShared<O> {
 
 impl<O> BatchShared<O> {
     /// Records the batch outcome and wakes every member.
-    pub(crate) fn finish(&self, outcome: O) {
+    pub fn finish(&self, outcome: O) {
         *sync::lock(&self.done) = Some(outcome);
         self.cv.notify_all();
     }
 
     /// Whether the batch has been closed.
-    #[allow(dead_code)]
-    pub(crate) fn is_done(&self) -> bool {
+    pub fn is_done(&self) -> bool {
         sync::lock(&self.done).is_some()
     }
 
-    /// Waits until the batch is closed, then gives `take` the outcome. If the
-    /// store's queue is free while the batch is still open (the writer behind
-    /// us gave up), closes the open batch itself via `close`.
-    pub(crate) fn wait_with<R>(
+    /// Waits until the batch is closed, then gives `take` the outcome. Every
+    /// [`ABANDONED_POLL`] without an outcome it calls `close_if_abandoned`,
+    /// which must close the open batch if the store's queue is free (the
+    /// writer the batch was left open for gave up). Under loom (no time) the
+    /// wait is untimed.
+    pub fn wait_with<R>(
         &self,
         mut close_if_abandoned: impl FnMut() -> bool,
         take: impl FnOnce(&mut O) -> R,

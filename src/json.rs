@@ -22,7 +22,7 @@ use std::marker::PhantomData;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use crate::atomic::{self, Durability};
 use crate::error::{Error, Result};
+use crate::group::BatchShared;
 use crate::lock::Acquired;
 use crate::lock::LockOptions;
 use crate::writer::{Exclusive, OpenBatch, Writer};
@@ -394,7 +395,7 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
         drop(slot);
         match outcome {
             Ok(Ok(v)) => {
-                shared.wait(w).map_err(|(kind, msg)| {
+                shared.wait(w, |o| o.clone()).map_err(|(kind, msg)| {
                     Error::io(
                         "group commit save",
                         w.path(),
@@ -484,44 +485,6 @@ fn save_doc<T: Serialize>(
 
 type BatchOutcome = std::result::Result<(), (std::io::ErrorKind, String)>;
 
-/// Completion of one group-commit batch, shared by its members.
-#[derive(Default)]
-struct BatchShared {
-    done: Mutex<Option<BatchOutcome>>,
-    cv: Condvar,
-}
-
-impl BatchShared {
-    fn finish(&self, r: BatchOutcome) {
-        *lock_ignoring_poison(&self.done) = Some(r);
-        self.cv.notify_all();
-    }
-
-    /// Waits until the batch is saved. If the queue falls idle with the batch
-    /// still open (the writer behind us gave up), closes it ourselves.
-    fn wait(&self, w: &Writer) -> BatchOutcome {
-        let mut g = lock_ignoring_poison(&self.done);
-        loop {
-            if let Some(r) = g.as_ref() {
-                return r.clone();
-            }
-            let (ng, to) = match self.cv.wait_timeout(g, Duration::from_millis(10)) {
-                Ok(x) => x,
-                Err(p) => p.into_inner(),
-            };
-            g = ng;
-            if to.timed_out() && g.is_none() {
-                drop(g);
-                if let Ok(slot) = w.entry().fifo.enter().try_now() {
-                    w.close_open_batch();
-                    drop(slot);
-                }
-                g = lock_ignoring_poison(&self.done);
-            }
-        }
-    }
-}
-
 /// An open group-commit batch: holds the OS lock and the unsaved document.
 struct JsonBatch<T> {
     doc: T,
@@ -529,7 +492,7 @@ struct JsonBatch<T> {
     acquired: Acquired,
     /// Updates applied successfully in this batch.
     members: usize,
-    shared: Arc<BatchShared>,
+    shared: Arc<BatchShared<BatchOutcome>>,
     opts: JsonOptions,
 }
 
@@ -757,5 +720,47 @@ mod tests {
             vec![("b", 1), ("c", 2), ("d", 2), ("f", 2)]
         );
         assert_eq!(plain(&p, false).load().unwrap().n, 3);
+    }
+
+    #[test]
+    fn successor_giving_up_while_the_batch_is_open_still_closes_it() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("d.json");
+        let s = plain(&p, true);
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|sc| {
+            let s = &s;
+            let a = sc.spawn(move || {
+                s.update(|d| {
+                    go_rx.recv().unwrap();
+                    d.n += 1;
+                    Ok::<_, Error>(())
+                })
+            });
+            until_queued(s, 1);
+            let b = sc.spawn(|| {
+                s.update(|d| {
+                    d.n += 1;
+                    Ok::<_, Error>(())
+                })
+            });
+            until_queued(s, 2);
+            // A successor that gives up: a queue ticket dropped unserved (what
+            // a deadline does to a waiting writer).
+            let quitter = s.writer().entry().fifo.enter();
+            until_queued(s, 3);
+            go_tx.send(()).unwrap();
+            // b leaves the batch open for the quitter, which then gives up.
+            while !(s.writer().entry().fifo.len() == 1
+                && s.writer().entry().batch.lock().unwrap().is_some())
+            {
+                std::thread::yield_now();
+            }
+            drop(quitter);
+            a.join().unwrap().unwrap();
+            b.join().unwrap().unwrap();
+        });
+        assert!(s.writer().entry().batch.lock().unwrap().is_none());
+        assert_eq!(plain(&p, false).load().unwrap().n, 2);
     }
 }

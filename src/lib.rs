@@ -17,7 +17,8 @@
 
 pub mod atomic;
 pub mod error;
-pub(crate) mod group;
+#[doc(hidden)]
+pub mod group;
 pub mod json;
 pub mod lock;
 pub mod paths;

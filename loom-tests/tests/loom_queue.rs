@@ -80,3 +80,12 @@ fn registry_cleanup_races_new_get() {
         models::registry_cleanup(2)
     });
 }
+
+// Without the quitter: under loom (no time) BatchShared's timed wait is a plain
+// wait, so the abandoned-batch poll cannot be modelled; shuttle covers it.
+#[test]
+fn batch_handoff_two_members() {
+    check("batch_handoff(2 members)", 3, || {
+        models::batch_handoff(false)
+    });
+}

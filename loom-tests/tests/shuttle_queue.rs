@@ -81,3 +81,15 @@ fn cancelled_waiter_does_not_block() {
 fn registry_cleanup_races_new_get() {
     check("registry_cleanup(3)", || models::registry_cleanup(3));
 }
+
+#[test]
+fn batch_handoff_two_members() {
+    check("batch_handoff(2 members)", || models::batch_handoff(false));
+}
+
+#[test]
+fn batch_handoff_with_a_quitter() {
+    check("batch_handoff(2 members + 1 quitter)", || {
+        models::batch_handoff(true)
+    });
+}

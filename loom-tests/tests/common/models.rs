@@ -275,3 +275,93 @@ pub fn registry_cleanup(threads: usize) {
     assert!(reg.is_empty(), "entry not freed after the last handle");
     assert_eq!(live.load(SeqCst), 0, "a value outlived its last handle");
 }
+
+/// Group-commit handoff (src/group.rs, the pattern of `JsonStore` and
+/// `TaskRegistry` group commit) with the real `FifoQueue` and `BatchShared`:
+/// a leader takes the slot, opens a batch, leaves it open when someone is
+/// queued behind it, and waits; a member takes the slot, joins the open batch
+/// and leaves it open or closes it; with `quitter`, a third writer queues and
+/// gives up (drops its ticket, as a deadline does) — possibly after a batch
+/// was left open for it, so a waiting member must close it. Checks: every
+/// writer returns, the batch is closed exactly once, both members are told
+/// the outcome (the number of members committed), and no batch stays open.
+pub fn batch_handoff(quitter: bool) {
+    use lockstore::group::BatchShared;
+
+    struct Open {
+        shared: Arc<BatchShared<usize>>,
+        members: usize,
+    }
+    struct Store {
+        q: &'static FifoQueue,
+        open: Mutex<Option<Open>>,
+        closes: AtomicUsize,
+    }
+    impl Store {
+        fn close(&self, b: Open) {
+            self.closes.fetch_add(1, SeqCst);
+            b.shared.finish(b.members);
+        }
+        fn close_open(&self) {
+            let b = self.open.lock().unwrap().take();
+            if let Some(b) = b {
+                self.close(b);
+            }
+        }
+        /// One grouped write: returns the outcome its batch reported.
+        fn write(&self) -> usize {
+            let slot = self.q.acquire();
+            let open = self.open.lock().unwrap().take();
+            let mut b = open.unwrap_or_else(|| Open {
+                shared: Arc::new(BatchShared::default()),
+                members: 0,
+            });
+            b.members += 1;
+            let shared = b.shared.clone();
+            if self.q.len() > 1 {
+                *self.open.lock().unwrap() = Some(b);
+            } else {
+                self.close(b);
+            }
+            drop(slot);
+            shared.wait_with(
+                || match self.q.enter().try_now() {
+                    Ok(s) => {
+                        self.close_open();
+                        drop(s);
+                        true
+                    }
+                    Err(_) => false,
+                },
+                |o| *o,
+            )
+        }
+    }
+
+    let st: &'static Store = Box::leak(Box::new(Store {
+        q: leak_queue(),
+        open: Mutex::new(None),
+        closes: AtomicUsize::new(0),
+    }));
+    let a = thread::spawn(move || st.write());
+    let b = thread::spawn(move || st.write());
+    let c = quitter.then(|| {
+        thread::spawn(move || {
+            let w = st.q.enter();
+            thread::yield_now();
+            drop(w);
+        })
+    });
+    let (ra, rb) = (a.join().unwrap(), b.join().unwrap());
+    if let Some(c) = c {
+        c.join().unwrap();
+    }
+    assert!(st.open.lock().unwrap().is_none(), "a batch was left open");
+    let closes = st.closes.load(SeqCst);
+    // Either one batch of both members, or two batches of one each.
+    match closes {
+        1 => assert_eq!((ra, rb), (2, 2)),
+        2 => assert_eq!((ra, rb), (1, 1)),
+        n => panic!("{n} closes"),
+    }
+}

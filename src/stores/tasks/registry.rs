@@ -26,9 +26,9 @@ use super::TaskError;
 use crate::group::BatchShared;
 use crate::json::GroupCommit;
 use crate::lock::{Acquired, LockOptions};
-use crate::writer::{OpenBatch, Writer};
 use crate::proc::Liveness;
 use crate::sqlite::SqliteOptions;
+use crate::writer::{OpenBatch, Writer};
 
 /// Grace before an active task whose owner cannot be judged is marked lost:
 /// 5 min in ms (openclaw `TASK_RECONCILE_GRACE_MS`).
@@ -391,7 +391,8 @@ impl TaskRegistry {
     pub fn add_observer(&self, o: Arc<dyn TaskObserver>) {
         let tasks = self.lock_inner().snap.tasks.values().cloned().collect();
         notify(std::slice::from_ref(&o), &TaskEvent::Restored { tasks });
-        self.core.observers
+        self.core
+            .observers
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .push(o);
@@ -402,7 +403,8 @@ impl TaskRegistry {
     }
 
     fn observers(&self) -> Vec<Arc<dyn TaskObserver>> {
-        self.core.observers
+        self.core
+            .observers
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -601,7 +603,9 @@ impl TaskRegistry {
         batch.ran += 1;
         let outcome = {
             let _mark = w.mark_held();
-            let _span = tracing::debug_span!("task_ledger_member", path = %w.path().display(), member).entered();
+            let _span =
+                tracing::debug_span!("task_ledger_member", path = %w.path().display(), member)
+                    .entered();
             let inner = self.lock_inner();
             let conn = self.core.store.connection();
             let r = match conn.execute_batch("SAVEPOINT lockstore_member") {
@@ -1581,7 +1585,10 @@ mod tests {
         assert_eq!(counter(&r.get(&id).unwrap().unwrap()), 200);
         assert_eq!(durable_counter(&r, &id), 200);
         let (b, m) = r.group_commit_stats();
-        assert!(b >= 1 && m == 200 + 1, "every mutation committed in a batch ({b}, {m})");
+        assert!(
+            b >= 1 && m == 200 + 1,
+            "every mutation committed in a batch ({b}, {m})"
+        );
     }
 
     #[test]

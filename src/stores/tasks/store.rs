@@ -334,10 +334,7 @@ pub(crate) fn load_all(c: &Connection, path: &Path) -> Result<Snapshot, TaskErro
 
 /// Writes `task` with version `task.version + 1` iff the row's version is
 /// `task.version` (0: no row). Returns the outcome; runs inside the caller's tx.
-pub(crate) fn write_task(
-    tx: &Connection,
-    task: &TaskRecord,
-) -> rusqlite::Result<WriteOutcome> {
+pub(crate) fn write_task(tx: &Connection, task: &TaskRecord) -> rusqlite::Result<WriteOutcome> {
     let cur: Option<i64> = tx
         .prepare_cached("SELECT version FROM task_runs WHERE task_id = ?1")?
         .query_row([&task.task_id], |r| r.get(0))
