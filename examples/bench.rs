@@ -10,8 +10,12 @@
 //! writer, durability full and process; (3) 8 and 32 in-process writers with and
 //! without group commit, with the mean batch size; (4) 4 and 16 processes:
 //! ops/s, p50/p99 lock wait, fairness (max/min completions); (5) document size
-//! scaling 100 … 100k records with the slope and peak memory (VmHWM of a child
-//! per size).
+//! scaling 100 … 100k records with the slope; (6) the task ledger through
+//! `TaskRegistry` (1 writer; 8 and 32 threads with and without group commit)
+//! against a bare rusqlite BEGIN IMMEDIATE loop writing the same row, and the
+//! outbox end to end (enqueue → claim → deliver to a file adapter → ack,
+//! durability process) with 1 and 4 workers; (7) the peak memory (VmHWM) of
+//! the child process that ran each measurement of rows 5 and 6.
 
 use std::io::{BufRead, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -656,6 +660,8 @@ fn main() {
         &[100, 1_000, 10_000, 100_000]
     };
     let mut pts = Vec::new();
+    // Row 7: peak RSS (VmHWM) of each child process of rows 5 and 6.
+    let mut peak: Vec<(String, f64)> = Vec::new();
     for &n in sizes {
         let k = if n >= 100_000 {
             10
@@ -679,20 +685,17 @@ fn main() {
         let ms: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
         let hwm: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
         pts.push((n as f64, ms));
+        peak.push((format!("JsonStore size {n} records"), hwm / 1024.0));
         rows.push(Row {
             name: format!("JsonStore size {n} records: time per update"),
             value: ms,
             unit: "ms",
             ratio: Some(ms / (1000.0 / phys)),
-            note: format!(
-                "peak RSS {:.1} MiB{}",
-                hwm / 1024.0,
-                if n == 100_000 {
-                    "; target < 100 ms"
-                } else {
-                    ""
-                }
-            ),
+            note: if n == 100_000 {
+                "target < 100 ms".into()
+            } else {
+                String::new()
+            },
         });
     }
     if pts.len() >= 2 {
@@ -722,23 +725,22 @@ fn main() {
         )
     };
     let (bare, _, bare_mem) = ledger("bare");
+    peak.push(("ledger bare rusqlite loop".into(), bare_mem));
     rows.push(Row {
         name: "ledger: bare rusqlite BEGIN IMMEDIATE read+CAS update (baseline)".into(),
         value: bare,
         unit: "updates/s",
         ratio: Some(bare / phys),
-        note: format!("synchronous FULL; peak RSS {bare_mem:.1} MiB"),
+        note: "synchronous FULL".into(),
     });
     let (r1, _, r1_mem) = ledger("reg1");
+    peak.push(("ledger TaskRegistry 1 writer".into(), r1_mem));
     rows.push(Row {
         name: "ledger: TaskRegistry 1 writer".into(),
         value: r1,
         unit: "updates/s",
         ratio: Some(r1 / phys),
-        note: format!(
-            "{:.2}x bare; target >= 0.8x bare; peak RSS {r1_mem:.1} MiB",
-            r1 / bare
-        ),
+        note: format!("{:.2}x bare; target >= 0.8x bare", r1 / bare),
     });
     let (bp, _, _) = ledger("bare-process");
     let (rp, _, _) = ledger("reg1-process");
@@ -751,13 +753,17 @@ fn main() {
     });
     for w in [1usize, 4] {
         let (ops, enq, mem) = ledger(&format!("outbox-{w}"));
+        peak.push((
+            format!("outbox {w} worker(s), {} msgs", (5_000.0 * secs) as usize),
+            mem,
+        ));
         rows.push(Row {
             name: format!("outbox enqueue->claim->deliver(file)->ack, {w} worker(s)"),
             value: ops,
             unit: "msgs/s",
             ratio: Some(ops / phys),
             note: format!(
-                "durability process; enqueue alone {enq:.0}/s; peak RSS {mem:.1} MiB{}",
+                "durability process; enqueue alone {enq:.0}/s{}",
                 if w == 1 { "; target >= 5000 msg/s" } else { "" }
             ),
         });
@@ -765,13 +771,17 @@ fn main() {
     for t in [8usize, 32] {
         for g in ["off", "on"] {
             let (ops, mean, mem) = ledger(&format!("reg{t}-{g}"));
+            peak.push((
+                format!("ledger TaskRegistry {t} threads, group commit {g}"),
+                mem,
+            ));
             rows.push(Row {
                 name: format!("ledger: TaskRegistry {t} threads, group commit {g}"),
                 value: ops,
                 unit: "updates/s",
                 ratio: Some(ops / phys),
                 note: format!(
-                    "{:.2}x bare{}; peak RSS {mem:.1} MiB",
+                    "{:.2}x bare{}",
                     ops / bare,
                     if g == "on" {
                         format!("; mean batch {mean:.1}")
@@ -781,6 +791,16 @@ fn main() {
                 ),
             });
         }
+    }
+
+    for (name, mib) in peak {
+        rows.push(Row {
+            name: format!("peak RSS: {name}"),
+            value: mib,
+            unit: "MiB",
+            ratio: None,
+            note: "VmHWM of the child process".into(),
+        });
     }
 
     if json {
