@@ -69,7 +69,7 @@ impl<O> BatchShared<O> {
             if let Some(o) = g.as_mut() {
                 return take(o);
             }
-            g = sync::wait_timeout(&self.cv, g, ABANDONED_POLL);
+            g = sync::timed_wait(&self.cv, &self.done, g, ABANDONED_POLL);
             if g.is_none() {
                 drop(g);
                 close_if_abandoned();

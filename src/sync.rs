@@ -54,3 +54,41 @@ pub(crate) fn wait_timeout<'a, T>(
 ) -> MutexGuard<'a, T> {
     wait(cv, g)
 }
+
+/// A timed wait on `cv` with `g` locked from `m`, as the group-commit handoff
+/// uses it ([`crate::group`]): may return before `dur` without a notification
+/// (callers re-check and loop). Under shuttle, whose `wait_timeout` never
+/// times out, it is modelled as "release, yield, re-acquire" — a timeout that
+/// can happen at any point — so the models explore the timeout path; under
+/// loom it is a plain wait.
+#[cfg(not(any(loom, shuttle)))]
+pub(crate) fn timed_wait<'a, T>(
+    cv: &Condvar,
+    _m: &'a Mutex<T>,
+    g: MutexGuard<'a, T>,
+    dur: std::time::Duration,
+) -> MutexGuard<'a, T> {
+    wait_timeout(cv, g, dur)
+}
+
+#[cfg(loom)]
+pub(crate) fn timed_wait<'a, T>(
+    cv: &Condvar,
+    _m: &'a Mutex<T>,
+    g: MutexGuard<'a, T>,
+    _dur: std::time::Duration,
+) -> MutexGuard<'a, T> {
+    wait(cv, g)
+}
+
+#[cfg(all(shuttle, not(loom)))]
+pub(crate) fn timed_wait<'a, T>(
+    _cv: &Condvar,
+    m: &'a Mutex<T>,
+    g: MutexGuard<'a, T>,
+    _dur: std::time::Duration,
+) -> MutexGuard<'a, T> {
+    drop(g);
+    shuttle::thread::yield_now();
+    lock(m)
+}
