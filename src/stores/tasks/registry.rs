@@ -483,7 +483,6 @@ impl TaskRegistry {
                     },
                 )
             })?;
-            ctx.verify_still_held()?;
             drop(conn);
             // Committed: only now does memory change.
             let has = self.core.has_observers();
