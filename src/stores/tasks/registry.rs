@@ -514,7 +514,7 @@ impl TaskRegistry {
             let until = std::time::Instant::now() + opts.retry_deadline;
             let mut attempt = 0u32;
             loop {
-                match conn.execute_batch("BEGIN IMMEDIATE") {
+                match run_cached(&conn, "BEGIN IMMEDIATE") {
                     Ok(()) => break,
                     Err(e) if crate::sqlite::is_busy(&e) && std::time::Instant::now() < until => {
                         let ms = (1u64 << attempt.min(6)).min(50);
@@ -610,7 +610,14 @@ impl TaskRegistry {
                     .entered();
             let inner = self.lock_inner();
             let conn = self.core.store.connection();
-            let r = match conn.execute_batch("SAVEPOINT lockstore_member") {
+            // The batch's first mutation needs no savepoint: if it fails, the
+            // whole transaction (holding nothing else) is rolled back.
+            let first = member == 0;
+            let r = match if first {
+                Ok(())
+            } else {
+                run_cached(&conn, "SAVEPOINT lockstore_member")
+            } {
                 Err(e) => Ok(Err(TaskError::sqlite("savepoint", self.path(), e))),
                 Ok(()) => catch_unwind(AssertUnwindSafe(|| {
                     match f(
@@ -627,14 +634,27 @@ impl TaskRegistry {
             };
             let ok = matches!(r, Ok(Ok(_)));
             let end = if ok {
-                conn.execute_batch("RELEASE lockstore_member")
+                if first {
+                    Ok(())
+                } else {
+                    run_cached(&conn, "RELEASE lockstore_member")
+                }
             } else if conn.is_autocommit() {
                 Ok(())
+            } else if first {
+                run_cached(&conn, "ROLLBACK")
             } else {
-                conn.execute_batch("ROLLBACK TO lockstore_member; RELEASE lockstore_member")
+                run_cached(&conn, "ROLLBACK TO lockstore_member")
+                    .and_then(|()| run_cached(&conn, "RELEASE lockstore_member"))
             };
             if let Err(e) = end {
                 batch.failed.get_or_insert_with(|| failure_of(&e));
+            }
+            if first && !ok && batch.failed.is_none() {
+                batch.failed = Some((
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    "the batch's first mutation failed; nothing to commit".into(),
+                ));
             }
             // SQLite may roll the whole transaction back by itself (SQLITE_FULL,
             // SQLITE_IOERR, ...): the earlier members' changes are gone too.
@@ -1357,6 +1377,12 @@ impl Core {
     }
 }
 
+/// Runs a parameterless statement through the statement cache (transaction
+/// control runs once or twice per mutation; re-parsing it showed in profiles).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// A batch failure, kept in a form every member can rebuild an error from.
 type Failure = (rusqlite::ffi::Error, String);
 
@@ -1414,7 +1440,7 @@ impl OpenBatch for TaskBatch {
             let conn = core.store.connection();
             let r = match b.failed {
                 Some(f) => Err(f),
-                None => conn.execute_batch("COMMIT").map_err(|e| failure_of(&e)),
+                None => run_cached(&conn, "COMMIT").map_err(|e| failure_of(&e)),
             };
             if !conn.is_autocommit() {
                 if let Err(e) = conn.execute_batch("ROLLBACK") {
@@ -1443,7 +1469,7 @@ impl OpenBatch for TaskBatch {
             core.batches.fetch_add(1, Ordering::Relaxed);
             core.batched
                 .fetch_add(b.committed_members as u64, Ordering::Relaxed);
-        } else {
+        } else if b.committed_members > 0 {
             tracing::warn!(path = %w.path().display(), members = b.ran, "group commit failed; every member gets the error");
         }
         b.shared.finish(outcome);
