@@ -133,7 +133,6 @@ pub fn run(a: DaemonArgs, state_dir: &Path) -> CliResult {
     let (mut lf, acquired) = take_daemon_lock(state_dir)?;
     install_signal_handlers()?;
     let started = Instant::now();
-    tracing::info!(state_dir = %state_dir.display(), pid = std::process::id(), "daemon started");
     let mut d = Daemon::open(&a, state_dir)?;
     let adapter_spec = a
         .adapter
@@ -145,6 +144,7 @@ pub fn run(a: DaemonArgs, state_dir: &Path) -> CliResult {
         poll: a.tick.min(Duration::from_secs(1)),
         ..WorkerOptions::new(lockstore::paths::outbox_db(state_dir))
     };
+    tracing::info!(state_dir = %state_dir.display(), pid = std::process::id(), "daemon started");
     let result = std::thread::scope(|s| {
         // The delivery worker runs continuously beside the ticks (rescue at
         // start, then claim → deliver → ack/fail), until the stop flag is set.
