@@ -61,6 +61,10 @@ pub struct SoakArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Only re-check the invariants of a kept soak state dir (given with
+    /// --state-dir): no processes, no drain.
+    #[arg(long)]
+    pub verify_only: bool,
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -162,6 +166,8 @@ pub struct Report {
     pub violations: BTreeMap<String, u64>,
     /// True if every violation counter is 0.
     pub ok: bool,
+    /// `--verify-only`: nothing was run (daemon stop and drain not checked).
+    pub verify_only: bool,
 }
 
 struct ClientProc {
@@ -185,6 +191,12 @@ struct Soak {
 /// (must be empty or absent), else a fresh temp dir.
 pub fn run(a: SoakArgs, state_dir: Option<&Path>) -> CliResult {
     let started = Instant::now();
+    if a.verify_only {
+        let Some(d) = state_dir else {
+            return Err(CliError::usage("soak --verify-only needs --state-dir DIR"));
+        };
+        return verify_only(a, d, started);
+    }
     let dir = match state_dir {
         Some(d) => {
             if std::fs::read_dir(d)
@@ -252,18 +264,54 @@ pub fn run(a: SoakArgs, state_dir: Option<&Path>) -> CliResult {
     res?;
     s.drain();
     s.verify();
-    s.rep.elapsed_ms = started.elapsed().as_millis() as u64;
-    if a.json {
-        let t = serde_json::to_string_pretty(&s.rep).map_err(|e| CliError::usage(e.to_string()))?;
+    finish(s.rep, a.json, started)
+}
+
+fn verify_only(a: SoakArgs, d: &Path, started: Instant) -> CliResult {
+    let dir = d.canonicalize().map_err(|e| io_err("resolve", d, e))?;
+    let logs = dir.join("soak");
+    let clients = std::fs::read_dir(&logs)
+        .map_err(|e| io_err("read", &logs, e))?
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("client-") && n.ends_with(".jsonl")
+        })
+        .count() as u32;
+    let mut s = Soak {
+        exe: PathBuf::new(),
+        sink: dir.join("sink.jsonl"),
+        dir: dir.clone(),
+        logs,
+        seed: a.seed.unwrap_or(0),
+        daemon: None,
+        daemon_starts: 0,
+        clients: Vec::new(),
+        rep: Report {
+            state_dir: dir.display().to_string(),
+            clients,
+            verify_only: true,
+            daemon_graceful_stop: true,
+            drained: true,
+            ..Default::default()
+        },
+    };
+    s.verify();
+    finish(s.rep, a.json, started)
+}
+
+fn finish(mut rep: Report, json: bool, started: Instant) -> CliResult {
+    rep.elapsed_ms = started.elapsed().as_millis() as u64;
+    if json {
+        let t = serde_json::to_string_pretty(&rep).map_err(|e| CliError::usage(e.to_string()))?;
         println!("{t}");
     } else {
-        print_text(&s.rep);
+        print_text(&rep);
     }
-    if s.rep.ok {
+    if rep.ok {
         Ok(())
     } else {
-        let bad: Vec<String> = s
-            .rep
+        let bad: Vec<String> = rep
             .violations
             .iter()
             .filter(|(_, v)| **v > 0)
