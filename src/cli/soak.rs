@@ -143,8 +143,13 @@ pub struct Report {
     pub daemon_restarts: u64,
     /// Daemon exits nobody asked for (exit status text).
     pub daemon_unexpected_exits: Vec<String>,
-    /// Whether the final SIGTERM stopped the daemon with exit 0.
+    /// Whether the final SIGTERM stopped the daemon with exit 0 (within 30 s).
     pub daemon_graceful_stop: bool,
+    /// How the final SIGTERM went (exit status and time, or the timeout).
+    pub daemon_stop: String,
+    /// Left to deliver when the chaos phase ended (before the drain): due or
+    /// snoozed active commitments, outbox rows pending or in flight.
+    pub backlog_at_stop: Value,
     /// `ERROR` lines in the daemon logs.
     pub daemon_error_lines: u64,
     /// Client SIGKILLs (process group) by the chaos.
@@ -493,7 +498,7 @@ impl Soak {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            if args.iter().any(|a| *a == dir) {
+            if args.contains(&dir) {
                 out.push((pid, args));
             }
         }
@@ -525,11 +530,14 @@ impl Soak {
         }
         if let Some(mut d) = self.daemon.take() {
             let _ = kill(Pid::from_raw(d.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(30);
+            let t0 = Instant::now();
+            let deadline = t0 + Duration::from_secs(30);
             loop {
                 match d.try_wait() {
                     Ok(Some(st)) => {
                         self.rep.daemon_graceful_stop = st.success();
+                        self.rep.daemon_stop =
+                            format!("{st} {} ms after SIGTERM", t0.elapsed().as_millis());
                         break;
                     }
                     Ok(None) if Instant::now() < deadline => {
@@ -538,6 +546,7 @@ impl Soak {
                     _ => {
                         let _ = kill(Pid::from_raw(d.id() as i32), Signal::SIGKILL);
                         let _ = d.wait();
+                        self.rep.daemon_stop = "no exit within 30 s of SIGTERM; SIGKILLed".into();
                         break;
                     }
                 }
@@ -583,11 +592,13 @@ impl Soak {
         (c, o)
     }
 
-    /// `daemon --once` until nothing is due (at most 40 passes / 90 s), then one
+    /// `daemon --once` until nothing is due (at most 120 s of passes), then one
     /// `tasks maintenance --apply`.
     fn drain(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        for pass in 0..40 {
+        let (c, o) = self.outstanding();
+        self.rep.backlog_at_stop = json!({"commitments": c, "outbox": o});
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for pass in 0.. {
             let Ok(log) = self.log_file(&format!("drain-{pass}.log")) else {
                 break;
             };
@@ -608,7 +619,8 @@ impl Soak {
             if Instant::now() >= deadline {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(300));
+            // Snoozed commitments or a retry backoff may need a moment.
+            std::thread::sleep(Duration::from_millis(100));
         }
         if let Ok(log) = self.log_file("maintenance.log") {
             let out = self
@@ -982,7 +994,8 @@ fn print_text(r: &Report) {
     );
     println!("lock reclaims: {}", r.lock_reclaims);
     println!(
-        "final drain: {} passes, {}",
+        "final drain: backlog at stop {}, {} passes, {}",
+        r.backlog_at_stop,
         r.drain_passes,
         if r.drained {
             "nothing left due"
