@@ -975,16 +975,13 @@ fn print_text(r: &Report) {
         println!("  {s}");
     }
     println!(
-        "daemon: {} kills, {} restarts, {} unexpected exits, graceful stop {}, {} ERROR log lines",
+        "daemon: {} kills, {} restarts, {} unexpected exits, {} ERROR log lines; graceful stop {} ({})",
         r.daemon_kills,
         r.daemon_restarts,
         r.daemon_unexpected_exits.len(),
-        if r.daemon_graceful_stop {
-            "ok"
-        } else {
-            "FAILED"
-        },
-        r.daemon_error_lines
+        r.daemon_error_lines,
+        if r.daemon_graceful_stop { "ok" } else { "FAILED" },
+        r.daemon_stop
     );
     println!(
         "clients: {} kills, {} unexpected exits; tasks run processes killed: {}",
