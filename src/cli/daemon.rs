@@ -16,7 +16,6 @@
 //! 2. outbox: rescue, expire, claim → deliver → ack/fail; daily prune.
 //! 3. tasks: the maintenance sweep every `--maintenance-every` (default 60 s).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -264,36 +263,25 @@ impl Daemon {
     /// section loads the whole commitments file), so the daemon keeps up and
     /// SIGTERM is acted on promptly.
     fn deliver_due_commitments(&self, now: i64) -> CliResult {
-        let agents: BTreeSet<String> = self
+        // One load for the whole pass (all agents, all due sessions).
+        let due = self
             .commitments
-            .snapshot()?
-            .commitments
-            .into_iter()
-            .filter(|c| c.status.is_active())
-            .map(|c| c.agent_id)
-            .collect();
+            .list_due_for_heartbeat(now, Some(SESSIONS_PER_TICK))?;
         let mut attempted: Vec<String> = Vec::new();
-        let result = (|| {
-            for agent in agents {
-                for key in
-                    self.commitments
-                        .list_due_session_keys(&agent, now, Some(SESSIONS_PER_TICK))?
-                {
-                    if stop_requested() {
-                        return Ok(());
-                    }
-                    for c in self
-                        .commitments
-                        .list_due_for_session(&agent, &key, now, None)?
-                    {
-                        if self.deliver_one(&c, now)? {
-                            attempted.push(c.id);
-                        }
-                    }
+        let mut result = Ok(());
+        for c in due {
+            if stop_requested() {
+                break;
+            }
+            match self.deliver_one(&c, now) {
+                Ok(true) => attempted.push(c.id),
+                Ok(false) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
                 }
             }
-            Ok::<(), CliError>(())
-        })();
+        }
         // Bump what was enqueued even if a later step failed (a missed bump is
         // also safe: the next tick finds the row under the current key).
         if !attempted.is_empty() {
