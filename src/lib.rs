@@ -12,6 +12,29 @@
 //! * [`json`] — JSON documents updated under the writer.
 //!
 //! See docs/lock-protocol.md for the protocol and failure model.
+//!
+//! ```
+//! use lockstore::{JsonOptions, JsonStore};
+//!
+//! #[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
+//! struct State {
+//!     reminders: Vec<String>,
+//! }
+//!
+//! # fn main() -> Result<(), lockstore::Error> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("reminders.json");
+//! let store: JsonStore<State> =
+//!     JsonStore::open(&path, JsonOptions { version: Some(1), ..Default::default() })?;
+//! // queue slot → flock → load → modify → fsync'd atomic save → release
+//! store.update(|s| {
+//!     s.reminders.push("call back".into());
+//!     Ok::<_, lockstore::Error>(())
+//! })?;
+//! assert_eq!(store.load()?.reminders, vec!["call back".to_string()]);
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 

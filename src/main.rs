@@ -38,6 +38,11 @@ enum Cmd {
     Lock(cli::lock::LockArgs),
     /// The delivery outbox: enqueue, list, retry, prune, deliver.
     Outbox(cli::outbox::OutboxArgs),
+    /// Soak test: daemon + K clients + chaos (SIGKILLs) on a fresh state dir, then verify nothing was lost.
+    Soak(cli::soak::SoakArgs),
+    /// One client process of `lockstore soak` (internal).
+    #[command(hide = true)]
+    SoakClient(cli::soak_client::SoakClientArgs),
 }
 
 fn init_logging(format: &str) {
@@ -68,6 +73,8 @@ fn main() {
         Cmd::Tasks(a) => cli::tasks::run(a, &state_dir),
         Cmd::Lock(a) => cli::lock::run(a, &state_dir),
         Cmd::Outbox(a) => cli::outbox::run(a, &state_dir),
+        Cmd::Soak(a) => cli::soak::run(a, cli.state_dir.as_deref()),
+        Cmd::SoakClient(a) => cli::soak_client::run(a, &state_dir),
     };
     match res {
         Ok(()) => {}

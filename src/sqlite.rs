@@ -86,6 +86,23 @@ fn chmod_0600(p: &Path) -> Result<()> {
 /// [`Error::Sqlite`] naming the file (cannot open, WAL refused, ...),
 /// [`Error::SchemaTooNew`], [`Error::Io`].
 pub fn open(path: &Path, opts: &SqliteOptions, migrations: &[&str]) -> Result<Connection> {
+    // Two processes creating the same database at once can see SQLITE_BUSY
+    // while one switches it to WAL; retry the whole open within the deadline.
+    let deadline = Instant::now() + opts.retry_deadline;
+    let mut attempt: u32 = 0;
+    loop {
+        match open_once(path, opts, migrations) {
+            Err(e) if e.is_busy() && Instant::now() < deadline => {
+                attempt += 1;
+                tracing::debug!(path = %path.display(), attempt, "database busy while opening; retrying");
+                std::thread::sleep(Duration::from_millis(1 << attempt.min(6)));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn open_once(path: &Path, opts: &SqliteOptions, migrations: &[&str]) -> Result<Connection> {
     let s = path.as_os_str();
     if s.is_empty() || s == ":memory:" || s.to_string_lossy().starts_with("file:") {
         return Err(Error::InvalidPath {

@@ -658,3 +658,56 @@ fn openclaw_fixture_loads() {
     assert_eq!(again.commitments.len(), 6);
     assert_eq!(again.legacy_stripped, 0);
 }
+
+/// The daemon's one-load heartbeat pass equals the per-session read helpers.
+#[test]
+fn heartbeat_pass_equals_per_session_helpers() {
+    let d = tempfile::tempdir().unwrap();
+    let s = open(d.path(), true, 2);
+    for agent in ["a1", "a2"] {
+        for session in ["s1", "s2", "s3"] {
+            let it = InferredItem {
+                scope: Scope {
+                    agent_id: agent.into(),
+                    session_key: session.into(),
+                    channel: "telegram".into(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let cands: Vec<Candidate> = (0..5)
+                .map(|i| cand(&format!("k{i}"), NOW - (i as i64) * H, NOW + H))
+                .collect();
+            s.upsert_inferred(&it, &cands, NOW - 10 * H).unwrap();
+        }
+    }
+    // a1/s2 hit its daily cap: two sent in the last 24 h.
+    let a1s2: Vec<String> = s
+        .list(StatusFilter::All, Some("a1"), NOW)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.session_key == "s2")
+        .map(|c| c.id)
+        .take(2)
+        .collect();
+    s.mark_status(&a1s2, TerminalStatus::Sent, NOW - H).unwrap();
+    let mut expected = Vec::new();
+    for agent in ["a1", "a2"] {
+        for key in s.list_due_session_keys(agent, NOW, Some(2)).unwrap() {
+            expected.extend(s.list_due_for_session(agent, &key, NOW, None).unwrap());
+        }
+    }
+    let got = s.list_due_for_heartbeat(NOW, Some(2)).unwrap();
+    let ids = |v: &[Commitment]| v.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&got), ids(&expected));
+    // 2 agents × 2 sessions (limit) × min(3 per heartbeat, maxPerDay 2), and
+    // a1/s2 (at its cap) skipped.
+    assert_eq!(got.len(), 8);
+    assert!(got
+        .iter()
+        .all(|c| !(c.agent_id == "a1" && c.session_key == "s2")));
+    assert!(open(d.path(), false, 2)
+        .list_due_for_heartbeat(NOW, None)
+        .unwrap()
+        .is_empty());
+}

@@ -16,7 +16,6 @@
 //! 2. outbox: rescue, expire, claim → deliver → ack/fail; daily prune.
 //! 3. tasks: the maintenance sweep every `--maintenance-every` (default 60 s).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -118,6 +117,10 @@ pub fn commitment_key(id: &str, attempt: u64) -> String {
     format!("commitment:{id}:{attempt}")
 }
 
+/// Most due session keys per agent handled in one tick (the rest wait for the
+/// next tick).
+pub const SESSIONS_PER_TICK: usize = 32;
+
 /// The stores the daemon works on.
 struct Daemon {
     state: PathBuf,
@@ -133,7 +136,6 @@ pub fn run(a: DaemonArgs, state_dir: &Path) -> CliResult {
     let (mut lf, acquired) = take_daemon_lock(state_dir)?;
     install_signal_handlers()?;
     let started = Instant::now();
-    tracing::info!(state_dir = %state_dir.display(), pid = std::process::id(), "daemon started");
     let mut d = Daemon::open(&a, state_dir)?;
     let adapter_spec = a
         .adapter
@@ -145,6 +147,7 @@ pub fn run(a: DaemonArgs, state_dir: &Path) -> CliResult {
         poll: a.tick.min(Duration::from_secs(1)),
         ..WorkerOptions::new(lockstore::paths::outbox_db(state_dir))
     };
+    tracing::info!(state_dir = %state_dir.display(), pid = std::process::id(), "daemon started");
     let result = std::thread::scope(|s| {
         // The delivery worker runs continuously beside the ticks (rescue at
         // start, then claim → deliver → ack/fail), until the stop flag is set.
@@ -252,34 +255,48 @@ impl Daemon {
     /// * while the previous attempt's row is pending, in flight, delivered or
     ///   unknown, nothing new is enqueued (no duplicate delivery); a dead or
     ///   expired previous attempt is retried under the next key.
+    ///
+    /// At most [`SESSIONS_PER_TICK`] session keys per agent per tick (openclaw's
+    /// `listDueCommitmentSessionKeys` limit), the attempts of the whole tick
+    /// bumped in one section after all the enqueues, and a stop request honoured
+    /// between sessions: one tick stays short however large the backlog (each
+    /// section loads the whole commitments file), so the daemon keeps up and
+    /// SIGTERM is acted on promptly.
     fn deliver_due_commitments(&self, now: i64) -> CliResult {
-        let agents: BTreeSet<String> = self
+        // One load for the whole pass (all agents, all due sessions).
+        let due = self
             .commitments
-            .snapshot()?
-            .commitments
-            .into_iter()
-            .filter(|c| c.status.is_active())
-            .map(|c| c.agent_id)
-            .collect();
-        for agent in agents {
-            for key in self.commitments.list_due_session_keys(&agent, now, None)? {
-                for c in self
-                    .commitments
-                    .list_due_for_session(&agent, &key, now, None)?
-                {
-                    self.deliver_one(&c, now)?;
+            .list_due_for_heartbeat(now, Some(SESSIONS_PER_TICK))?;
+        let mut attempted: Vec<String> = Vec::new();
+        let mut result = Ok(());
+        for c in due {
+            if stop_requested() {
+                break;
+            }
+            match self.deliver_one(&c, now) {
+                Ok(true) => attempted.push(c.id),
+                Ok(false) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
                 }
             }
         }
-        Ok(())
+        // Bump what was enqueued even if a later step failed (a missed bump is
+        // also safe: the next tick finds the row under the current key).
+        if !attempted.is_empty() {
+            self.commitments.mark_attempted(&attempted, now)?;
+        }
+        result
     }
 
-    fn deliver_one(&self, c: &Commitment, now: i64) -> CliResult {
+    /// Write-ahead of one delivery; true if the commitment's attempts must now
+    /// be bumped (its row under the current key exists).
+    fn deliver_one(&self, c: &Commitment, now: i64) -> CliResult<bool> {
         let a = c.attempts;
         if self.outbox.get_by_key(&commitment_key(&c.id, a))?.is_some() {
             // Crash window: enqueued, not yet bumped.
-            self.commitments.mark_attempted(&[c.id.as_str()], now)?;
-            return Ok(());
+            return Ok(true);
         }
         if a > 0 {
             if let Some(prev) = self.outbox.get_by_key(&commitment_key(&c.id, a - 1))? {
@@ -287,7 +304,7 @@ impl Daemon {
                     prev.status,
                     Status::Pending | Status::InFlight | Status::Delivered | Status::Unknown
                 ) {
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
@@ -307,8 +324,7 @@ impl Daemon {
             ttl_ms: Some((expires - now).max(1)),
         };
         self.outbox.enqueue(&msg, now)?;
-        self.commitments.mark_attempted(&[c.id.as_str()], now)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Marks `sent` every active commitment whose latest delivery was acked.

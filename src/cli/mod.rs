@@ -5,6 +5,8 @@ pub mod daemon;
 pub mod json;
 pub mod lock;
 pub mod outbox;
+pub mod soak;
+pub mod soak_client;
 pub mod status;
 pub mod tasks;
 

@@ -80,9 +80,16 @@ pub fn run(a: StatusArgs, state: &Path) -> CliResult {
     };
     out.insert("commitments".into(), commitments);
 
-    // Tasks.
-    let tasks = match TaskRegistry::open_state_dir(state, RegistryOptions::default()) {
-        Ok(reg) => {
+    // Tasks (a missing ledger is reported, not created).
+    let tasks_exists = lockstore::paths::tasks_db(state).exists();
+    let tasks = match tasks_exists
+        .then(|| TaskRegistry::open_state_dir(state, RegistryOptions::default()))
+        .transpose()
+    {
+        Ok(None) => {
+            json!({"absent": true, "total": 0, "queued": 0, "running": 0, "audit": {"warnings": 0, "errors": 0}})
+        }
+        Ok(Some(reg)) => {
             let list = reg.list().unwrap_or_default();
             let count = |s: &str| list.iter().filter(|t| t.status.as_str() == s).count();
             let audit = reg.audit(now, &AuditOptions::default());
@@ -95,17 +102,23 @@ pub fn run(a: StatusArgs, state: &Path) -> CliResult {
     };
     out.insert("tasks".into(), tasks);
 
-    // Outbox.
-    let outbox =
-        match Outbox::open_state(state, OutboxOptions::default()).and_then(|o| o.stats(now)) {
-            Ok(st) => json!({
-                "byStatus": st.by_status,
-                "dueNow": st.due_now,
-                "oldestPendingAgeMs": st.oldest_pending_queued_at.map(|t| (now - t).max(0)),
-                "deadLetters": st.by_status.get("dead").copied().unwrap_or(0),
-            }),
-            Err(e) => json!({"error": e.to_string()}),
-        };
+    // Outbox (a missing database is reported, not created).
+    let outbox_exists = lockstore::paths::outbox_db(state).exists();
+    let outbox = match outbox_exists
+        .then(|| Outbox::open_state(state, OutboxOptions::default()).and_then(|o| o.stats(now)))
+        .transpose()
+    {
+        Ok(None) => {
+            json!({"absent": true, "byStatus": {}, "dueNow": 0, "oldestPendingAgeMs": null, "deadLetters": 0})
+        }
+        Ok(Some(st)) => json!({
+            "byStatus": st.by_status,
+            "dueNow": st.due_now,
+            "oldestPendingAgeMs": st.oldest_pending_queued_at.map(|t| (now - t).max(0)),
+            "deadLetters": st.by_status.get("dead").copied().unwrap_or(0),
+        }),
+        Err(e) => json!({"error": e.to_string()}),
+    };
     out.insert("outbox".into(), outbox);
 
     // Lock holders.

@@ -358,6 +358,72 @@ impl Commitment {
     }
 }
 
+/// Due records of one session (openclaw `listDueCommitmentsForSession` steps
+/// 2–5): rolling 24 h sent count vs `max_per_day`, at most 3 per heartbeat.
+fn due_for_session(
+    records: &[Commitment],
+    agent_id: &str,
+    session_key: &str,
+    now: i64,
+    limit: Option<usize>,
+    max_per_day: usize,
+) -> Vec<Commitment> {
+    let mine = |r: &&Commitment| r.agent_id == agent_id && r.session_key == session_key;
+    let sent = records
+        .iter()
+        .filter(mine)
+        .filter(|r| sent_recently(r, now))
+        .count();
+    let remaining = max_per_day.saturating_sub(sent);
+    let limit = limit
+        .unwrap_or(MAX_PER_HEARTBEAT)
+        .min(remaining)
+        .min(MAX_PER_HEARTBEAT);
+    if limit == 0 {
+        return Vec::new();
+    }
+    let mut v: Vec<Commitment> = records
+        .iter()
+        .filter(mine)
+        .filter(|r| r.is_due(now))
+        .cloned()
+        .collect();
+    sort_commitments(&mut v);
+    v.truncate(limit);
+    v
+}
+
+/// Distinct due session keys of one agent under the daily cap, sorted, at most
+/// `limit` (openclaw `listDueCommitmentSessionKeys`, linear).
+fn due_session_keys(
+    records: &[Commitment],
+    agent_id: &str,
+    now: i64,
+    limit: Option<usize>,
+    max_per_day: usize,
+) -> Vec<String> {
+    let mut sent: HashMap<&str, usize> = HashMap::new();
+    let mut due: HashSet<&str> = HashSet::new();
+    for r in records.iter().filter(|r| r.agent_id == agent_id) {
+        if sent_recently(r, now) {
+            *sent.entry(r.session_key.as_str()).or_default() += 1;
+        }
+        if r.is_due(now) {
+            due.insert(r.session_key.as_str());
+        }
+    }
+    let mut keys: Vec<String> = due
+        .into_iter()
+        .filter(|k| sent.get(k).copied().unwrap_or(0) < max_per_day)
+        .map(str::to_owned)
+        .collect();
+    keys.sort();
+    if let Some(l) = limit {
+        keys.truncate(l);
+    }
+    keys
+}
+
 /// Sorts by (`dueWindow.earliestMs`, `createdAtMs`, `id`), as openclaw.
 pub fn sort_commitments(v: &mut [Commitment]) {
     v.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
@@ -899,29 +965,7 @@ impl CommitmentsStore {
         }
         let max = self.max_per_day() as usize;
         self.read(now, |records| {
-            let mine = |r: &&Commitment| r.agent_id == agent_id && r.session_key == session_key;
-            let sent = records
-                .iter()
-                .filter(mine)
-                .filter(|r| sent_recently(r, now))
-                .count();
-            let remaining = max.saturating_sub(sent);
-            let limit = limit
-                .unwrap_or(MAX_PER_HEARTBEAT)
-                .min(remaining)
-                .min(MAX_PER_HEARTBEAT);
-            if limit == 0 {
-                return Vec::new();
-            }
-            let mut v: Vec<Commitment> = records
-                .iter()
-                .filter(mine)
-                .filter(|r| r.is_due(now))
-                .cloned()
-                .collect();
-            sort_commitments(&mut v);
-            v.truncate(limit);
-            v
+            due_for_session(records, agent_id, session_key, now, limit, max)
         })
     }
 
@@ -941,26 +985,40 @@ impl CommitmentsStore {
         }
         let max = self.max_per_day() as usize;
         self.read(now, |records| {
-            let mut sent: HashMap<&str, usize> = HashMap::new();
-            let mut due: HashSet<&str> = HashSet::new();
-            for r in records.iter().filter(|r| r.agent_id == agent_id) {
-                if sent_recently(r, now) {
-                    *sent.entry(r.session_key.as_str()).or_default() += 1;
-                }
-                if r.is_due(now) {
-                    due.insert(r.session_key.as_str());
-                }
-            }
-            let mut keys: Vec<String> = due
-                .into_iter()
-                .filter(|k| sent.get(k).copied().unwrap_or(0) < max)
-                .map(str::to_owned)
+            due_session_keys(records, agent_id, now, limit, max)
+        })
+    }
+
+    /// The heartbeat's whole pass in one exclusive section (one load): for every
+    /// agent with active records, its due session keys (at most
+    /// `max_sessions_per_agent`, as [`CommitmentsStore::list_due_session_keys`]),
+    /// and for each the due records (as [`CommitmentsStore::list_due_for_session`]
+    /// with the default limit). Same rules as calling those per session, without
+    /// reloading the file per session. `[]` unless enabled.
+    ///
+    /// Errors: store errors.
+    pub fn list_due_for_heartbeat(
+        &self,
+        now: i64,
+        max_sessions_per_agent: Option<usize>,
+    ) -> Result<Vec<Commitment>> {
+        if !self.cfg.enabled {
+            return Ok(Vec::new());
+        }
+        let max = self.max_per_day() as usize;
+        self.read(now, |records| {
+            let agents: std::collections::BTreeSet<&str> = records
+                .iter()
+                .filter(|r| r.status.is_active())
+                .map(|r| r.agent_id.as_str())
                 .collect();
-            keys.sort();
-            if let Some(l) = limit {
-                keys.truncate(l);
+            let mut out = Vec::new();
+            for agent in agents {
+                for key in due_session_keys(records, agent, now, max_sessions_per_agent, max) {
+                    out.extend(due_for_session(records, agent, &key, now, None, max));
+                }
             }
-            keys
+            out
         })
     }
 

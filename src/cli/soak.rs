@@ -1,0 +1,1014 @@
+//! `lockstore soak`: the daemon, K concurrent clients and a chaos loop on one
+//! state dir, then a check that nothing acknowledged was lost or delivered twice.
+//!
+//! Everything runs as real processes of this binary (`std::env::current_exe()`):
+//! * `lockstore daemon --tick 200ms --commitments-enabled --maintenance-every 1s
+//!   --adapter file:<dir>/sink.jsonl` (RUST_LOG=warn, stderr to
+//!   `<dir>/soak/daemon-<n>.log`, one file per incarnation);
+//! * K `lockstore soak-client` processes ([`super::soak_client`]) doing random
+//!   operations through CLI subprocesses and library calls, logging every
+//!   acknowledged operation to `<dir>/soak/client-<i>.jsonl` before the next;
+//! * the chaos loop (this process): SIGKILLs and restarts the daemon every
+//!   `--kill-daemon-every-ms` (random in the range), SIGKILLs and restarts random
+//!   clients (with their process group: in-flight CLI calls die too) and random
+//!   `tasks run` processes.
+//!
+//! At the end: stop file for the clients (then SIGKILL after 30 s), SIGTERM to
+//! the daemon (it must exit 0), a final drain (`daemon --once` until nothing is
+//! due, bounded), one `tasks maintenance --apply`, then the invariants (see
+//! [`Report`]). Exit 0 if every violation counter is 0, else exit 1 naming them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use lockstore::proc::{liveness, now_ms, Liveness};
+use lockstore::stores::commitments::{CommitmentsConfig, CommitmentsStore, Status as CStatus};
+use lockstore::stores::outbox::{Outbox, OutboxOptions, Status as OStatus};
+use lockstore::stores::tasks::{RegistryOptions, TaskRegistry, TaskStatus};
+use lockstore::{JsonOptions, JsonStore};
+
+use super::soak_client::COUNTER_FILE;
+use super::{CliError, CliResult};
+
+/// Arguments of `lockstore soak`.
+#[derive(Args, Debug)]
+pub struct SoakArgs {
+    /// How long the chaos phase runs, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub seconds: u64,
+    /// Concurrent client processes.
+    #[arg(long, default_value_t = 8)]
+    pub clients: u32,
+    /// SIGKILL the daemon every MIN-MAX ms (random in the range; default scales
+    /// with --seconds: 5000-12000 for runs of 2 min or more).
+    #[arg(long, value_parser = parse_range)]
+    pub kill_daemon_every_ms: Option<(u64, u64)>,
+    /// SIGKILL a random client every MIN-MAX ms (default scales with --seconds).
+    #[arg(long, value_parser = parse_range)]
+    pub kill_client_every_ms: Option<(u64, u64)>,
+    /// Random seed (default: from the clock; printed in the report).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Only re-check the invariants of a kept soak state dir (given with
+    /// --state-dir): no processes, no drain.
+    #[arg(long)]
+    pub verify_only: bool,
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s
+        .split_once('-')
+        .or_else(|| s.split_once(".."))
+        .unwrap_or((s, s));
+    let a: u64 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad range {s:?}: expected MIN-MAX ms"))?;
+    let b: u64 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad range {s:?}: expected MIN-MAX ms"))?;
+    if a == 0 || b < a {
+        return Err(format!("bad range {s:?}: need 0 < MIN <= MAX"));
+    }
+    Ok((a, b))
+}
+
+fn io_err(what: &str, p: &Path, e: impl std::fmt::Display) -> CliError {
+    CliError {
+        code: super::exit::IO,
+        msg: format!("{what} {}: {e}", p.display()),
+    }
+}
+
+/// Every figure of a soak run. `violations` holds the counters that must be 0.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// State dir (kept).
+    pub state_dir: String,
+    /// Chaos phase length asked for, s.
+    pub seconds: u64,
+    /// Client processes.
+    pub clients: u32,
+    /// Seed.
+    pub seed: u64,
+    /// Wall time of the whole run, ms.
+    pub elapsed_ms: u64,
+    /// Acknowledged operations per kind.
+    pub acknowledged: BTreeMap<String, u64>,
+    /// Sum of `acknowledged`.
+    pub acknowledged_total: u64,
+    /// Operations that returned an error (not acknowledged) per kind.
+    pub failed: BTreeMap<String, u64>,
+    /// Torn (unparsable) client log lines: only a killed client's last line.
+    pub torn_log_lines: u64,
+    /// Lost acknowledged operations per check.
+    pub lost: BTreeMap<String, u64>,
+    /// Sum of `lost`.
+    pub lost_total: u64,
+    /// Duplicate deliveries per check.
+    pub duplicates: BTreeMap<String, u64>,
+    /// Sum of `duplicates`.
+    pub duplicates_total: u64,
+    /// Lines in the deduplicated sink.
+    pub sink_lines: u64,
+    /// Raw adapter calls (`sink.jsonl.raw` lines).
+    pub raw_attempts: u64,
+    /// Raw adapter calls beyond the first per key (resends the sink absorbed).
+    pub raw_resends: u64,
+    /// Active tasks whose recorded owner is dead, after one maintenance.
+    pub tasks_running_dead_owners: u64,
+    /// Active tasks left at the end (owners alive or unjudgeable).
+    pub tasks_active_end: u64,
+    /// Tasks by final status.
+    pub tasks_by_status: BTreeMap<String, u64>,
+    /// Stores that failed to load, with the error.
+    pub stores_unloadable: Vec<String>,
+    /// Daemon SIGKILLs by the chaos.
+    pub daemon_kills: u64,
+    /// Daemon (re)starts after the first.
+    pub daemon_restarts: u64,
+    /// Daemon exits nobody asked for (exit status text).
+    pub daemon_unexpected_exits: Vec<String>,
+    /// Whether the final SIGTERM stopped the daemon with exit 0 (within 30 s).
+    pub daemon_graceful_stop: bool,
+    /// How the final SIGTERM went (exit status and time, or the timeout).
+    pub daemon_stop: String,
+    /// Left to deliver when the chaos phase ended (before the drain): due or
+    /// snoozed active commitments, outbox rows pending or in flight.
+    pub backlog_at_stop: Value,
+    /// `ERROR` lines in the daemon logs.
+    pub daemon_error_lines: u64,
+    /// Client SIGKILLs (process group) by the chaos.
+    pub client_kills: u64,
+    /// Client exits nobody asked for.
+    pub client_unexpected_exits: Vec<String>,
+    /// `tasks run` processes SIGKILLed by the chaos.
+    pub task_run_kills: u64,
+    /// "reclaimed lock" warnings in all captured logs plus this process's
+    /// [`lockstore::lock::reclaim_count`].
+    pub lock_reclaims: u64,
+    /// Final drain: `daemon --once` passes run, and whether everything drained.
+    pub drain_passes: u64,
+    /// Whether the drain ended with nothing due.
+    pub drained: bool,
+    /// The counter document: `/count` and the sum of `/by/*`.
+    pub counter: Value,
+    /// Counters that must all be 0.
+    pub violations: BTreeMap<String, u64>,
+    /// True if every violation counter is 0.
+    pub ok: bool,
+    /// `--verify-only`: nothing was run (daemon stop and drain not checked).
+    pub verify_only: bool,
+}
+
+struct ClientProc {
+    child: Child,
+    inc: u32,
+}
+
+struct Soak {
+    exe: PathBuf,
+    dir: PathBuf,
+    logs: PathBuf,
+    sink: PathBuf,
+    seed: u64,
+    daemon: Option<Child>,
+    daemon_starts: u64,
+    clients: Vec<ClientProc>,
+    rep: Report,
+}
+
+/// Runs `lockstore soak`. `state_dir` is the global `--state-dir` if given
+/// (must be empty or absent), else a fresh temp dir.
+pub fn run(a: SoakArgs, state_dir: Option<&Path>) -> CliResult {
+    let started = Instant::now();
+    if a.verify_only {
+        let Some(d) = state_dir else {
+            return Err(CliError::usage("soak --verify-only needs --state-dir DIR"));
+        };
+        return verify_only(a, d, started);
+    }
+    let dir = match state_dir {
+        Some(d) => {
+            if std::fs::read_dir(d)
+                .map(|mut r| r.next().is_some())
+                .unwrap_or(false)
+            {
+                return Err(CliError::usage(format!(
+                    "soak: {} is not empty; the soak needs a fresh state dir (its stores are overwritten by random data)",
+                    d.display()
+                )));
+            }
+            std::fs::create_dir_all(d).map_err(|e| io_err("create", d, e))?;
+            d.to_path_buf()
+        }
+        None => {
+            let d = std::env::temp_dir().join(format!(
+                "lockstore-soak-{}-{}",
+                now_ms(),
+                lockstore::proc::random_hex(3)
+            ));
+            std::fs::create_dir_all(&d).map_err(|e| io_err("create", &d, e))?;
+            d
+        }
+    };
+    let dir = dir.canonicalize().map_err(|e| io_err("resolve", &dir, e))?;
+    let logs = dir.join("soak");
+    std::fs::create_dir_all(&logs).map_err(|e| io_err("create", &logs, e))?;
+    let exe = std::env::current_exe().map_err(|e| io_err("current_exe", Path::new("."), e))?;
+    let seed = a.seed.unwrap_or_else(|| now_ms() as u64);
+    super::daemon::install_signal_handlers()?;
+
+    let span_ms = a.seconds.max(1) * 1000;
+    let daemon_every = a.kill_daemon_every_ms.unwrap_or(if a.seconds >= 120 {
+        (5_000, 12_000)
+    } else {
+        let lo = (span_ms / 12).max(500);
+        (lo, lo * 2)
+    });
+    let client_every = a.kill_client_every_ms.unwrap_or(if a.seconds >= 120 {
+        (3_000, 8_000)
+    } else {
+        let lo = (span_ms / 10).max(500);
+        (lo, lo * 2)
+    });
+
+    let mut s = Soak {
+        sink: dir.join("sink.jsonl"),
+        exe,
+        dir: dir.clone(),
+        logs,
+        seed,
+        daemon: None,
+        daemon_starts: 0,
+        clients: Vec::new(),
+        rep: Report {
+            state_dir: dir.display().to_string(),
+            seconds: a.seconds,
+            clients: a.clients,
+            seed,
+            ..Default::default()
+        },
+    };
+    let res = s.chaos(a.seconds, daemon_every, client_every);
+    s.shutdown();
+    res?;
+    s.drain();
+    s.verify();
+    finish(s.rep, a.json, started)
+}
+
+fn verify_only(a: SoakArgs, d: &Path, started: Instant) -> CliResult {
+    let dir = d.canonicalize().map_err(|e| io_err("resolve", d, e))?;
+    let logs = dir.join("soak");
+    let clients = std::fs::read_dir(&logs)
+        .map_err(|e| io_err("read", &logs, e))?
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("client-") && n.ends_with(".jsonl")
+        })
+        .count() as u32;
+    let mut s = Soak {
+        exe: PathBuf::new(),
+        sink: dir.join("sink.jsonl"),
+        dir: dir.clone(),
+        logs,
+        seed: a.seed.unwrap_or(0),
+        daemon: None,
+        daemon_starts: 0,
+        clients: Vec::new(),
+        rep: Report {
+            state_dir: dir.display().to_string(),
+            clients,
+            verify_only: true,
+            daemon_graceful_stop: true,
+            drained: true,
+            ..Default::default()
+        },
+    };
+    s.verify();
+    finish(s.rep, a.json, started)
+}
+
+fn finish(mut rep: Report, json: bool, started: Instant) -> CliResult {
+    rep.elapsed_ms = started.elapsed().as_millis() as u64;
+    if json {
+        let t = serde_json::to_string_pretty(&rep).map_err(|e| CliError::usage(e.to_string()))?;
+        println!("{t}");
+    } else {
+        print_text(&rep);
+    }
+    if rep.ok {
+        Ok(())
+    } else {
+        let bad: Vec<String> = rep
+            .violations
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        Err(CliError {
+            code: 1,
+            msg: format!("soak found violations: {}", bad.join(", ")),
+        })
+    }
+}
+
+impl Soak {
+    fn base_cmd(&self) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.arg("--state-dir")
+            .arg(&self.dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn log_file(&self, name: &str) -> CliResult<std::fs::File> {
+        let p = self.logs.join(name);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(|e| io_err("open", &p, e))
+    }
+
+    fn daemon_args(&self) -> Vec<String> {
+        vec![
+            "daemon".into(),
+            "--tick".into(),
+            "200ms".into(),
+            "--commitments-enabled".into(),
+            "--maintenance-every".into(),
+            "1s".into(),
+            "--adapter".into(),
+            format!("file:{}", self.sink.display()),
+        ]
+    }
+
+    fn start_daemon(&mut self) -> CliResult {
+        let log = self.log_file(&format!("daemon-{}.log", self.daemon_starts))?;
+        let child = self
+            .base_cmd()
+            .args(self.daemon_args())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| io_err("spawn", &self.exe, e))?;
+        if self.daemon_starts > 0 {
+            self.rep.daemon_restarts += 1;
+        }
+        self.daemon_starts += 1;
+        self.daemon = Some(child);
+        Ok(())
+    }
+
+    fn spawn_client(&self, id: u32, inc: u32) -> CliResult<ClientProc> {
+        let err = self.log_file(&format!("client-{id}.err"))?;
+        let child = self
+            .base_cmd()
+            .args(["soak-client", "--id", &id.to_string()])
+            .args(["--seed", &self.seed.to_string()])
+            .args(["--incarnation", &inc.to_string()])
+            .arg("--log")
+            .arg(self.logs.join(format!("client-{id}.jsonl")))
+            .arg("--stop-file")
+            .arg(self.logs.join("stop"))
+            .stdout(Stdio::null())
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| io_err("spawn", &self.exe, e))?;
+        Ok(ClientProc { child, inc })
+    }
+
+    /// The chaos phase: runs until `seconds` pass (or SIGINT/SIGTERM).
+    fn chaos(
+        &mut self,
+        seconds: u64,
+        daemon_every: (u64, u64),
+        client_every: (u64, u64),
+    ) -> CliResult {
+        let mut rng = fastrand::Rng::with_seed(self.seed);
+        self.start_daemon()?;
+        for id in 0..self.rep.clients {
+            let c = self.spawn_client(id, 0)?;
+            self.clients.push(c);
+        }
+        let start = Instant::now();
+        let end = start + Duration::from_secs(seconds);
+        let pick = |rng: &mut fastrand::Rng, r: (u64, u64)| {
+            Instant::now() + Duration::from_millis(rng.u64(r.0..=r.1))
+        };
+        let mut next_daemon = pick(&mut rng, daemon_every);
+        let mut next_client = pick(&mut rng, client_every);
+        let mut next_run = pick(&mut rng, (700, 2500));
+        while Instant::now() < end && !super::daemon::stop_requested() {
+            // Exits nobody asked for.
+            if let Some(d) = self.daemon.as_mut() {
+                if let Ok(Some(st)) = d.try_wait() {
+                    self.rep.daemon_unexpected_exits.push(st.to_string());
+                    self.start_daemon()?;
+                }
+            }
+            for i in 0..self.clients.len() {
+                if let Ok(Some(st)) = self.clients[i].child.try_wait() {
+                    self.rep
+                        .client_unexpected_exits
+                        .push(format!("client {i}: {st}"));
+                    let inc = self.clients[i].inc + 1;
+                    self.clients[i] = self.spawn_client(i as u32, inc)?;
+                }
+            }
+            let now = Instant::now();
+            if now >= next_daemon {
+                if let Some(mut d) = self.daemon.take() {
+                    let _ = kill(Pid::from_raw(d.id() as i32), Signal::SIGKILL);
+                    let _ = d.wait();
+                    self.rep.daemon_kills += 1;
+                }
+                self.start_daemon()?;
+                next_daemon = pick(&mut rng, daemon_every);
+            }
+            if now >= next_client && !self.clients.is_empty() {
+                let i = rng.usize(0..self.clients.len());
+                let pgid = self.clients[i].child.id() as i32;
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                let _ = self.clients[i].child.wait();
+                self.rep.client_kills += 1;
+                let inc = self.clients[i].inc + 1;
+                self.clients[i] = self.spawn_client(i as u32, inc)?;
+                next_client = pick(&mut rng, client_every);
+            }
+            if now >= next_run {
+                let runs: Vec<i32> = self
+                    .our_processes()
+                    .into_iter()
+                    .filter(|(_, args)| args.windows(2).any(|w| w[0] == "tasks" && w[1] == "run"))
+                    .map(|(p, _)| p)
+                    .collect();
+                if !runs.is_empty() {
+                    let p = runs[rng.usize(0..runs.len())];
+                    if kill(Pid::from_raw(p), Signal::SIGKILL).is_ok() {
+                        self.rep.task_run_kills += 1;
+                    }
+                }
+                next_run = pick(&mut rng, (700, 2500));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Ok(())
+    }
+
+    /// Processes (other than this one) whose command line names our state dir.
+    fn our_processes(&self) -> Vec<(i32, Vec<String>)> {
+        let me = std::process::id() as i32;
+        let dir = self.dir.to_string_lossy().into_owned();
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.contains(&dir) {
+                out.push((pid, args));
+            }
+        }
+        out
+    }
+
+    /// Stops everything: clients via the stop file (SIGKILL after 30 s), the
+    /// daemon via SIGTERM (must exit 0 within 30 s), then any leftover process
+    /// naming the state dir.
+    fn shutdown(&mut self) {
+        let _ = std::fs::write(self.logs.join("stop"), b"stop\n");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for c in &mut self.clients {
+            loop {
+                match c.child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = killpg(Pid::from_raw(c.child.id() as i32), Signal::SIGKILL);
+                        let _ = c.child.wait();
+                        break;
+                    }
+                }
+            }
+            // Orphans of the group (a `sleep` whose `tasks run` was killed).
+            let _ = killpg(Pid::from_raw(c.child.id() as i32), Signal::SIGKILL);
+        }
+        if let Some(mut d) = self.daemon.take() {
+            let _ = kill(Pid::from_raw(d.id() as i32), Signal::SIGTERM);
+            let t0 = Instant::now();
+            let deadline = t0 + Duration::from_secs(30);
+            loop {
+                match d.try_wait() {
+                    Ok(Some(st)) => {
+                        self.rep.daemon_graceful_stop = st.success();
+                        self.rep.daemon_stop =
+                            format!("{st} {} ms after SIGTERM", t0.elapsed().as_millis());
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = kill(Pid::from_raw(d.id() as i32), Signal::SIGKILL);
+                        let _ = d.wait();
+                        self.rep.daemon_stop = "no exit within 30 s of SIGTERM; SIGKILLed".into();
+                        break;
+                    }
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.our_processes();
+            if left.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            for (p, _) in left {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What is still to deliver: (due or snoozed active commitments, outbox rows
+    /// pending or in flight).
+    fn outstanding(&self) -> (u64, u64) {
+        let now = now_ms();
+        let c = CommitmentsStore::open(&self.dir, CommitmentsConfig::default())
+            .and_then(|s| s.snapshot())
+            .map(|s| {
+                s.commitments
+                    .iter()
+                    .filter(|c| {
+                        c.status.is_active()
+                            && (c.is_due(now) || c.snoozed_until_ms.is_some_and(|u| u > now))
+                    })
+                    .count() as u64
+            })
+            .unwrap_or(0);
+        let o = Outbox::open_state(&self.dir, OutboxOptions::default())
+            .and_then(|o| o.list(None, usize::MAX))
+            .map(|v| {
+                v.iter()
+                    .filter(|e| matches!(e.status, OStatus::Pending | OStatus::InFlight))
+                    .count() as u64
+            })
+            .unwrap_or(0);
+        (c, o)
+    }
+
+    /// `daemon --once` until nothing is due (at most 120 s of passes), then one
+    /// `tasks maintenance --apply`.
+    fn drain(&mut self) {
+        let (c, o) = self.outstanding();
+        self.rep.backlog_at_stop = json!({"commitments": c, "outbox": o});
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for pass in 0.. {
+            let Ok(log) = self.log_file(&format!("drain-{pass}.log")) else {
+                break;
+            };
+            let mut args = self.daemon_args();
+            args.push("--once".into());
+            let _ = self
+                .base_cmd()
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .status();
+            self.rep.drain_passes += 1;
+            let (c, o) = self.outstanding();
+            if c == 0 && o == 0 {
+                self.rep.drained = true;
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            // Snoozed commitments or a retry backoff may need a moment.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Ok(log) = self.log_file("maintenance.log") {
+            let out = self
+                .base_cmd()
+                .args(["tasks", "maintenance", "--apply", "--json"])
+                .stderr(log)
+                .output();
+            if let Ok(o) = out {
+                let _ = std::fs::write(self.logs.join("maintenance.json"), &o.stdout);
+            }
+        }
+    }
+
+    fn verify(&mut self) {
+        let rep = &mut self.rep;
+        // ---- client logs ----
+        let mut ops: Vec<Value> = Vec::new();
+        for id in 0..rep.clients {
+            let p = self.logs.join(format!("client-{id}.jsonl"));
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                match serde_json::from_str::<Value>(line) {
+                    Ok(v) => ops.push(v),
+                    Err(_) => rep.torn_log_lines += 1,
+                }
+            }
+        }
+        let acked: Vec<&Value> = ops.iter().filter(|v| v["ack"] == json!(true)).collect();
+        for v in &ops {
+            let k = v["op"].as_str().unwrap_or("?").to_string();
+            if v["ack"] == json!(true) {
+                *rep.acknowledged.entry(k).or_default() += 1;
+            } else {
+                *rep.failed.entry(k).or_default() += 1;
+            }
+        }
+        rep.acknowledged_total = rep.acknowledged.values().sum();
+        fn of_kind<'a>(
+            acked: &'a [&'a Value],
+            k: &'static str,
+        ) -> impl Iterator<Item = &'a &'a Value> + 'a {
+            acked.iter().filter(move |v| v["op"] == json!(k))
+        }
+        let of = |k: &'static str| of_kind(&acked, k);
+
+        let mut lost: BTreeMap<String, u64> = BTreeMap::new();
+        let mut dup: BTreeMap<String, u64> = BTreeMap::new();
+        let bump = |m: &mut BTreeMap<String, u64>, k: &str, n: u64| {
+            *m.entry(k.to_string()).or_default() += n;
+        };
+        for k in [
+            "counterIncr",
+            "commitmentAdd",
+            "commitmentDismiss",
+            "commitmentSentUndelivered",
+            "commitmentDueUndelivered",
+            "commitmentVanished",
+            "taskCreate",
+            "taskTerminal",
+            "outboxEnqueue",
+            "outboxUndelivered",
+        ] {
+            bump(&mut lost, k, 0);
+        }
+        for k in [
+            "sinkDuplicateKeys",
+            "commitmentRedeliveries",
+            "reenqueueNewRow",
+        ] {
+            bump(&mut dup, k, 0);
+        }
+
+        // ---- sink and raw log ----
+        let mut sink_keys: HashMap<String, u64> = HashMap::new();
+        let mut sink_commitments: HashMap<String, u64> = HashMap::new();
+        let sink_text = std::fs::read_to_string(&self.sink).unwrap_or_default();
+        for line in sink_text.lines().filter(|l| !l.trim().is_empty()) {
+            rep.sink_lines += 1;
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if let Some(k) = v["key"].as_str() {
+                *sink_keys.entry(k.to_string()).or_default() += 1;
+            }
+            if let Some(c) = v["payload"]["commitmentId"].as_str() {
+                *sink_commitments.entry(c.to_string()).or_default() += 1;
+            }
+        }
+        for n in sink_keys.values().filter(|n| **n > 1) {
+            bump(&mut dup, "sinkDuplicateKeys", n - 1);
+        }
+        for n in sink_commitments.values().filter(|n| **n > 1) {
+            bump(&mut dup, "commitmentRedeliveries", n - 1);
+        }
+        let mut raw = PathBuf::from(self.sink.clone().into_os_string());
+        raw.as_mut_os_string().push(".raw");
+        let raw_text = std::fs::read_to_string(&raw).unwrap_or_default();
+        let mut raw_keys = HashSet::new();
+        for line in raw_text.lines().filter(|l| !l.trim().is_empty()) {
+            rep.raw_attempts += 1;
+            if let Ok(v) = serde_json::from_str::<Value>(line) {
+                if let Some(k) = v["key"].as_str() {
+                    raw_keys.insert(k.to_string());
+                }
+            }
+        }
+        rep.raw_resends = rep.raw_attempts.saturating_sub(raw_keys.len() as u64);
+
+        // ---- counter ----
+        match JsonStore::<Value>::open(self.dir.join(COUNTER_FILE), JsonOptions::default())
+            .and_then(|s| s.load())
+        {
+            Ok(doc) => {
+                let count = doc["count"].as_i64().unwrap_or(0);
+                for id in 0..rep.clients {
+                    let k = format!("c{id}");
+                    let tally = doc["by"][&k].as_i64().unwrap_or(0);
+                    let mine: Vec<&&Value> =
+                        of("incr").filter(|v| v["client"] == json!(id)).collect();
+                    let seen = mine
+                        .iter()
+                        .filter_map(|v| v["by"].as_i64())
+                        .max()
+                        .unwrap_or(0);
+                    let need = (mine.len() as i64).max(seen);
+                    if tally < need {
+                        bump(&mut lost, "counterIncr", (need - tally) as u64);
+                    }
+                }
+                let extra: i64 = doc["by"]
+                    .as_object()
+                    .map(|m| m.values().filter_map(|v| v.as_i64()).sum::<i64>())
+                    .unwrap_or(0);
+                rep.counter = json!({"count": count, "sumByClient": extra});
+                if count != extra {
+                    rep.violations.insert(
+                        "counterCountNotSumOfClients".into(),
+                        (count - extra).unsigned_abs(),
+                    );
+                }
+            }
+            Err(e) => rep
+                .stores_unloadable
+                .push(format!("{}: {e}", self.dir.join(COUNTER_FILE).display())),
+        }
+
+        // ---- commitments ----
+        match CommitmentsStore::open(&self.dir, CommitmentsConfig::default())
+            .and_then(|s| s.snapshot())
+        {
+            Ok(snap) if snap.invalid.is_empty() => {
+                let now = now_ms();
+                let by_id: HashMap<&str, &lockstore::stores::commitments::Commitment> = snap
+                    .commitments
+                    .iter()
+                    .map(|c| (c.id.as_str(), c))
+                    .collect();
+                for v in of("commit_add") {
+                    if !by_id.contains_key(v["id"].as_str().unwrap_or("")) {
+                        bump(&mut lost, "commitmentAdd", 1);
+                    }
+                }
+                bump(
+                    &mut lost,
+                    "commitmentVanished",
+                    of("commit_unknown").count() as u64,
+                );
+                for v in of("commit_dismiss").filter(|v| v["changed"] == json!(true)) {
+                    let st = by_id.get(v["id"].as_str().unwrap_or("")).map(|c| c.status);
+                    if st != Some(CStatus::Dismissed) {
+                        bump(&mut lost, "commitmentDismiss", 1);
+                    }
+                }
+                for c in &snap.commitments {
+                    if c.status == CStatus::Sent && !sink_commitments.contains_key(&c.id) {
+                        bump(&mut lost, "commitmentSentUndelivered", 1);
+                    }
+                    if c.status.is_active() && c.is_due(now) {
+                        bump(&mut lost, "commitmentDueUndelivered", 1);
+                    }
+                }
+            }
+            Ok(snap) => rep.stores_unloadable.push(format!(
+                "commitments: {} invalid records",
+                snap.invalid.len()
+            )),
+            Err(e) => rep.stores_unloadable.push(format!("commitments: {e}")),
+        }
+
+        // ---- tasks ----
+        match TaskRegistry::open_state_dir(&self.dir, RegistryOptions::default())
+            .and_then(|r| r.list())
+        {
+            Ok(tasks) => {
+                let by_id: HashMap<&str, &lockstore::stores::tasks::TaskRecord> =
+                    tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
+                for t in &tasks {
+                    *rep.tasks_by_status.entry(t.status.to_string()).or_default() += 1;
+                    if t.status.is_active() {
+                        rep.tasks_active_end += 1;
+                        if t.owner_identity()
+                            .is_some_and(|o| liveness(&o) == Liveness::Dead)
+                        {
+                            rep.tasks_running_dead_owners += 1;
+                        }
+                    }
+                }
+                for v in of("task_create") {
+                    if !by_id.contains_key(v["id"].as_str().unwrap_or("")) {
+                        bump(&mut lost, "taskCreate", 1);
+                    }
+                }
+                for v in of("task_finish")
+                    .chain(of("task_cancel"))
+                    .chain(of("task_run"))
+                {
+                    let want: Option<TaskStatus> =
+                        v["status"].as_str().and_then(|s| s.parse().ok());
+                    let got = by_id.get(v["id"].as_str().unwrap_or("")).map(|t| t.status);
+                    if want.is_none() || got != want {
+                        bump(&mut lost, "taskTerminal", 1);
+                    }
+                }
+            }
+            Err(e) => rep.stores_unloadable.push(format!("tasks: {e}")),
+        }
+
+        // ---- outbox ----
+        match Outbox::open_state(&self.dir, OutboxOptions::default())
+            .and_then(|o| o.list(None, usize::MAX))
+        {
+            Ok(rows) => {
+                let by_key: HashMap<&str, &lockstore::stores::outbox::Entry> = rows
+                    .iter()
+                    .filter_map(|e| e.idempotency_key.as_deref().map(|k| (k, e)))
+                    .collect();
+                for v in of("outbox_enqueue") {
+                    let key = v["key"].as_str().unwrap_or("");
+                    match by_key.get(key) {
+                        None => bump(&mut lost, "outboxEnqueue", 1),
+                        Some(e) if e.id != v["id"].as_i64().unwrap_or(-1) => {
+                            bump(&mut lost, "outboxEnqueue", 1)
+                        }
+                        Some(e) => {
+                            if e.status != OStatus::Delivered || !sink_keys.contains_key(key) {
+                                bump(&mut lost, "outboxUndelivered", 1);
+                            }
+                        }
+                    }
+                }
+                for v in of("outbox_reenqueue") {
+                    if v["created"] != json!(false) || v["id"] != v["expectedId"] {
+                        bump(&mut dup, "reenqueueNewRow", 1);
+                    }
+                }
+            }
+            Err(e) => rep.stores_unloadable.push(format!("outbox: {e}")),
+        }
+
+        // ---- logs: reclaims and daemon errors ----
+        let mut reclaims = lockstore::lock::reclaim_count();
+        if let Ok(rd) = std::fs::read_dir(&self.logs) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !(name.ends_with(".log") || name.ends_with(".err")) {
+                    continue;
+                }
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                reclaims += text.matches("reclaimed lock").count() as u64;
+                if name.starts_with("daemon-") {
+                    rep.daemon_error_lines +=
+                        text.lines().filter(|l| l.contains("ERROR")).count() as u64;
+                }
+            }
+        }
+        rep.lock_reclaims = reclaims;
+
+        rep.lost_total = lost.values().sum();
+        rep.duplicates_total = dup.values().sum();
+        rep.lost = lost;
+        rep.duplicates = dup;
+        let v = &mut rep.violations;
+        v.insert("lost".into(), rep.lost_total);
+        v.insert("duplicateDeliveries".into(), rep.duplicates_total);
+        v.insert(
+            "tasksRunningDeadOwners".into(),
+            rep.tasks_running_dead_owners,
+        );
+        v.insert(
+            "storesUnloadable".into(),
+            rep.stores_unloadable.len() as u64,
+        );
+        v.insert(
+            "daemonUnexpectedExits".into(),
+            rep.daemon_unexpected_exits.len() as u64,
+        );
+        v.insert(
+            "clientUnexpectedExits".into(),
+            rep.client_unexpected_exits.len() as u64,
+        );
+        v.insert(
+            "daemonGracefulStopFailed".into(),
+            u64::from(!rep.daemon_graceful_stop),
+        );
+        v.insert("notDrained".into(), u64::from(!rep.drained));
+        rep.ok = v.values().all(|n| *n == 0);
+    }
+}
+
+fn print_text(r: &Report) {
+    let kv = |m: &BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    };
+    println!(
+        "lockstore soak: {} s chaos, {} clients, seed {}, {:.1} s total",
+        r.seconds,
+        r.clients,
+        r.seed,
+        r.elapsed_ms as f64 / 1000.0
+    );
+    println!("operations acknowledged: {}", r.acknowledged_total);
+    println!("  {}", kv(&r.acknowledged));
+    println!(
+        "operations failed (not acknowledged): {}",
+        r.failed.values().sum::<u64>()
+    );
+    if !r.failed.is_empty() {
+        println!("  {}", kv(&r.failed));
+    }
+    println!("lost: {}", r.lost_total);
+    println!("  {}", kv(&r.lost));
+    println!(
+        "duplicate deliveries to the deduplicated sink: {}",
+        r.duplicates_total
+    );
+    println!("  {}", kv(&r.duplicates));
+    println!(
+        "raw resends (absorbed by the sink): {} ({} adapter calls, {} sink lines)",
+        r.raw_resends, r.raw_attempts, r.sink_lines
+    );
+    println!(
+        "tasks left running by dead owners after maintenance: {} (active at end: {}; by status: {})",
+        r.tasks_running_dead_owners,
+        r.tasks_active_end,
+        kv(&r.tasks_by_status)
+    );
+    println!("stores that fail to load: {}", r.stores_unloadable.len());
+    for s in &r.stores_unloadable {
+        println!("  {s}");
+    }
+    println!(
+        "daemon: {} kills, {} restarts, {} unexpected exits, {} ERROR log lines; graceful stop {} ({})",
+        r.daemon_kills,
+        r.daemon_restarts,
+        r.daemon_unexpected_exits.len(),
+        r.daemon_error_lines,
+        if r.daemon_graceful_stop { "ok" } else { "FAILED" },
+        r.daemon_stop
+    );
+    println!(
+        "clients: {} kills, {} unexpected exits; tasks run processes killed: {}",
+        r.client_kills,
+        r.client_unexpected_exits.len(),
+        r.task_run_kills
+    );
+    println!("lock reclaims: {}", r.lock_reclaims);
+    println!(
+        "final drain: backlog at stop {}, {} passes, {}",
+        r.backlog_at_stop,
+        r.drain_passes,
+        if r.drained {
+            "nothing left due"
+        } else {
+            "NOT drained"
+        }
+    );
+    println!("counter: {}", r.counter);
+    println!(
+        "result: {}",
+        if r.ok { "OK (no violations)" } else { "FAILED" }
+    );
+    if !r.ok {
+        for (k, v) in r.violations.iter().filter(|(_, v)| **v > 0) {
+            println!("  violation {k}: {v}");
+        }
+    }
+    println!("state dir (kept): {}", r.state_dir);
+}
