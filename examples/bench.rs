@@ -572,6 +572,19 @@ fn main() {
     let mut rows: Vec<Row> = Vec::new();
     let p = dir.join("bench.json");
 
+    // `--only-processes N`: just row 4 with N processes (for tuning the lock wait).
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--only-processes")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        seed(&p, 100);
+        let (ops, p50, p99, fair) = procs(&p, n, (secs * 1000.0) as u64);
+        println!("{n} processes: {ops:.0} ops/s, lock wait p50 {p50:.2} ms p99 {p99:.2} ms, fairness {fair:.2}");
+        return;
+    }
+
     seed(&p, 100);
     let phys = physical_loop(&p, secs);
     let fs = fsync_loop(dir, secs);
