@@ -50,6 +50,7 @@ pub mod queue;
 pub mod sqlite;
 pub mod stores;
 pub(crate) mod sync;
+pub mod timefmt;
 pub mod writer;
 
 pub use atomic::Durability;

@@ -484,54 +484,11 @@ fn add_from_json(s: &str, _now: i64) -> CliResult<(InferredItem, Candidate)> {
 
 // ---- time: unix ms, RFC 3339 / ISO 8601, relative +N{s,m,h,d,w} ----
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (JavaScript's `toISOString`).
-pub fn iso(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    let rem = ms.rem_euclid(86_400_000);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000
-    )
-}
+pub use lockstore::timefmt::iso_ms as iso;
 
 /// Parses TIME: all digits = unix ms; `+N` with unit s, m, h, d or w = now plus
-/// that; `YYYY-MM-DD` (UTC midnight); `YYYY-MM-DDTHH:MM[:SS[.fff]]` followed by
-/// `Z` or `±HH:MM` (RFC 3339; a space may replace `T`).
+/// that; `YYYY-MM-DD` (UTC midnight); or RFC 3339 (`2026-05-12T09:00:00Z`,
+/// `…T11:00:00.5+02:00`; a space may replace `T`).
 pub fn parse_time(s: &str, now: i64) -> Result<i64, String> {
     let s = s.trim();
     let bad = || {
@@ -558,67 +515,7 @@ pub fn parse_time(s: &str, now: i64) -> Result<i64, String> {
             .and_then(|d| now.checked_add(d))
             .ok_or_else(bad);
     }
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
-        let t = s.get(r).ok_or_else(bad)?;
-        if t.is_empty() || !t.bytes().all(|c| c.is_ascii_digit()) {
-            return Err(bad());
-        }
-        t.parse().map_err(|_| bad())
-    };
-    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
-        return Err(bad());
-    }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
-        return Err(bad());
-    }
-    let days = days_from_civil(y, mo, d);
-    if civil_from_days(days) != (y, mo, d) {
-        return Err(bad());
-    }
-    if b.len() == 10 {
-        return Ok(days * 86_400_000);
-    }
-    if !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') || b.len() < 16 || b[13] != b':' {
-        return Err(bad());
-    }
-    let (h, mi) = (num(11..13)?, num(14..16)?);
-    let mut i = 16;
-    let mut sec = 0;
-    let mut frac_ms = 0;
-    if b.get(i) == Some(&b':') {
-        sec = num(i + 1..i + 3)?;
-        i += 3;
-        if b.get(i) == Some(&b'.') {
-            let start = i + 1;
-            let mut end = start;
-            while end < b.len() && b[end].is_ascii_digit() {
-                end += 1;
-            }
-            if end == start {
-                return Err(bad());
-            }
-            let digits = &s[start..end.min(start + 3)];
-            frac_ms =
-                digits.parse::<i64>().map_err(|_| bad())? * 10_i64.pow(3 - digits.len() as u32);
-            i = end;
-        }
-    }
-    if h > 23 || mi > 59 || sec > 60 {
-        return Err(bad());
-    }
-    let offset_min = match &s[i..] {
-        "Z" | "z" => 0,
-        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) && &tz[3..4] == ":" => {
-            let oh = num(i + 1..i + 3)?;
-            let om = num(i + 4..i + 6)?;
-            let sign = if tz.starts_with('-') { -1 } else { 1 };
-            sign * (oh * 60 + om)
-        }
-        _ => return Err(bad()),
-    };
-    Ok(days * 86_400_000 + ((h * 60 + mi - offset_min) * 60 + sec) * 1000 + frac_ms)
+    lockstore::timefmt::parse_ms(s).ok_or_else(bad)
 }
 
 #[cfg(test)]

@@ -171,7 +171,7 @@ impl Payload {
             .or_else(|| obj.get("startTime"))
             .and_then(Value::as_u64);
         let s = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
-        let created_ms = s("createdAt").and_then(|c| parse_iso_ms(&c));
+        let created_ms = s("createdAt").and_then(|c| crate::timefmt::parse_ms(&c));
         let marker = obj.get("lockstore").and_then(Value::as_object);
         let holder = OwnerRecord {
             pid,
@@ -746,7 +746,10 @@ fn payload_bytes(opts: &LockOptions) -> Result<Vec<u8>> {
     marker.insert("cmd".into(), proc::command_line().into());
     let mut m = Map::new();
     m.insert("pid".into(), me.pid.into());
-    m.insert("createdAt".into(), iso_from_ms(proc::now_ms()).into());
+    m.insert(
+        "createdAt".into(),
+        crate::timefmt::iso_ms(proc::now_ms()).into(),
+    );
     if let Some(t) = me.start_time {
         m.insert("starttime".into(), t.into());
     }
@@ -870,79 +873,6 @@ impl Drop for SidecarHeld {
     }
 }
 
-/// Formats Unix ms as ISO 8601 UTC with ms (`2026-05-01T12:00:00.123Z`), as
-/// JavaScript's `Date.prototype.toISOString`.
-pub fn iso_from_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let milli = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
-/// Parses the ISO 8601 UTC form `YYYY-MM-DDTHH:MM:SS[.fff]Z` (what
-/// `toISOString` writes) to Unix ms; `None` for anything else.
-pub fn parse_iso_ms(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || !s.ends_with('Z')
-    {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (
-        n(0..4)?,
-        n(5..7)?,
-        n(8..10)?,
-        n(11..13)?,
-        n(14..16)?,
-        n(17..19)?,
-    );
-    let frac = &s[19..s.len() - 1];
-    let ms = if frac.is_empty() {
-        0
-    } else {
-        let digits = frac.strip_prefix('.')?;
-        let mut v: i64 = 0;
-        for (i, c) in digits.chars().take(3).enumerate() {
-            v += i64::from(c.to_digit(10)?) * [100, 10, 1][i];
-        }
-        v
-    };
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    // days_from_civil.
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + h * 3600 + mi * 60 + se) * 1000) + ms)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -952,16 +882,6 @@ mod tests {
             protocol: LockProtocol::Sidecar,
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn iso_round_trip() {
-        assert_eq!(iso_from_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso_from_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        for ms in [0, 951_782_400_000, 1_700_000_000_123, 4_102_444_800_999] {
-            assert_eq!(parse_iso_ms(&iso_from_ms(ms)), Some(ms));
-        }
-        assert_eq!(parse_iso_ms("yesterday"), None);
     }
 
     #[test]
@@ -994,7 +914,7 @@ mod tests {
             &p,
             format!(
                 "{{\"pid\": {dead}, \"createdAt\": \"{}\"}}\n",
-                iso_from_ms(proc::now_ms())
+                crate::timefmt::iso_ms(proc::now_ms())
             ),
         )
         .unwrap();
