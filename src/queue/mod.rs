@@ -4,8 +4,11 @@
 //! runs when the "now serving" counter reaches its ticket, so writers run one at a
 //! time in the order they entered (strict FIFO). A waiter that gives up (timeout or
 //! drop) marks its ticket abandoned; the releaser skips abandoned tickets, so a
-//! cancelled waiter never blocks the ones behind it. The queue's mutex is held only
-//! for a few counter updates, never across the cross-process lock call.
+//! cancelled waiter never blocks the ones behind it. Each sleeping waiter has its
+//! own condition variable and a release wakes only the waiter whose ticket is now
+//! served (no thundering herd: with 32 queued writers a hand-off wakes one thread,
+//! not 31). The queue's mutex is held only for a few counter updates, never
+//! across the cross-process lock call.
 //!
 //! [`Registry`] maps a key (the canonical store path) to a reference-counted entry
 //! and removes the entry when its last handle is dropped, so drained queues are
@@ -17,13 +20,13 @@
 //! `store-writer-queue.ts`): per-path FIFO, a failed job releases the queue for the
 //! next one, cancellation removes only a still-waiting job.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use crate::sync::{self, Arc, Condvar, Mutex};
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     /// Next ticket to hand out.
     next: u64,
@@ -31,15 +34,33 @@ struct State {
     serving: u64,
     /// Tickets whose waiters gave up before their turn.
     abandoned: BTreeSet<u64>,
+    /// The condition variable of each waiter sleeping on its ticket.
+    sleepers: BTreeMap<u64, Arc<Condvar>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("next", &self.next)
+            .field("serving", &self.serving)
+            .field("abandoned", &self.abandoned.len())
+            .field("sleepers", &self.sleepers.len())
+            .finish()
+    }
 }
 
 impl State {
-    /// Moves "now serving" past `ticket` and past any abandoned tickets after it.
+    /// Moves "now serving" past `ticket` and past any abandoned tickets after it,
+    /// and wakes the waiter whose turn it now is (if it sleeps). Called with the
+    /// queue's mutex held, so the waiter cannot miss the notification.
     fn advance_from(&mut self, ticket: u64) {
         debug_assert_eq!(self.serving, ticket);
         self.serving = ticket + 1;
         while self.abandoned.remove(&self.serving) {
             self.serving += 1;
+        }
+        if let Some(cv) = self.sleepers.get(&self.serving) {
+            cv.notify_one();
         }
     }
 }
@@ -48,7 +69,6 @@ impl State {
 #[derive(Debug, Default)]
 pub struct FifoQueue {
     state: Mutex<State>,
-    cv: Condvar,
 }
 
 /// Returned by [`Waiter::wait_until`] when the deadline passed first.
@@ -92,10 +112,7 @@ impl FifoQueue {
     }
 
     fn release(&self, ticket: u64) {
-        let mut st = sync::lock(&self.state);
-        st.advance_from(ticket);
-        drop(st);
-        self.cv.notify_all();
+        sync::lock(&self.state).advance_from(ticket);
     }
 
     fn abandon(&self, ticket: u64) {
@@ -106,8 +123,6 @@ impl FifoQueue {
         } else {
             st.abandoned.insert(ticket);
         }
-        drop(st);
-        self.cv.notify_all();
     }
 }
 
@@ -129,8 +144,13 @@ impl<'a> Waiter<'a> {
     pub fn wait(mut self) -> Slot<'a> {
         let q = self.queue;
         let mut st = sync::lock(&q.state);
-        while st.serving != self.ticket {
-            st = sync::wait(&q.cv, st);
+        if st.serving != self.ticket {
+            let cv = Arc::new(Condvar::new());
+            st.sleepers.insert(self.ticket, cv.clone());
+            while st.serving != self.ticket {
+                st = sync::wait(&cv, st);
+            }
+            st.sleepers.remove(&self.ticket);
         }
         drop(st);
         self.done = true;
@@ -144,13 +164,19 @@ impl<'a> Waiter<'a> {
     pub fn wait_until(mut self, deadline: Instant) -> Result<Slot<'a>, QueueTimeout> {
         let q = self.queue;
         let mut st = sync::lock(&q.state);
-        while st.serving != self.ticket {
-            let now = Instant::now();
-            if now >= deadline {
-                drop(st);
-                return Err(QueueTimeout); // Drop of `self` abandons the ticket.
+        if st.serving != self.ticket {
+            let cv = Arc::new(Condvar::new());
+            st.sleepers.insert(self.ticket, cv.clone());
+            while st.serving != self.ticket {
+                let now = Instant::now();
+                if now >= deadline {
+                    st.sleepers.remove(&self.ticket);
+                    drop(st);
+                    return Err(QueueTimeout); // Drop of `self` abandons the ticket.
+                }
+                st = sync::wait_timeout(&cv, st, deadline - now);
             }
-            st = sync::wait_timeout(&q.cv, st, deadline - now);
+            st.sleepers.remove(&self.ticket);
         }
         drop(st);
         self.done = true;
