@@ -97,6 +97,29 @@ fn one_daemon_per_state_dir_status_and_graceful_stop() {
     assert_eq!(st["daemon"]["running"], false, "{st}");
 }
 
+/// `lockstore commitments add` of a commitment due now; returns its id.
+fn add_commitment(state: &Path, text: &str, to: Option<&str>) -> String {
+    let mut args = vec![
+        "commitments",
+        "add",
+        "--agent",
+        "a",
+        "--session",
+        "s",
+        "--channel",
+        "c",
+    ];
+    if let Some(to) = to {
+        args.extend(["--to", to]);
+    }
+    args.extend(["--text", text, "--dedupe-key", "k"]);
+    let out = ok(state, &args);
+    out.split_whitespace()
+        .nth(1)
+        .expect("created id")
+        .to_string()
+}
+
 fn sink_keys(sink: &Path) -> Vec<String> {
     std::fs::read_to_string(sink)
         .unwrap_or_default()
@@ -124,30 +147,7 @@ fn crash_between_enqueue_and_bump_delivers_once() {
     let state = d.path();
     let sink = state.join("sink.jsonl");
     let adapter = format!("file:{}", sink.display());
-    let out = ok(
-        state,
-        &[
-            "commitments",
-            "add",
-            "--agent",
-            "a",
-            "--session",
-            "s",
-            "--channel",
-            "c",
-            "--to",
-            "u",
-            "--text",
-            "hello",
-            "--dedupe-key",
-            "k",
-        ],
-    );
-    let id = out
-        .split_whitespace()
-        .nth(1)
-        .expect("created id")
-        .to_string();
+    let id = add_commitment(state, "hello", Some("u"));
     // The crash window: the daemon enqueued attempt 0 and died before bumping.
     let key = format!("commitment:{id}:0");
     ok(
@@ -186,24 +186,7 @@ fn due_commitment_is_delivered_once_across_ticks() {
     let state = d.path();
     let sink = state.join("sink.jsonl");
     let adapter = format!("file:{}", sink.display());
-    let out = ok(
-        state,
-        &[
-            "commitments",
-            "add",
-            "--agent",
-            "a",
-            "--session",
-            "s",
-            "--channel",
-            "c",
-            "--text",
-            "ping",
-            "--dedupe-key",
-            "k",
-        ],
-    );
-    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let id = add_commitment(state, "ping", None);
     // Without the heartbeat flag nothing is sent (openclaw's enabled=false).
     ok(state, &["daemon", "--once", "--adapter", &adapter]);
     assert!(sink_keys(&sink).is_empty());
@@ -227,24 +210,7 @@ fn due_commitment_is_delivered_once_across_ticks() {
 fn pending_delivery_is_not_enqueued_again() {
     let d = tempfile::tempdir().unwrap();
     let state = d.path();
-    let out = ok(
-        state,
-        &[
-            "commitments",
-            "add",
-            "--agent",
-            "a",
-            "--session",
-            "s",
-            "--channel",
-            "c",
-            "--text",
-            "ping",
-            "--dedupe-key",
-            "k",
-        ],
-    );
-    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let id = add_commitment(state, "ping", None);
     // The channel is down: every send asks to be retried later (exit 75).
     let once = [
         "daemon",
