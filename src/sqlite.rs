@@ -210,6 +210,13 @@ fn migrate(
     Ok(())
 }
 
+/// Sleeps before retry number `attempt` (1-based) of a unit that hit BUSY:
+/// capped exponential backoff, 1–50 ms, plus up to 100 % jitter.
+pub fn busy_pause(attempt: u32) {
+    let ms = (1u64 << attempt.saturating_sub(1).min(6)).min(50);
+    std::thread::sleep(Duration::from_millis(ms + fastrand::u64(0..=ms)));
+}
+
 /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits it. If any step
 /// (BEGIN, `f`, COMMIT) fails with BUSY/LOCKED, the transaction is rolled back and
 /// the whole unit retried with capped exponential backoff plus jitter until
@@ -234,10 +241,9 @@ where
         match r {
             Ok(v) => return Ok(v),
             Err(e) if is_busy(&e) && Instant::now() < deadline => {
-                let ms = (1u64 << attempt.min(6)).min(50);
                 attempt += 1;
                 tracing::debug!(path = %path.display(), attempt, "database busy; retrying transaction");
-                std::thread::sleep(Duration::from_millis(ms + fastrand::u64(0..=ms)));
+                busy_pause(attempt);
             }
             Err(e) => return Err(Error::sqlite("transaction", path, e)),
         }

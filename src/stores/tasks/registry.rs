@@ -517,12 +517,9 @@ impl TaskRegistry {
                 match run_cached(&conn, "BEGIN IMMEDIATE") {
                     Ok(()) => break,
                     Err(e) if crate::sqlite::is_busy(&e) && std::time::Instant::now() < until => {
-                        let ms = (1u64 << attempt.min(6)).min(50);
                         attempt += 1;
                         tracing::debug!(path = %self.path().display(), attempt, "database busy; retrying BEGIN IMMEDIATE");
-                        std::thread::sleep(std::time::Duration::from_millis(
-                            ms + fastrand::u64(0..=ms),
-                        ));
+                        crate::sqlite::busy_pause(attempt);
                     }
                     Err(e) => return Err(TaskError::sqlite("begin group commit", self.path(), e)),
                 }
