@@ -283,7 +283,6 @@ fn bare_sqlite_loop(path: &Path, id: &str, durability: Durability, secs: f64) ->
         .prepare("SELECT * FROM task_runs LIMIT 0")
         .expect("cols")
         .column_names()
-        .iter()
         .map(|s| s.to_string())
         .collect();
     let idx = |n: &str| cols.iter().position(|c| c == n).expect("column");

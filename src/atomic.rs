@@ -19,7 +19,6 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
@@ -45,20 +44,6 @@ impl std::str::FromStr for Durability {
                 "unknown durability {s:?} (expected full or process)"
             )),
         }
-    }
-}
-
-fn failpoint() -> Option<&'static str> {
-    static F: OnceLock<Option<String>> = OnceLock::new();
-    F.get_or_init(|| std::env::var("LOCKSTORE_FAILPOINT").ok())
-        .as_deref()
-}
-
-#[inline]
-fn hit(name: &str) {
-    if failpoint() == Some(name) {
-        eprintln!("lockstore: failpoint {name}: aborting");
-        std::process::abort();
     }
 }
 
@@ -141,18 +126,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result
         .map_err(|e| Error::io("chmod", &tmp_path, e))?;
     tmp.write_all(bytes)
         .map_err(|e| Error::io("write", &tmp_path, e))?;
-    hit("after_temp_write");
+    crate::failpoint::hit("after_temp_write");
     if durability == Durability::Full {
-        hit("before_fsync");
+        crate::failpoint::hit("before_fsync");
         tmp.as_file()
             .sync_all()
             .map_err(|e| Error::io("fsync", &tmp_path, e))?;
     }
     tmp.persist(path)
         .map_err(|e| Error::io("rename temp file over", path, e.error))?;
-    hit("after_rename");
+    crate::failpoint::hit("after_rename");
     if durability == Durability::Full {
-        hit("before_dir_fsync");
+        crate::failpoint::hit("before_dir_fsync");
         fsync_dir(dir)?;
     }
     Ok(())

@@ -66,7 +66,8 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    /// A SQLite error, with the operation that failed.
+    /// A SQLite error, with the operation that failed (feature `sqlite`).
+    #[cfg(feature = "sqlite")]
     #[error("{op} {}: {source}", .path.display())]
     Sqlite {
         op: &'static str,
@@ -76,7 +77,8 @@ pub enum Error {
     },
 
     /// The database's schema (`PRAGMA user_version`) is newer than this binary
-    /// knows; it is refused, never downgraded.
+    /// knows; it is refused, never downgraded (feature `sqlite`).
+    #[cfg(feature = "sqlite")]
     #[error("database {} has schema version {found}, newer than the {supported} this lockstore {} supports; upgrade lockstore", .path.display(), env!("CARGO_PKG_VERSION"))]
     SchemaTooNew {
         path: PathBuf,
@@ -141,16 +143,17 @@ impl Error {
             | Error::Symlink { path }
             | Error::InvalidPath { path, .. }
             | Error::Serialize { path, .. }
-            | Error::Sqlite { path, .. }
-            | Error::SchemaTooNew { path, .. }
             | Error::LockStale { path, .. }
             | Error::LockLost { path }
             | Error::LockProtocolMismatch { path, .. }
             | Error::Io { path, .. } => path,
+            #[cfg(feature = "sqlite")]
+            Error::Sqlite { path, .. } | Error::SchemaTooNew { path, .. } => path,
         }
     }
 
     /// Builds an [`Error::Sqlite`] for `op` on `path`.
+    #[cfg(feature = "sqlite")]
     pub fn sqlite(op: &'static str, path: impl Into<PathBuf>, source: rusqlite::Error) -> Self {
         Error::Sqlite {
             op,
@@ -162,6 +165,7 @@ impl Error {
     /// Whether this is SQLITE_BUSY / SQLITE_LOCKED (contention; retryable).
     pub fn is_busy(&self) -> bool {
         match self {
+            #[cfg(feature = "sqlite")]
             Error::Sqlite { source, .. } => crate::sqlite::is_busy(source),
             _ => false,
         }
@@ -174,6 +178,7 @@ impl Error {
                 source.raw_os_error(),
                 Some(libc_codes::ENOSPC) | Some(libc_codes::EFBIG) | Some(libc_codes::EDQUOT)
             ),
+            #[cfg(feature = "sqlite")]
             Error::Sqlite {
                 source: rusqlite::Error::SqliteFailure(f, _),
                 ..

@@ -40,6 +40,7 @@
 
 pub mod atomic;
 pub mod error;
+mod failpoint;
 #[doc(hidden)]
 pub mod group;
 pub mod json;
@@ -47,6 +48,7 @@ pub mod lock;
 pub mod paths;
 pub mod proc;
 pub mod queue;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod stores;
 pub(crate) mod sync;
@@ -58,3 +60,8 @@ pub use error::{Error, Result};
 pub use json::{JsonOptions, JsonStore};
 pub use lock::LockOptions;
 pub use writer::{run_exclusive, Exclusive, Writer};
+
+/// The rusqlite version lockstore is built with, so a user shares one SQLite
+/// with it (feature `sqlite`).
+#[cfg(feature = "sqlite")]
+pub use rusqlite;

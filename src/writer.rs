@@ -21,7 +21,41 @@ use std::time::{Duration, Instant};
 use crate::atomic;
 use crate::error::{Error, Result};
 use crate::lock::owner::{HolderInfo, OwnerRecord};
+#[cfg(feature = "sidecar")]
 use crate::lock::sidecar::{SidecarHeld, SidecarLock};
+#[cfg(not(feature = "sidecar"))]
+use no_sidecar::{SidecarHeld, SidecarLock};
+
+/// Without feature `sidecar` the sidecar lock types are uninhabited: the
+/// match arms below compile away.
+#[cfg(not(feature = "sidecar"))]
+mod no_sidecar {
+    use crate::error::Result;
+    use crate::lock::{Acquired, LockOptions};
+    use std::time::Instant;
+
+    #[derive(Debug)]
+    pub(crate) enum SidecarLock {}
+    #[derive(Debug)]
+    pub(crate) enum SidecarHeld {}
+    impl SidecarLock {
+        pub(crate) fn lock(
+            &mut self,
+            _: &LockOptions,
+            _: Instant,
+        ) -> Result<(Acquired, SidecarHeld)> {
+            match *self {}
+        }
+    }
+    impl SidecarHeld {
+        pub(crate) fn verify_still_held(&self) -> Result<()> {
+            match *self {}
+        }
+        pub(crate) fn release(self) {
+            match self {}
+        }
+    }
+}
 use crate::lock::{self, Acquired, LockFile, LockOptions, LockProtocol};
 use crate::queue::{self, FifoQueue, Handle, Registry};
 
@@ -49,6 +83,7 @@ impl std::fmt::Debug for StoreEntry {
 #[derive(Debug)]
 pub(crate) enum OsLock {
     Flock(LockFile),
+    #[cfg_attr(not(feature = "sidecar"), allow(dead_code))]
     Sidecar(SidecarLock),
 }
 
@@ -200,6 +235,7 @@ impl Writer {
             fifo: FifoQueue::new(),
             lock: Mutex::new(match opts.protocol {
                 LockProtocol::Flock => OsLock::Flock(LockFile::new(lock_path.clone())),
+                #[cfg(feature = "sidecar")]
                 LockProtocol::Sidecar => OsLock::Sidecar(SidecarLock::new(lock_path.clone())),
             }),
             protocol: opts.protocol,

@@ -615,7 +615,14 @@ fn openclaw_fixture_loads() {
     let d = tempfile::tempdir().unwrap();
     let p = lockstore::paths::commitments_file(d.path());
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::copy("tests/fixtures/openclaw-commitments.json", &p).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/openclaw-commitments.json"
+        ),
+        &p,
+    )
+    .unwrap();
     let s = open(d.path(), true, 3);
     let snap = s.snapshot().unwrap();
     assert!(snap.invalid.is_empty(), "{:?}", snap.invalid);

@@ -25,9 +25,11 @@
 
 pub mod fs_check;
 pub mod owner;
+mod protocol;
+#[cfg(feature = "sidecar")]
 pub mod sidecar;
 
-pub use sidecar::LockProtocol;
+pub use protocol::LockProtocol;
 
 use std::fs::File;
 use std::io::Read;
@@ -540,13 +542,13 @@ impl LockFile {
         let previous = OwnerRecord::parse(&buf);
         // Flock records always have generation >= 1; anything else that looks like
         // a sidecar payload means the store is locked with the other protocol.
-        if previous.as_ref().is_none_or(|p| p.generation == 0) && sidecar::looks_like_sidecar(&buf)
+        if previous.as_ref().is_none_or(|p| p.generation == 0) && protocol::looks_like_sidecar(&buf)
         {
             let _ = f.unlock();
             self.file = None;
             return Err(Error::LockProtocolMismatch {
                 path: self.path.clone(),
-                found: LockProtocol::Sidecar.as_str(),
+                found: "sidecar",
                 wanted: LockProtocol::Flock.as_str(),
             });
         }

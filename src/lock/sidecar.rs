@@ -54,7 +54,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{Map, Value};
 
 use super::owner::{HolderInfo, OwnerRecord};
-use super::{Acquired, LockOptions};
+pub use super::protocol::looks_like_sidecar;
+use super::{Acquired, LockOptions, LockProtocol};
 use crate::error::{Error, Result};
 use crate::proc::{self, Liveness, ProcessIdentity};
 
@@ -68,58 +69,11 @@ pub const GUARD_STALE: Duration = Duration::from_secs(10);
 /// Largest payload read from a sidecar (fs-safe's `MAX_LOCK_PAYLOAD_BYTES`).
 const MAX_PAYLOAD: u64 = 1024 * 1024;
 
-/// Which cross-process lock protocol a store uses. Chosen per store through
-/// [`LockOptions::protocol`]; the two must never be mixed on one store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LockProtocol {
-    /// lockstore's own: `flock` on a persistent `<store>.lock` holding an owner
-    /// record. The default.
-    #[default]
-    Flock,
-    /// `@openclaw/fs-safe`'s: the existence of `<store>.lock` (see the module docs).
-    Sidecar,
-}
-
-impl LockProtocol {
-    /// `flock` or `sidecar`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LockProtocol::Flock => "flock",
-            LockProtocol::Sidecar => "sidecar",
-        }
-    }
-}
-
-impl std::str::FromStr for LockProtocol {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "flock" => Ok(LockProtocol::Flock),
-            "sidecar" => Ok(LockProtocol::Sidecar),
-            o => Err(format!("unknown lock protocol {o:?} (flock or sidecar)")),
-        }
-    }
-}
-
-impl std::fmt::Display for LockProtocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// The reclaim guard path of a lock file: `<lock>.reclaim`.
 pub fn reclaim_guard_path(lock_path: &Path) -> PathBuf {
     let mut s = lock_path.as_os_str().to_os_string();
     s.push(".reclaim");
     PathBuf::from(s)
-}
-
-/// Whether `bytes` look like a sidecar payload (fs-safe's or ours) rather than a
-/// flock-protocol owner record: a `createdAt` key, or fs-safe's ownership-token
-/// trailer (a line of 8 tabs then tabs/spaces).
-pub fn looks_like_sidecar(bytes: &[u8]) -> bool {
-    bytes.windows(11).any(|w| w == b"\"createdAt\"")
-        || bytes.windows(9).any(|w| w == b"\n\t\t\t\t\t\t\t\t")
 }
 
 /// What a sidecar file says about its holder.

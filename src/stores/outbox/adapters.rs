@@ -202,7 +202,7 @@ impl ChannelAdapter for ExecAdapter {
                 "LOCKSTORE_ACCOUNT_ID",
                 e.account_id.as_deref().unwrap_or(""),
             )
-            .env_remove("LOCKSTORE_OUTBOX_FAILPOINT")
+            .env_remove("LOCKSTORE_FAILPOINT")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

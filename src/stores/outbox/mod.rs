@@ -461,28 +461,7 @@ pub struct Stats {
     pub oldest_dead_at: Option<i64>,
 }
 
-/// Where a failpoint of the worker or the store aborts the process (crash tests).
-/// Read once from `LOCKSTORE_OUTBOX_FAILPOINT`; `LOCKSTORE_OUTBOX_FAILPOINT_SKIP=N`
-/// lets the first N hits pass.
-pub(crate) fn failpoint(name: &str) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static FP: OnceLock<(Option<String>, u64)> = OnceLock::new();
-    static HITS: AtomicU64 = AtomicU64::new(0);
-    let (fp, skip) = FP.get_or_init(|| {
-        (
-            std::env::var("LOCKSTORE_OUTBOX_FAILPOINT").ok(),
-            std::env::var("LOCKSTORE_OUTBOX_FAILPOINT_SKIP")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
-        )
-    });
-    if fp.as_deref() == Some(name) && HITS.fetch_add(1, Ordering::SeqCst) >= *skip {
-        eprintln!("lockstore: outbox failpoint {name}: aborting");
-        std::process::abort();
-    }
-}
+pub(crate) use crate::failpoint::hit as failpoint;
 
 const COLS: &str = "id, idempotency_key, channel, target, account_id, payload, status, attempt_count, next_attempt_at, queued_at, expires_at, last_attempt_at, last_error, error_class, backoff_jitter_ms, claim_token, claimed_by, lease_expires_at, send_started_at, delivered_at, terminal_reason, completed_at";
 

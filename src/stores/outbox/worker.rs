@@ -10,9 +10,9 @@
 //! #91212). Unlike openclaw generation 1 (recovery only at startup, #21722) the
 //! loop then keeps running, rescuing every poll.
 //!
-//! Crash-test failpoints (env `LOCKSTORE_OUTBOX_FAILPOINT`, abort()):
+//! Crash-test failpoints (env `LOCKSTORE_FAILPOINT`, abort()):
 //! `before_claim_commit`, `after_claim`, `after_send_started`, `after_send`,
-//! `after_ack`; `LOCKSTORE_OUTBOX_FAILPOINT_SKIP=N` lets N hits pass first.
+//! `after_ack`; `LOCKSTORE_FAILPOINT_SKIP=N` lets N hits pass first.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

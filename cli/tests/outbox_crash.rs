@@ -55,10 +55,10 @@ fn deliver(
             adapter,
         ])
         .args(extra)
-        .env_remove("LOCKSTORE_OUTBOX_FAILPOINT");
+        .env_remove("LOCKSTORE_FAILPOINT");
     if let Some((name, skip)) = fp {
-        c.env("LOCKSTORE_OUTBOX_FAILPOINT", name)
-            .env("LOCKSTORE_OUTBOX_FAILPOINT_SKIP", skip.to_string());
+        c.env("LOCKSTORE_FAILPOINT", name)
+            .env("LOCKSTORE_FAILPOINT_SKIP", skip.to_string());
     }
     c.stderr(std::process::Stdio::null()).status().unwrap()
 }

@@ -22,7 +22,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_lockstore");
 fn fssafe_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("LOCKSTORE_FSSAFE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/npm"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/npm"));
     let node_ok = Command::new("node")
         .arg("--version")
         .output()

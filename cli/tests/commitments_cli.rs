@@ -233,7 +233,14 @@ fn openclaw_fixture_lists_through_the_cli() {
     let d = tempfile::tempdir().unwrap();
     let path = lockstore::paths::commitments_file(d.path());
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::copy("tests/fixtures/openclaw-commitments.json", &path).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/openclaw-commitments.json"
+        ),
+        &path,
+    )
+    .unwrap();
     let o = cli(d.path(), &["--all", "--json", "--now-ms", "1778000000000"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v = json_of(&o);
