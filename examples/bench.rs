@@ -58,7 +58,6 @@ fn seed(path: &Path, n: usize) {
     let s = store(path, Durability::Process, false);
     s.update(|d| {
         d.records = records(n);
-        Ok::<_, Error>(())
     })
     .expect("seed");
 }

@@ -112,7 +112,6 @@ fn naive_dismiss(path: &Path, id: &str) -> Result<(), BoxError> {
 fn lockstore_dismiss(store: &JsonStore<Value>, id: &str) -> Result<(), BoxError> {
     store.update(|doc| {
         dismiss(doc, id);
-        Ok::<_, lockstore::Error>(())
     })?;
     Ok(())
 }

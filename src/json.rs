@@ -251,14 +251,37 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
         encode_doc(&self.opts, self.writer.path(), doc)
     }
 
-    /// Load → `f` → save, inside the exclusive section. Writes only if the
-    /// serialized document changed; `f`'s error aborts without writing and is
-    /// returned. Returns `f`'s value.
+    /// Load → `f` → save, inside the exclusive section: the infallible form.
+    /// Writes only if the serialized document changed; returns `f`'s value
+    /// once the save that contains the change is durable.
     ///
-    /// Errors: `f`'s error; [`Error::Corrupt`] (the file is left untouched);
-    /// lock errors ([`Error::LockTimeout`], [`Error::Reentrant`], ...); save errors
+    /// ```
+    /// # #[derive(Default, Clone, serde::Serialize, serde::Deserialize)] struct D { n: u64 }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let store: lockstore::JsonStore<D> =
+    /// #     lockstore::JsonStore::open(dir.path().join("d.json"), Default::default()).unwrap();
+    /// let n = store.update(|d| { d.n += 1; d.n })?;
+    /// # assert_eq!(n, 1);
+    /// # Ok::<_, lockstore::Error>(())
+    /// ```
+    ///
+    /// Errors: [`Error::Corrupt`] (the file is left untouched); lock errors
+    /// ([`Error::LockTimeout`], [`Error::Reentrant`], ...); save errors
     /// ([`Error::Io`], e.g. ENOSPC — the old file stays intact).
-    pub fn update<R, E, F>(&self, f: F) -> std::result::Result<R, E>
+    pub fn update<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&mut T) -> R,
+    {
+        self.update_ctx(|doc, _| Ok::<_, Error>(f(doc)))
+    }
+
+    /// Load → `f` → save, for a fallible closure with the caller's own error
+    /// type: `f`'s error aborts without writing (in a group-commit batch it
+    /// rolls back only this closure's change) and is returned as is.
+    ///
+    /// Errors: `f`'s error, and [`JsonStore::update`]'s converted with
+    /// `E: From<lockstore::Error>`.
+    pub fn try_update<R, E, F>(&self, f: F) -> std::result::Result<R, E>
     where
         F: FnOnce(&mut T) -> std::result::Result<R, E>,
         E: From<Error>,
@@ -552,14 +575,13 @@ mod tests {
         assert_eq!(s.load().unwrap(), Doc { n: 0 });
         s.update(|d| {
             d.n = 5;
-            Ok::<_, Error>(())
         })
         .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(v, serde_json::json!({"version": 2, "n": 5}));
         let m1 = std::fs::metadata(&p).unwrap().modified().unwrap();
         let ino1 = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).unwrap());
-        s.update(|_| Ok::<_, Error>(())).unwrap();
+        s.try_update(|_| Ok::<_, Error>(())).unwrap();
         let ino2 = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).unwrap());
         assert_eq!(ino1, ino2, "no-op update must not rewrite");
         assert_eq!(m1, std::fs::metadata(&p).unwrap().modified().unwrap());
@@ -570,7 +592,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("d.json");
         let s = versioned(&p);
-        let r: std::result::Result<(), Error> = s.update(|d| {
+        let r: std::result::Result<(), Error> = s.try_update(|d| {
             d.n = 9;
             Err(Error::InvalidPath {
                 path: "x".into(),
@@ -629,7 +651,6 @@ mod tests {
                     for _ in 0..50 {
                         s.update(|d| {
                             d.n += 1;
-                            Ok::<_, Error>(())
                         })
                         .unwrap();
                     }
@@ -658,7 +679,7 @@ mod tests {
             // A holds the head of the queue until B, C, D are queued behind it.
             let s = &s;
             let a = sc.spawn(move || {
-                s.update(|d| {
+                s.try_update(|d| {
                     go_rx.recv().unwrap();
                     d.n += 1;
                     Ok::<_, Error>(())
@@ -666,7 +687,7 @@ mod tests {
             });
             until_queued(s, 1);
             let b = sc.spawn(|| {
-                s.update(|d| {
+                s.try_update(|d| {
                     seen.lock().unwrap().push(("b", d.n));
                     d.n += 1;
                     Ok::<_, Error>(())
@@ -674,7 +695,7 @@ mod tests {
             });
             until_queued(s, 2);
             let c = sc.spawn(|| {
-                s.update(|d| {
+                s.try_update(|d| {
                     seen.lock().unwrap().push(("c", d.n));
                     d.n += 100;
                     Err::<(), _>(Error::InvalidPath {
@@ -686,7 +707,7 @@ mod tests {
             until_queued(s, 3);
             let e = sc.spawn(|| {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    s.update(|d| {
+                    s.try_update(|d| {
                         seen.lock().unwrap().push(("d", d.n));
                         d.n += 1000;
                         panic!("closure panic");
@@ -697,7 +718,7 @@ mod tests {
             });
             until_queued(s, 4);
             let f = sc.spawn(|| {
-                s.update(|d| {
+                s.try_update(|d| {
                     seen.lock().unwrap().push(("f", d.n));
                     d.n += 1;
                     Ok::<_, Error>(())
@@ -731,7 +752,7 @@ mod tests {
         std::thread::scope(|sc| {
             let s = &s;
             let a = sc.spawn(move || {
-                s.update(|d| {
+                s.try_update(|d| {
                     go_rx.recv().unwrap();
                     d.n += 1;
                     Ok::<_, Error>(())
@@ -741,7 +762,6 @@ mod tests {
             let b = sc.spawn(|| {
                 s.update(|d| {
                     d.n += 1;
-                    Ok::<_, Error>(())
                 })
             });
             until_queued(s, 2);

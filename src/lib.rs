@@ -27,10 +27,7 @@
 //! let store: JsonStore<State> =
 //!     JsonStore::open(&path, JsonOptions { version: Some(1), ..Default::default() })?;
 //! // queue slot → flock → load → modify → fsync'd atomic save → release
-//! store.update(|s| {
-//!     s.reminders.push("call back".into());
-//!     Ok::<_, lockstore::Error>(())
-//! })?;
+//! store.update(|s| s.reminders.push("call back".into()))?;
 //! assert_eq!(store.load()?.reminders, vec!["call back".to_string()]);
 //! # Ok(())
 //! # }

@@ -75,3 +75,27 @@ mod tests {
         }
     }
 }
+
+/// Unix milliseconds of `t` (negative before 1970; saturating beyond ±292
+/// million years). The stores keep times as Unix ms on disk; the public API
+/// takes and returns [`std::time::SystemTime`].
+#[allow(dead_code)]
+pub(crate) fn to_ms(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis())
+            .map(|m| -m)
+            .unwrap_or(i64::MIN),
+    }
+}
+
+/// The instant `ms` Unix milliseconds after the epoch (before it when negative).
+#[allow(dead_code)]
+pub(crate) fn from_ms(ms: i64) -> std::time::SystemTime {
+    let d = std::time::Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        std::time::UNIX_EPOCH + d
+    } else {
+        std::time::UNIX_EPOCH - d
+    }
+}

@@ -145,7 +145,7 @@ fn library_threads_count_exactly(#[values(2, 8)] threads: usize) {
                 .unwrap();
                 barrier.wait();
                 for _ in 0..m {
-                    js.update(|c| {
+                    js.try_update(|c| {
                         c.count += 1;
                         if c.tally.len() <= i {
                             c.tally.resize(i + 1, 0);

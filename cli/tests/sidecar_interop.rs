@@ -151,7 +151,7 @@ fn child_entry() {
                 },
             )
             .unwrap();
-            let res = store.update(|doc| {
+            let res = store.try_update(|doc| {
                 println!("HELD");
                 std::io::stdout().flush().unwrap();
                 let mut l = String::new();

@@ -282,7 +282,7 @@ pub fn run(a: JsonArgs) -> CliResult {
                 _ => unreachable!("handled above"),
             };
             let cycle = |store: &JsonStore<Value>| -> Result<(), EditError> {
-                store.update(|doc| match &op {
+                store.try_update(|doc| match &op {
                     Op::Set(t, v) => {
                         *slot_mut(doc, t, "").map_err(EditError::Bad)? = v.clone();
                         Ok(())

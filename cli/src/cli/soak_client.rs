@@ -253,7 +253,7 @@ impl Client {
 
     fn incr_lib(&mut self) -> CliResult {
         let id = format!("c{}", self.id);
-        let r = self.counter.update(|doc: &mut Value| {
+        let r = self.counter.try_update(|doc: &mut Value| {
             if !doc.is_object() {
                 *doc = json!({});
             }
