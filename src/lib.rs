@@ -1,17 +1,25 @@
 //! lockstore: crash-safe, lost-update-free state files for local-first daemons and
 //! their CLIs.
 //!
-//! Layers, bottom up (a lower layer never imports an upper one):
-//! * [`proc`] — process identity and liveness (`/proc`).
-//! * [`lock`] — the cross-process lock: `flock` on `<store>.lock` with an owner
-//!   record, backoff until a deadline, stale-holder reporting and reclaim.
-//! * [`queue`] — the in-process FIFO writer queue (through the [`sync`] shim, so
-//!   loom and shuttle models check the real code).
-//! * [`writer`] — composes the two: [`writer::run_exclusive`].
-//! * [`atomic`] — crash-safe atomic file saves.
-//! * [`json`] — JSON documents updated under the writer.
+//! Every store path gets an in-process FIFO writer queue over a cross-process
+//! `flock` on `<store>.lock`; every load → modify → save runs inside both
+//! ([`run_exclusive`], [`JsonStore::update`]) and saves atomically (temp file,
+//! fsync, rename, directory fsync). A crashed holder's lock is released by the
+//! kernel; the next holder reclaims it and removes the dead writer's temp files.
 //!
-//! See docs/lock-protocol.md for the protocol and failure model.
+//! The core needs no feature. Optional subsystems (all off by default):
+//!
+//! | feature | what |
+//! | --- | --- |
+//! | `sqlite` | [`sqlite`]: SQLite conventions (WAL verified, busy timeout, `BEGIN IMMEDIATE` with retry, migrations); re-exports [`rusqlite`] so you share one SQLite with lockstore |
+//! | `tasks` | [`tasks`]: the task ledger (SQLite) with audit and maintenance |
+//! | `outbox` | [`outbox`]: the delivery outbox (SQLite): at least once, never blindly twice |
+//! | `commitments` | [`commitments`]: the commitments JSON store |
+//! | `sidecar` | [`lock::sidecar`]: the `@openclaw/fs-safe` compatible lock protocol |
+//! | `failpoints` | crash-test failpoints for lockstore's own tests; never in release builds |
+//!
+//! See docs/lock-protocol.md for the protocol and failure model, and
+//! docs/architecture.md for the layers.
 //!
 //! ```
 //! use lockstore::{JsonOptions, JsonStore};
@@ -34,31 +42,59 @@
 //! ```
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod atomic;
-pub mod error;
+// Layers, bottom up; a lower layer never imports an upper one.
+// process identity → lock → queue (through the sync shim) → writer → atomic → json → stores.
+mod atomic;
+mod error;
 mod failpoint;
+#[cfg(any(loom, shuttle))]
 #[doc(hidden)]
 pub mod group;
-pub mod json;
+#[cfg(not(any(loom, shuttle)))]
+mod group;
+mod json;
 pub mod lock;
 pub mod paths;
-pub mod proc;
+mod proc;
+#[cfg(any(loom, shuttle))]
+#[doc(hidden)]
 pub mod queue;
+#[cfg(not(any(loom, shuttle)))]
+#[allow(dead_code)] // parts are used only by the loom/shuttle models
+mod queue;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
-pub mod stores;
-pub(crate) mod sync;
+mod stores;
+mod sync;
 pub mod timefmt;
-pub mod writer;
+mod writer;
 
-pub use atomic::Durability;
+pub use atomic::{write_atomic, Durability};
 pub use error::{Error, Result};
-pub use json::{JsonOptions, JsonStore};
-pub use lock::LockOptions;
+pub use json::{GroupCommit, JsonOptions, JsonStore, Loaded, Migrate};
+pub use lock::{HolderInfo, LockOptions, LockProtocol, OwnerRecord, WaitCallback};
+pub use proc::{Liveness, ProcessIdentity};
 pub use writer::{run_exclusive, Exclusive, Writer};
 
-/// The rusqlite version lockstore is built with, so a user shares one SQLite
-/// with it (feature `sqlite`).
+#[cfg(feature = "commitments")]
+pub use stores::commitments;
+#[cfg(feature = "outbox")]
+pub use stores::outbox;
+#[cfg(feature = "tasks")]
+pub use stores::tasks;
+
+/// The rusqlite lockstore is built with (feature `sqlite`): depend on it
+/// through this re-export, or on the same rusqlite version, so one SQLite is
+/// linked.
 #[cfg(feature = "sqlite")]
 pub use rusqlite;
+
+/// Hooks for lockstore's own tests (feature `testing`); not a stable API.
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::atomic::temp_files;
+    pub use crate::writer::live_queues;
+}

@@ -28,9 +28,40 @@ pub struct ProcessIdentity {
     pub pid_ns: Option<u64>,
 }
 
+impl ProcessIdentity {
+    /// The calling process (pid, start time, boot id, host, pid namespace;
+    /// read once per process from `/proc`).
+    pub fn current() -> Self {
+        current().clone()
+    }
+
+    /// The process `pid` on this host, as seen now: its start time (if it
+    /// exists), this boot's id, this host's name and this process's pid
+    /// namespace.
+    pub fn of_pid(pid: u32) -> Self {
+        let me = current();
+        ProcessIdentity {
+            pid,
+            start_time: start_time_of(pid),
+            boot_id: me.boot_id.clone(),
+            hostname: me.hostname.clone(),
+            pid_ns: me.pid_ns,
+        }
+    }
+
+    /// Whether this process is running, stopped, definitely dead (gone, a
+    /// zombie, or its pid reused: start time differs) or cannot be judged from
+    /// here (another host, boot or pid namespace). The rules are fs-safe's
+    /// `isLockOwnerDefinitelyStale` (openclaw).
+    pub fn liveness(&self) -> Liveness {
+        liveness(self)
+    }
+}
+
 /// What can be said of a recorded process now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Liveness {
     /// Alive and runnable (or sleeping).
     Running,
@@ -68,12 +99,12 @@ fn read_stat(pid: u32) -> Option<(char, u64)> {
 }
 
 /// Start time (field 22 of `/proc/<pid>/stat`) of `pid`, if readable.
-pub fn start_time_of(pid: u32) -> Option<u64> {
+pub(crate) fn start_time_of(pid: u32) -> Option<u64> {
     read_stat(pid).map(|(_, t)| t)
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`), cached.
-pub fn boot_id() -> Option<String> {
+pub(crate) fn boot_id() -> Option<String> {
     static B: OnceLock<Option<String>> = OnceLock::new();
     B.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -84,7 +115,7 @@ pub fn boot_id() -> Option<String> {
 }
 
 /// This host's name, cached.
-pub fn hostname() -> Option<String> {
+pub(crate) fn hostname() -> Option<String> {
     static H: OnceLock<Option<String>> = OnceLock::new();
     H.get_or_init(|| {
         nix::unistd::gethostname()
@@ -102,7 +133,7 @@ fn pid_ns_of(pid: &str) -> Option<u64> {
 }
 
 /// The calling process's identity, cached (pid, start time, boot id, host, pid ns).
-pub fn current() -> &'static ProcessIdentity {
+pub(crate) fn current() -> &'static ProcessIdentity {
     static C: OnceLock<ProcessIdentity> = OnceLock::new();
     C.get_or_init(|| ProcessIdentity {
         pid: std::process::id(),
@@ -115,7 +146,7 @@ pub fn current() -> &'static ProcessIdentity {
 
 /// The calling process's command line (arguments joined by spaces, at most 200
 /// characters), cached.
-pub fn command_line() -> &'static str {
+pub(crate) fn command_line() -> &'static str {
     static C: OnceLock<String> = OnceLock::new();
     C.get_or_init(|| {
         let raw = std::fs::read("/proc/self/cmdline").unwrap_or_default();
@@ -137,7 +168,7 @@ pub fn command_line() -> &'static str {
 }
 
 /// Judges a recorded process (see the module docs for the rules).
-pub fn liveness(id: &ProcessIdentity) -> Liveness {
+pub(crate) fn liveness(id: &ProcessIdentity) -> Liveness {
     let me = current();
     if let (Some(a), Some(b)) = (&id.hostname, &me.hostname) {
         if a != b {
@@ -158,7 +189,7 @@ pub fn liveness(id: &ProcessIdentity) -> Liveness {
 }
 
 /// Judges a pid on this host and namespace, with an optional recorded start time.
-pub fn pid_liveness(pid: u32, start_time: Option<u64>) -> Liveness {
+pub(crate) fn pid_liveness(pid: u32, start_time: Option<u64>) -> Liveness {
     use nix::errno::Errno;
     if pid == 0 || pid > i32::MAX as u32 {
         return Liveness::Dead;
@@ -184,7 +215,7 @@ pub fn pid_liveness(pid: u32, start_time: Option<u64>) -> Liveness {
 }
 
 /// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -192,7 +223,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// `n` random bytes as lower-case hex.
-pub fn random_hex(n: usize) -> String {
+pub(crate) fn random_hex(n: usize) -> String {
     let mut s = String::with_capacity(n * 2);
     for _ in 0..n {
         s.push_str(&format!("{:02x}", fastrand::u8(..)));

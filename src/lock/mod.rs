@@ -23,12 +23,15 @@
 //!
 //! See docs/lock-protocol.md for the whole protocol and failure model.
 
-pub mod fs_check;
-pub mod owner;
+pub(crate) mod fs_check;
+mod held;
+pub(crate) mod owner;
 mod protocol;
 #[cfg(feature = "sidecar")]
 pub mod sidecar;
 
+pub use held::{inspect, lock_path, HeldLock, LockState};
+pub use owner::{HolderInfo, OwnerRecord};
 pub use protocol::LockProtocol;
 
 use std::fs::File;
@@ -40,7 +43,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use owner::{HolderInfo, OwnerRecord};
 
 /// Number of stale-lock reclaims (a dead holder's unreleased record found on
 /// acquiring) in this process.
@@ -173,14 +175,14 @@ impl LockOptions {
 }
 
 /// The lock file path for a store file: `<store>.lock`.
-pub fn lock_path_for(store: &Path) -> PathBuf {
+pub(crate) fn lock_path_for(store: &Path) -> PathBuf {
     let mut s = store.as_os_str().to_os_string();
     s.push(".lock");
     PathBuf::from(s)
 }
 
 /// Creates `dir` (and parents) with mode 0700 if missing.
-pub fn ensure_dir(dir: &Path) -> Result<()> {
+pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
     match std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -194,7 +196,7 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
 /// An open lock file. Lock and unlock it many times; keep one per store per
 /// process (the writer does).
 #[derive(Debug)]
-pub struct LockFile {
+pub(crate) struct LockFile {
     path: PathBuf,
     file: Option<File>,
     fs_checked: bool,
@@ -208,14 +210,15 @@ pub struct LockFile {
 
 /// Proof of a held lock, with what the acquisition found.
 #[derive(Debug, Clone)]
-pub struct Acquired {
+pub(crate) struct Acquired {
     /// The record this holder wrote.
     pub record: OwnerRecord,
     /// The previous holder's record, if one was found.
     pub previous: Option<OwnerRecord>,
     /// True when the previous holder never released: it crashed while holding.
     pub reclaimed: bool,
-    /// Time spent waiting for the OS lock.
+    /// Time spent waiting for the OS lock (shown by `Debug`).
+    #[allow(dead_code)]
     pub waited: Duration,
 }
 
@@ -412,7 +415,7 @@ impl LockFile {
                         path = %self.path.display(),
                         holder_pid = h.record.pid,
                         holder_state = h.liveness.as_str(),
-                        held_ms = h.held_ms,
+                        held_ms = h.held.as_millis() as u64,
                         "Blocking waiting for file lock ({})", h.describe()
                     ),
                     None => {

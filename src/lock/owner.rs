@@ -93,8 +93,10 @@ pub struct HolderInfo {
     pub record: OwnerRecord,
     /// The holder's state as judged now.
     pub liveness: Liveness,
-    /// How long it has held the lock, in ms (now − acquired_at_ms).
-    pub held_ms: i64,
+    /// How long it has held the lock (now − `acquired_at_ms`; zero if the
+    /// clock stepped back).
+    #[serde(rename = "held_ms", serialize_with = "ser_ms")]
+    pub held: std::time::Duration,
 }
 
 impl HolderInfo {
@@ -105,7 +107,7 @@ impl HolderInfo {
         HolderInfo {
             record,
             liveness,
-            held_ms,
+            held: std::time::Duration::from_millis(held_ms as u64),
         }
     }
 
@@ -122,7 +124,12 @@ impl HolderInfo {
             self.record.pid,
             cmd,
             state,
-            self.held_ms / 1000
+            self.held.as_secs()
         )
     }
+}
+
+/// `held` is written as whole milliseconds (`held_ms` in `lockstore status --json`).
+fn ser_ms<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
 }

@@ -54,23 +54,22 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{Map, Value};
 
 use super::owner::{HolderInfo, OwnerRecord};
-pub use super::protocol::looks_like_sidecar;
 use super::{Acquired, LockOptions, LockProtocol};
 use crate::error::{Error, Result};
 use crate::proc::{self, Liveness, ProcessIdentity};
 
 /// Version of the `lockstore` marker object in the sidecar payload.
-pub const PAYLOAD_VERSION: u64 = 1;
+pub(crate) const PAYLOAD_VERSION: u64 = 1;
 
 /// A reclaim guard older than this was left by a crashed reclaimer and is
 /// removed (a reclaim holds its guard for microseconds to milliseconds).
-pub const GUARD_STALE: Duration = Duration::from_secs(10);
+pub(crate) const GUARD_STALE: Duration = Duration::from_secs(10);
 
 /// Largest payload read from a sidecar (fs-safe's `MAX_LOCK_PAYLOAD_BYTES`).
 const MAX_PAYLOAD: u64 = 1024 * 1024;
 
 /// The reclaim guard path of a lock file: `<lock>.reclaim`.
-pub fn reclaim_guard_path(lock_path: &Path) -> PathBuf {
+pub(crate) fn reclaim_guard_path(lock_path: &Path) -> PathBuf {
     let mut s = lock_path.as_os_str().to_os_string();
     s.push(".reclaim");
     PathBuf::from(s)
@@ -78,6 +77,7 @@ pub fn reclaim_guard_path(lock_path: &Path) -> PathBuf {
 
 /// What a sidecar file says about its holder.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Payload {
     /// Written by lockstore's sidecar protocol (has the `lockstore` marker).
     Lockstore {
@@ -161,7 +161,7 @@ impl Payload {
 /// A consistent read of the sidecar: the bytes of the inode `(dev, ino)` that the
 /// path named before and after the read.
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct SidecarSnapshot {
     /// Device of the file.
     pub dev: u64,
     /// Inode of the file.
@@ -173,12 +173,12 @@ pub struct Snapshot {
     file: File,
 }
 
-impl Snapshot {
+impl SidecarSnapshot {
     /// Reads the sidecar at `path`: `None` if missing or replaced during the read.
     ///
     /// Errors: [`Error::Symlink`] or [`Error::InvalidPath`] when the path is not a
     /// regular file; [`Error::Io`].
-    pub fn read(path: &Path) -> Result<Option<Snapshot>> {
+    pub fn read(path: &Path) -> Result<Option<SidecarSnapshot>> {
         let before = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -221,7 +221,7 @@ impl Snapshot {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("stat lock file", path, e)),
         }
-        Ok(Some(Snapshot {
+        Ok(Some(SidecarSnapshot {
             dev: meta.dev(),
             ino: meta.ino(),
             raw,
@@ -249,7 +249,7 @@ impl Snapshot {
             .unwrap_or(Duration::ZERO)
     }
 
-    fn same(&self, other: &Snapshot) -> bool {
+    fn same(&self, other: &SidecarSnapshot) -> bool {
         self.dev == other.dev && self.ino == other.ino && self.raw == other.raw
     }
 }
@@ -267,7 +267,11 @@ pub enum Verdict {
 /// `stale` is the age limit for payloads without a judgeable pid.
 ///
 /// Errors: [`Error::LockProtocolMismatch`] for the flock protocol's owner record.
-pub fn judge(lock_path: &Path, snap: &Snapshot, stale: Duration) -> Result<(Payload, Verdict)> {
+pub fn judge(
+    lock_path: &Path,
+    snap: &SidecarSnapshot,
+    stale: Duration,
+) -> Result<(Payload, Verdict)> {
     let payload = Payload::parse(&snap.raw);
     let verdict = match &payload {
         Payload::FlockRecord => {
@@ -363,7 +367,7 @@ pub enum ReclaimOutcome {
 ///
 /// Errors: [`Error::LockProtocolMismatch`] for a flock-protocol file; [`Error::Io`].
 pub fn reclaim_definitely_stale(lock_path: &Path, stale: Duration) -> Result<ReclaimOutcome> {
-    let Some(snap) = Snapshot::read(lock_path)? else {
+    let Some(snap) = SidecarSnapshot::read(lock_path)? else {
         return Ok(ReclaimOutcome::Missing);
     };
     let (_, verdict) = judge(lock_path, &snap, stale)?;
@@ -386,8 +390,8 @@ pub fn reclaim_definitely_stale(lock_path: &Path, stale: Duration) -> Result<Rec
 }
 
 /// Unlinks the sidecar if the path still names `snap`'s inode with the same bytes.
-fn unlink_if_unchanged(lock_path: &Path, snap: &Snapshot) -> Result<bool> {
-    match Snapshot::read(lock_path)? {
+fn unlink_if_unchanged(lock_path: &Path, snap: &SidecarSnapshot) -> Result<bool> {
+    match SidecarSnapshot::read(lock_path)? {
         Some(now) if now.same(snap) => {}
         _ => return Ok(false),
     }
@@ -471,13 +475,13 @@ fn remove_stale_guard(guard: &Path) -> bool {
 /// The sidecar lock of one store (`<store>.lock`); holds no state between
 /// acquisitions.
 #[derive(Debug)]
-pub struct SidecarLock {
+pub(crate) struct SidecarLock {
     path: PathBuf,
 }
 
 /// A held sidecar lock. Dropping it releases (see [`SidecarHeld::release`]).
 #[derive(Debug)]
-pub struct SidecarHeld {
+pub(crate) struct SidecarHeld {
     path: PathBuf,
     file: Option<File>,
     dev: u64,
@@ -490,11 +494,6 @@ impl SidecarLock {
     /// The sidecar lock whose file is `path` (the `.lock` file itself).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         SidecarLock { path: path.into() }
-    }
-
-    /// The lock file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Acquires the lock (see the module docs), waiting until `deadline` with the
@@ -518,7 +517,7 @@ impl SidecarLock {
                 if let Some(held) = self.try_create(opts, deadline)? {
                     return Ok(self.acquired(held, None, false, start));
                 }
-                if let Some(snap) = Snapshot::read(&self.path)? {
+                if let Some(snap) = SidecarSnapshot::read(&self.path)? {
                     let (payload, verdict) = judge(&self.path, &snap, opts.stale)?;
                     last_holder = payload.holder().cloned();
                     if let Verdict::Stale(reason) = verdict {
@@ -590,7 +589,7 @@ impl SidecarLock {
         &self,
         opts: &LockOptions,
         deadline: Instant,
-        snap: &Snapshot,
+        snap: &SidecarSnapshot,
         payload: &Payload,
         reason: &str,
     ) -> Result<Option<Reclaimed>> {
@@ -760,16 +759,6 @@ impl SidecarHeld {
         Ok(())
     }
 
-    /// The lock file path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The exact payload bytes this holder wrote.
-    pub fn payload(&self) -> &[u8] {
-        &self.raw
-    }
-
     /// Checks that the sidecar at the path is still ours (same inode, same bytes);
     /// call it right before committing (fencing).
     ///
@@ -907,7 +896,7 @@ mod tests {
             "{\"pid\": 999999999, \"createdAt\": \"2000-01-01T00:00:00.000Z\"}",
         )
         .unwrap();
-        let old = Snapshot::read(&p).unwrap().unwrap();
+        let old = SidecarSnapshot::read(&p).unwrap().unwrap();
         // A faster reclaimer removes it and takes the lock.
         std::fs::remove_file(&p).unwrap();
         let (_, held) = SidecarLock::new(&p).lock(&opts(), Instant::now()).unwrap();
@@ -916,7 +905,7 @@ mod tests {
         // Same inode rewritten in place with other bytes: also refused.
         drop(held);
         std::fs::write(&p, "{\"pid\": 999999999}").unwrap();
-        let old = Snapshot::read(&p).unwrap().unwrap();
+        let old = SidecarSnapshot::read(&p).unwrap().unwrap();
         std::fs::write(&p, "{\"pid\": 1}").unwrap();
         assert!(!unlink_if_unchanged(&p, &old).unwrap());
         assert!(p.exists());

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use lockstore::lock::{LockFile, LockOptions};
+use lockstore::lock::{HeldLock, LockOptions};
 use lockstore::stores::commitments::{
     Commitment, CommitmentsConfig, CommitmentsStore, TerminalStatus,
 };
@@ -86,15 +86,14 @@ pub fn stop_requested() -> bool {
 }
 
 /// Takes the daemon lock or explains who holds it.
-pub fn take_daemon_lock(state_dir: &Path) -> CliResult<(LockFile, lockstore::lock::Acquired)> {
+pub fn take_daemon_lock(state_dir: &Path) -> CliResult<HeldLock> {
     let path = lockstore::paths::daemon_lock(state_dir);
-    let mut lf = LockFile::new(&path);
     let opts = LockOptions {
         max_retries: Some(0),
         ..Default::default()
     };
-    match lf.lock(&opts, Instant::now()) {
-        Ok(a) => Ok((lf, a)),
+    match HeldLock::acquire(&path, &opts) {
+        Ok(held) => Ok(held),
         Err(Error::LockTimeout { holder, .. }) => {
             let who = holder
                 .map(|h| h.describe())
@@ -133,7 +132,7 @@ struct Daemon {
 
 /// Runs `lockstore daemon`.
 pub fn run(a: DaemonArgs, state_dir: &Path) -> CliResult {
-    let (mut lf, acquired) = take_daemon_lock(state_dir)?;
+    let daemon_lock = take_daemon_lock(state_dir)?;
     install_signal_handlers()?;
     let started = Instant::now();
     let mut d = Daemon::open(&a, state_dir)?;
@@ -193,7 +192,7 @@ pub fn run(a: DaemonArgs, state_dir: &Path) -> CliResult {
         uptime_s = started.elapsed().as_secs(),
         "daemon stopping"
     );
-    lf.unlock(acquired.record);
+    drop(daemon_lock);
     result
 }
 

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use lockstore::lock::owner::{HolderInfo, OwnerRecord};
-use lockstore::lock::sidecar::{self, Payload, ReclaimOutcome, Snapshot, Verdict};
-use lockstore::lock::{self, LockFile};
+use lockstore::lock::sidecar::{self, Payload, ReclaimOutcome, SidecarSnapshot, Verdict};
+use lockstore::lock::{self, LockState};
+use lockstore::{HolderInfo, OwnerRecord};
 
 use super::CliResult;
 
@@ -38,7 +38,7 @@ fn lock_path(p: &Path) -> PathBuf {
     if p.extension().is_some_and(|e| e == "lock") {
         p.to_path_buf()
     } else {
-        lock::lock_path_for(p)
+        lock::lock_path(p)
     }
 }
 
@@ -49,7 +49,7 @@ fn describe(h: &OwnerRecord) -> String {
         h.pid,
         h.cmd.as_deref().unwrap_or("?"),
         info.liveness.as_str(),
-        info.held_ms / 1000
+        info.held.as_secs()
     )
 }
 
@@ -59,27 +59,27 @@ pub fn run(a: LockArgs, _state_dir: &Path) -> CliResult {
     match a.cmd {
         LockCmd::Status { path } => {
             let lp = lock_path(&path);
-            let Some(snap) = Snapshot::read(&lp)? else {
+            let Some(snap) = SidecarSnapshot::read(&lp)? else {
                 println!("{}: no lock file (free)", lp.display());
                 return Ok(());
             };
             match Payload::parse(&snap.raw) {
-                Payload::FlockRecord => {
-                    let held = LockFile::is_held(&lp)?;
-                    match LockFile::read_record(&lp) {
-                        Some(r) if held || !r.released => println!(
-                            "{}: protocol flock, {} by {}",
-                            lp.display(),
-                            if held {
-                                "held"
-                            } else {
-                                "free (last holder crashed)"
-                            },
-                            describe(&r)
-                        ),
-                        _ => println!("{}: protocol flock, free", lp.display()),
+                Payload::FlockRecord => match lock::inspect(&lp)? {
+                    LockState::Held(Some(h)) => println!(
+                        "{}: protocol flock, held by {}",
+                        lp.display(),
+                        describe(&h.record)
+                    ),
+                    LockState::Held(None) => {
+                        println!("{}: protocol flock, held (no owner record)", lp.display())
                     }
-                }
+                    LockState::Abandoned(h) => println!(
+                        "{}: protocol flock, free (last holder crashed) by {}",
+                        lp.display(),
+                        describe(&h.record)
+                    ),
+                    _ => println!("{}: protocol flock, free", lp.display()),
+                },
                 _ => {
                     let (payload, verdict) = sidecar::judge(&lp, &snap, stale)?;
                     let who = match payload.holder() {

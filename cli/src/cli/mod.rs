@@ -14,8 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockstore::lock::owner::HolderInfo;
-use lockstore::{Error, LockOptions};
+use lockstore::{Error, HolderInfo, LockOptions};
 
 /// Exit codes of every subcommand.
 pub mod exit {

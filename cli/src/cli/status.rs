@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde_json::{json, Value};
 
-use lockstore::lock::owner::HolderInfo;
-use lockstore::lock::LockFile;
+use lockstore::lock::{self, LockState};
 use lockstore::stores::commitments::{CommitmentsConfig, CommitmentsStore};
 use lockstore::stores::outbox::{Outbox, OutboxOptions};
 use lockstore::stores::tasks::{AuditOptions, RegistryOptions, TaskRegistry};
@@ -29,19 +28,19 @@ pub struct StatusArgs {
 }
 
 fn holder(lock: &Path) -> Value {
-    match LockFile::is_held(lock) {
-        Ok(true) => match LockFile::read_record(lock).map(HolderInfo::judge) {
-            Some(h) => json!({"held": true, "pid": h.record.pid, "cmd": h.record.cmd,
-                "state": h.liveness.as_str(), "held_ms": h.held_ms, "describe": h.describe()}),
-            None => json!({"held": true}),
-        },
-        Ok(false) => json!({"held": false}),
+    match lock::inspect(lock) {
+        Ok(LockState::Held(Some(h))) => {
+            json!({"held": true, "pid": h.record.pid, "cmd": h.record.cmd,
+                "state": h.liveness.as_str(), "held_ms": h.held.as_millis() as u64, "describe": h.describe()})
+        }
+        Ok(LockState::Held(None)) => json!({"held": true}),
+        Ok(_) => json!({"held": false}),
         Err(e) => json!({"error": e.to_string()}),
     }
 }
 
 fn lock_of(p: PathBuf) -> PathBuf {
-    lockstore::lock::lock_path_for(&p)
+    lock::lock_path(p)
 }
 
 /// Runs `lockstore status`.
@@ -52,12 +51,11 @@ pub fn run(a: StatusArgs, state: &Path) -> CliResult {
 
     // Daemon.
     let dl = lockstore::paths::daemon_lock(state);
-    let daemon = match LockFile::is_held(&dl) {
-        Ok(true) => {
-            let rec = LockFile::read_record(&dl);
+    let daemon = match lock::inspect(&dl) {
+        Ok(LockState::Held(rec)) => {
             json!({"running": true,
-                "pid": rec.as_ref().map(|r| r.pid),
-                "uptime_s": rec.as_ref().map(|r| (now - r.acquired_at_ms).max(0) / 1000)})
+                "pid": rec.as_ref().map(|h| h.record.pid),
+                "uptime_s": rec.as_ref().map(|h| h.held.as_secs())})
         }
         _ => json!({"running": false}),
     };
