@@ -48,7 +48,7 @@ impl std::str::FromStr for Durability {
 }
 
 /// Splits a store path into (directory, file name).
-pub fn split(path: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
+pub(crate) fn split(path: &Path) -> Result<(&Path, &std::ffi::OsStr)> {
     let name = path.file_name().ok_or(Error::InvalidPath {
         path: path.to_path_buf(),
         reason: "no file name",
@@ -79,7 +79,7 @@ fn refuse_symlink(path: &Path) -> Result<()> {
 /// Reads the whole file; `Ok(None)` if it does not exist.
 ///
 /// Errors: [`Error::Symlink`] if the path is a symbolic link, [`Error::Io`].
-pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
+pub(crate) fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -101,7 +101,7 @@ pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
 }
 
 /// fsyncs a directory so a rename inside it is durable.
-pub fn fsync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     let d = std::fs::File::open(dir).map_err(|e| Error::io("open directory", dir, e))?;
     d.sync_all()
         .map_err(|e| Error::io("fsync directory", dir, e))
@@ -111,7 +111,8 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 ///
 /// Errors: [`Error::Symlink`], [`Error::InvalidPath`], [`Error::Io`] (ENOSPC,
 /// EFBIG, ...). On any error the old file is intact and the temp file removed.
-pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<()> {
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8], durability: Durability) -> Result<()> {
+    let path = path.as_ref();
     let (dir, name) = split(path)?;
     refuse_symlink(path)?;
     let mut tmp = tempfile::Builder::new()
@@ -119,12 +120,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result
         .suffix(".tmp")
         .rand_bytes(8)
         .tempfile_in(dir)
-        .map_err(|e| Error::io("create temp file in", dir, e))?;
+        .map_err(|e| Error::io("create temp file in", dir, unwrap_os_error(e)))?;
     let tmp_path: PathBuf = tmp.path().to_path_buf();
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io("chmod", &tmp_path, e))?;
-    tmp.write_all(bytes)
+    // Through the File itself: NamedTempFile's own Write wraps the error in a
+    // path-carrying error whose raw_os_error() is None (is_no_space() would lie).
+    tmp.as_file_mut()
+        .write_all(bytes)
         .map_err(|e| Error::io("write", &tmp_path, e))?;
     crate::failpoint::hit("after_temp_write");
     if durability == Durability::Full {
@@ -143,9 +147,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result
     Ok(())
 }
 
+/// tempfile wraps creation errors in an error that names the path; the OS
+/// error code is inside it. Returns an error with the code at the top so
+/// [`Error::is_no_space`] and friends see it (our own error carries the path).
+fn unwrap_os_error(e: std::io::Error) -> std::io::Error {
+    if e.raw_os_error().is_some() {
+        return e;
+    }
+    let code = e
+        .get_ref()
+        .and_then(|inner| std::error::Error::source(inner).or(Some(inner)))
+        .and_then(|src| src.downcast_ref::<std::io::Error>())
+        .and_then(std::io::Error::raw_os_error);
+    match code {
+        Some(c) => std::io::Error::from_raw_os_error(c),
+        None => e,
+    }
+}
+
 /// Removes temp files left in the store's directory by process `pid` (a crashed
 /// holder). Returns how many were removed. Errors are logged, not returned.
-pub fn remove_orphan_temps(path: &Path, pid: u32) -> usize {
+pub(crate) fn remove_orphan_temps(path: &Path, pid: u32) -> usize {
     let Ok((dir, name)) = split(path) else {
         return 0;
     };
@@ -172,7 +194,9 @@ pub fn remove_orphan_temps(path: &Path, pid: u32) -> usize {
     n
 }
 
-/// Lists temp files of any process for the store `path` (for tests and `status`).
+/// Lists temp files of any process for the store `path` (lockstore's tests;
+/// feature `testing`).
+#[cfg(any(test, feature = "testing"))]
 pub fn temp_files(path: &Path) -> Vec<PathBuf> {
     let Ok((dir, name)) = split(path) else {
         return Vec::new();
