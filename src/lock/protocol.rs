@@ -2,7 +2,7 @@
 //! other's lock file (the two are never mixed on one store).
 
 /// Which cross-process lock protocol a store uses. Chosen per store through
-/// [`LockOptions::protocol`]; the two must never be mixed on one store.
+/// [`crate::LockOptions::protocol`]; the two must never be mixed on one store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum LockProtocol {

@@ -23,22 +23,22 @@
 //!   - lockstore payload with `leaseMs`, beacon held, mtime older than `leaseMs`
 //!     ⇒ a live but silent holder whose lease expired (lease mode);
 //!   - foreign payload with a valid pid ⇒ only when definitely dead
-//!     ([`proc::liveness`]: same host and boot id when recorded, and ESRCH, a
+//!     ([`crate::ProcessIdentity::liveness`]: same host and boot id when recorded, and ESRCH, a
 //!     zombie, or a different start time; EPERM counts as alive);
 //!   - foreign payload without a pid, empty or unparseable file with a free flock
 //!     ⇒ only when its `createdAt` (else mtime) is older than [`LockOptions::stale`].
 //!
 //!   With [`LockOptions::fail_closed`] each of these returns [`Error::LockStale`]
 //!   instead (fs-safe's `staleRecovery: "fail-closed"`, `file_lock_stale`).
-//! * **Stale guard**: a guard older than [`GUARD_STALE`] was left by a crashed
+//! * **Stale guard**: a guard older than 10 s was left by a crashed
 //!   reclaimer (reclaims take microseconds) and is removed, re-checking its (dev,
 //!   ino) and mtime first.
 //! * **Lease** ([`LockOptions::lease`]): the holder refreshes the sidecar's mtime
-//!   every lease/3 from a background thread; [`SidecarHeld::verify_still_held`]
-//!   (called by `JsonStore` right before each save) returns [`Error::LockLost`]
+//!   every lease/3 from a background thread; the holder's fencing check
+//!   ([`crate::Exclusive::verify_still_held`], called by `JsonStore` right before each save) returns [`Error::LockLost`]
 //!   when a waiter took the lock over.
 //!
-//! The flock protocol ([`super::LockFile`]) uses the same file name but a persistent
+//! The flock protocol (`<store>.lock`, docs/lock-protocol.md) uses the same file name but a persistent
 //! file holding an [`OwnerRecord`] (fields `generation`, `acquired_at_ms`, never
 //! `createdAt`); each protocol refuses the other's file with
 //! [`Error::LockProtocolMismatch`]. See docs/lock-protocol-sidecar.md.
