@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockstore::stores::outbox::legacy::import_legacy;
 use lockstore::stores::outbox::{
-    Enqueued, Entry, Failure, NewMessage, Outbox, OutboxOptions, Outcome, Retention, RetryPolicy,
-    Status,
+    Enqueued, Entry, Failure, NewMessage, Outbox, OutboxError, OutboxOptions, Outcome, Retention,
+    RetryPolicy, Status,
 };
 use serde_json::json;
 
@@ -21,7 +21,7 @@ fn at(ms: i64) -> SystemTime {
 }
 
 fn open(dir: &Path) -> Outbox {
-    Outbox::open(&dir.join("outbox/outbox.sqlite"), OutboxOptions::default()).unwrap()
+    Outbox::open(dir.join("outbox/outbox.sqlite"), OutboxOptions::default()).unwrap()
 }
 
 fn msg(key: Option<&str>) -> NewMessage {
@@ -324,7 +324,7 @@ fn jitter_varies_and_policy_is_configurable() {
         },
         ..Default::default()
     };
-    let ob = Outbox::open(&d.path().join("o.sqlite"), opts).unwrap();
+    let ob = Outbox::open(d.path().join("o.sqlite"), opts).unwrap();
     let mut js = std::collections::HashSet::new();
     for _ in 0..20 {
         let id = ob.enqueue(&msg(None), at(0)).unwrap().id();
@@ -391,7 +391,7 @@ fn ttl_expiry() {
         default_ttl: Some(Duration::from_secs(5)),
         ..Default::default()
     };
-    let ob = Outbox::open(&d.path().join("o.sqlite"), opts).unwrap();
+    let ob = Outbox::open(d.path().join("o.sqlite"), opts).unwrap();
     let a = ob.enqueue(&msg(None), at(0)).unwrap().id(); // default TTL 5 s
     let mut m = msg(None);
     m.ttl = Some(Duration::from_secs(60));
@@ -452,9 +452,14 @@ fn prune_guards() {
     assert!(ob.release(pend, &tok(pend)).unwrap().applied());
     let _ = infl;
 
-    assert!(ob
-        .prune(&Retention::all(Duration::ZERO), at(40 * day), false)
-        .is_err());
+    assert!(matches!(
+        ob.prune(&Retention::all(Duration::ZERO), at(40 * day), false),
+        Err(OutboxError::InvalidPruneAge {
+            status: Status::Delivered,
+            age: Duration::ZERO,
+            ..
+        })
+    ));
     // Under 1 ms is as good as zero.
     assert!(ob
         .prune(
@@ -628,7 +633,7 @@ fn legacy_import_twice_imports_nothing_twice() {
         .collect();
 
     let ob = open(d.path());
-    let r = import_legacy(&ob, &d.path().join("legacy"), at(10_000)).unwrap();
+    let r = import_legacy(&ob, d.path().join("legacy"), at(10_000)).unwrap();
     assert_eq!(
         (r.imported, r.existing, r.renamed, r.malformed.len()),
         (3, 0, 3, 2)
@@ -652,7 +657,7 @@ fn legacy_import_twice_imports_nothing_twice() {
     );
 
     // Second import: the files are aside; put copies back to prove the key dedupe too.
-    let r = import_legacy(&ob, &d.path().join("legacy"), at(20_000)).unwrap();
+    let r = import_legacy(&ob, d.path().join("legacy"), at(20_000)).unwrap();
     assert_eq!((r.imported, r.existing), (0, 0));
     for (p, bytes) in &backup {
         std::fs::write(p, bytes).unwrap();
@@ -660,4 +665,67 @@ fn legacy_import_twice_imports_nothing_twice() {
     let r = import_legacy(&ob, &q, at(30_000)).unwrap();
     assert_eq!((r.imported, r.existing), (0, 3));
     assert_eq!(ob.list(None, 100).unwrap().len(), 3);
+}
+
+#[test]
+fn bad_input_is_a_typed_error_naming_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let ob = open(d.path());
+    let e = ob
+        .enqueue(
+            &NewMessage {
+                target: String::new(),
+                ..msg(None)
+            },
+            at(0),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OutboxError::EmptyField {
+                field: "target",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("outbox.sqlite"), "{e}");
+    let e = ob
+        .prune(
+            &Retention {
+                dead: Duration::ZERO,
+                ..Default::default()
+            },
+            at(0),
+            false,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OutboxError::InvalidPruneAge {
+                status: Status::Dead,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(matches!(
+        "inflight".parse::<Status>(),
+        Err(OutboxError::UnknownStatus { value }) if value == "inflight"
+    ));
+    use lockstore::stores::outbox::adapters::{from_spec, AdapterSpecError};
+    let t = Duration::from_secs(1);
+    assert!(
+        matches!(from_spec("file:", t), Err(AdapterSpecError::MissingPath { spec }) if spec == "file:")
+    );
+    assert!(matches!(
+        from_spec("exec:  ", t),
+        Err(AdapterSpecError::MissingCommand { .. })
+    ));
+    assert!(
+        matches!(from_spec("smtp:x", t), Err(AdapterSpecError::UnknownKind { spec }) if spec == "smtp:x")
+    );
+    assert!(from_spec("file:/dev/null", t).is_ok());
 }
