@@ -117,8 +117,8 @@ impl Outbox {
     }
 
     /// Reports a failed attempt of the claim (`id`, `token`). Permanent (adapter
-    /// classification or [`PERMANENT_PATTERNS`]) → `dead`; else `attempt_count +
-    /// 1`, and beyond [`RetryPolicy::max_retries`] → `dead` (`attempts_exhausted`),
+    /// classification or [`super::PERMANENT_PATTERNS`]) → `dead`; else `attempt_count +
+    /// 1`, and beyond [`super::RetryPolicy::max_retries`] → `dead` (`attempts_exhausted`),
     /// otherwise `pending` at `now + delay` where delay is the adapter's
     /// retry-after if given, else the backoff table plus jitter (stored in
     /// `backoff_jitter_ms`). Stale if the claim is no longer current.
