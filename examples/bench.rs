@@ -433,7 +433,7 @@ fn outbox_run(dir: &Path, concurrency: usize, secs: f64) -> (f64, f64) {
                 idempotency_key: Some(format!("bench-{i}")),
                 ..Default::default()
             },
-            lockstore::proc::now_ms(),
+            std::time::SystemTime::now(),
         )
         .expect("enqueue");
     }

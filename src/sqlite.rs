@@ -16,9 +16,16 @@
 //!   transaction that reads and then writes gets `SQLITE_BUSY_SNAPSHOT` at once
 //!   whatever the timeout. On BUSY the whole unit is rolled back and retried with
 //!   backoff until a deadline.
-//! * Migrations are keyed on `PRAGMA user_version` and applied in one
-//!   transaction; a database newer than the binary is refused
-//!   ([`Error::SchemaTooNew`]).
+//! * Migrations ([`open`], the one runner every lockstore SQLite store uses) are
+//!   keyed on `PRAGMA user_version`: `migrations[n - 1]` is the SQL that brings the
+//!   schema from version `n - 1` to `n`. Each step runs in its own `BEGIN
+//!   IMMEDIATE` transaction (with the busy retry) together with the
+//!   `user_version` bump, so a crash leaves the database at a whole step. A
+//!   database newer than the binary is refused ([`Error::SchemaTooNew`]) before
+//!   anything is written to it (not even the switch to WAL), and never
+//!   downgraded. A *foreign* database — `user_version` 0 but already holding
+//!   tables, views, indexes or triggers, i.e. not created by lockstore — is
+//!   refused the same way ([`Error::Corrupt`] naming the file and its tables).
 //! * If SQLite cannot open the file, the error names it; there is never a fallback
 //!   to an in-memory database.
 
@@ -79,13 +86,25 @@ fn chmod_0600(p: &Path) -> Result<()> {
 }
 
 /// Opens (creating if needed) the database at `path`, applies the connection
-/// conventions above and runs `migrations` (`migrations[i]` takes the schema from
-/// user_version `i` to `i + 1`, as one SQL batch).
+/// conventions above and runs `migrations`: `migrations[i]` is one SQL batch
+/// taking the schema from user_version `i` to `i + 1`; each step is applied in
+/// its own `BEGIN IMMEDIATE` transaction (retried whole on BUSY) that also sets
+/// `user_version`. Steps already applied (by this or another process) are
+/// skipped; concurrent openers serialize on the write lock and each step runs
+/// once.
 ///
-/// Errors: [`Error::InvalidPath`] for an empty or `:memory:` path,
-/// [`Error::Sqlite`] naming the file (cannot open, WAL refused, ...),
-/// [`Error::SchemaTooNew`], [`Error::Io`].
-pub fn open(path: &Path, opts: &SqliteOptions, migrations: &[&str]) -> Result<Connection> {
+/// Errors: [`Error::InvalidPath`] for an empty, `:memory:` or `file:` URI path;
+/// [`Error::Sqlite`] naming the file (cannot open, not a database, WAL refused,
+/// a migration step failed — that step is rolled back); [`Error::SchemaTooNew`]
+/// if the file's user_version is above `migrations.len()` (the file is left
+/// untouched); [`Error::Corrupt`] for a foreign database (user_version 0 but
+/// not empty; left untouched); [`Error::Io`] (directory creation, chmod).
+pub fn open(
+    path: impl AsRef<Path>,
+    opts: &SqliteOptions,
+    migrations: &[&str],
+) -> Result<Connection> {
+    let path = path.as_ref();
     // Two processes creating the same database at once can see SQLITE_BUSY
     // while one switches it to WAL; retry the whole open within the deadline.
     let deadline = Instant::now() + opts.retry_deadline;
@@ -127,6 +146,9 @@ fn open_once(path: &Path, opts: &SqliteOptions, migrations: &[&str]) -> Result<C
     if !existed {
         chmod_0600(path)?;
     }
+    // Refuse a newer or foreign database before anything writes to it (the
+    // switch to WAL below rewrites the header).
+    check_version(&conn, path, migrations.len())?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(q)?;
@@ -164,6 +186,78 @@ fn open_once(path: &Path, opts: &SqliteOptions, migrations: &[&str]) -> Result<C
     Ok(conn)
 }
 
+fn user_version(conn: &Connection, path: &Path) -> Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| Error::sqlite("read user_version", path, e))
+}
+
+/// Names of the schema objects (tables, views, indexes, triggers) of a database,
+/// SQLite's own `sqlite_*` objects excluded.
+fn schema_objects(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut st = conn.prepare(
+        "SELECT type || ' ' || name FROM sqlite_schema
+         WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY type, name",
+    )?;
+    let v = st
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(v)
+}
+
+/// Refuses a database whose user_version is above `target` (newer than this
+/// binary) or that is foreign (user_version 0 but not empty). Reads only.
+fn check_version(conn: &Connection, path: &Path, target: usize) -> Result<i64> {
+    let found = user_version(conn, path)?;
+    let supported = target as i64;
+    if found > supported {
+        return Err(Error::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            supported,
+        });
+    }
+    if found == 0 {
+        let objects =
+            schema_objects(conn).map_err(|e| Error::sqlite("read the schema of", path, e))?;
+        if !objects.is_empty() {
+            return Err(foreign(path, &objects));
+        }
+    }
+    Ok(found)
+}
+
+fn foreign(path: &Path, objects: &[String]) -> Error {
+    const SHOWN: usize = 8;
+    let mut list = objects[..objects.len().min(SHOWN)].join(", ");
+    if objects.len() > SHOWN {
+        list.push_str(&format!(", ... ({} in all)", objects.len()));
+    }
+    Error::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!(
+            "not a lockstore database: its schema version (PRAGMA user_version) is 0 but it \
+             already holds {list}; refusing to migrate a database another program created \
+             (point lockstore at its own file)"
+        ),
+    }
+}
+
+/// What one migration transaction found.
+enum Step {
+    /// Step `to` applied (user_version is now `to`).
+    Applied(i64),
+    /// Already at the target (another process migrated meanwhile).
+    UpToDate,
+    /// user_version is above the target: refused, nothing written.
+    TooNew(i64),
+    /// user_version 0 with schema objects: refused, nothing written.
+    Foreign(Vec<String>),
+}
+
+/// Brings the schema to `migrations.len()`, one `BEGIN IMMEDIATE` transaction
+/// per step. Every transaction re-reads user_version under the write lock, so
+/// concurrent openers apply each step exactly once and a newer or foreign
+/// database is never written.
 fn migrate(
     conn: &Connection,
     path: &Path,
@@ -171,42 +265,49 @@ fn migrate(
     migrations: &[&str],
 ) -> Result<()> {
     let target = migrations.len() as i64;
-    let current: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| Error::sqlite("read user_version", path, e))?;
-    if current > target {
-        return Err(Error::SchemaTooNew {
-            path: path.to_path_buf(),
-            found: current,
-            supported: target,
-        });
-    }
-    if current == target {
+    let from = check_version(conn, path, migrations.len())?;
+    if from == target {
         return Ok(());
     }
-    immediate(conn, path, opts, |tx| {
-        // Re-read inside the write lock: another process may have migrated.
-        let v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if v > target {
-            return Ok(());
+    loop {
+        let step = immediate(conn, path, opts, |tx| {
+            let v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if v > target {
+                return Ok(Step::TooNew(v));
+            }
+            if v == target {
+                return Ok(Step::UpToDate);
+            }
+            if v == 0 {
+                let objects = schema_objects(tx)?;
+                if !objects.is_empty() {
+                    return Ok(Step::Foreign(objects));
+                }
+            }
+            // v in 0..target: apply step v + 1.
+            tx.execute_batch(migrations[v as usize])?;
+            tx.execute_batch(&format!("PRAGMA user_version={}", v + 1))?;
+            Ok(Step::Applied(v + 1))
+        })?;
+        match step {
+            Step::Applied(to) => {
+                tracing::debug!(path = %path.display(), to, "applied schema migration step");
+                if to == target {
+                    break;
+                }
+            }
+            Step::UpToDate => break,
+            Step::TooNew(found) => {
+                return Err(Error::SchemaTooNew {
+                    path: path.to_path_buf(),
+                    found,
+                    supported: target,
+                })
+            }
+            Step::Foreign(objects) => return Err(foreign(path, &objects)),
         }
-        for (i, m) in migrations.iter().enumerate().skip(v as usize) {
-            tx.execute_batch(m)?;
-            tx.execute_batch(&format!("PRAGMA user_version={}", i + 1))?;
-        }
-        Ok(())
-    })?;
-    let after: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| Error::sqlite("read user_version", path, e))?;
-    if after > target {
-        return Err(Error::SchemaTooNew {
-            path: path.to_path_buf(),
-            found: after,
-            supported: target,
-        });
     }
-    tracing::info!(path = %path.display(), from = current, to = target, "migrated schema");
+    tracing::info!(path = %path.display(), from, to = target, "migrated schema");
     Ok(())
 }
 
@@ -225,10 +326,16 @@ pub fn busy_pause(attempt: u32) {
 ///
 /// Errors: [`Error::Sqlite`] naming `path` (the last BUSY after the deadline, or
 /// the first other failure).
-pub fn immediate<T, F>(conn: &Connection, path: &Path, opts: &SqliteOptions, mut f: F) -> Result<T>
+pub fn immediate<T, F>(
+    conn: &Connection,
+    path: impl AsRef<Path>,
+    opts: &SqliteOptions,
+    mut f: F,
+) -> Result<T>
 where
     F: FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
 {
+    let path = path.as_ref();
     let deadline = Instant::now() + opts.retry_deadline;
     let mut attempt: u32 = 0;
     loop {
@@ -299,6 +406,121 @@ mod tests {
             open(Path::new(":memory:"), &SqliteOptions::default(), M),
             Err(Error::InvalidPath { .. })
         ));
+    }
+
+    const M2: &[&str] = &[
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);",
+        "ALTER TABLE t ADD COLUMN w INTEGER NOT NULL DEFAULT 7; CREATE INDEX t_w ON t(w);",
+    ];
+
+    fn version(c: &Connection) -> i64 {
+        c.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn fresh_database_gets_every_step() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.sqlite");
+        let c = open(&p, &SqliteOptions::default(), M2).unwrap();
+        assert_eq!(version(&c), 2);
+        c.execute("INSERT INTO t(v) VALUES ('a')", []).unwrap();
+        let w: i64 = c.query_row("SELECT w FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(w, 7);
+        drop(c);
+        // Reopening at the same version changes nothing.
+        let c = open(&p, &SqliteOptions::default(), M2).unwrap();
+        assert_eq!(version(&c), 2);
+    }
+
+    #[test]
+    fn older_database_is_upgraded_keeping_its_rows() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.sqlite");
+        let c = open(&p, &SqliteOptions::default(), &M2[..1]).unwrap();
+        assert_eq!(version(&c), 1);
+        c.execute("INSERT INTO t(v) VALUES ('old')", []).unwrap();
+        drop(c);
+        let c = open(&p, &SqliteOptions::default(), M2).unwrap();
+        assert_eq!(version(&c), 2);
+        let (v, w): (String, i64) = c
+            .query_row("SELECT v, w FROM t", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!((v.as_str(), w), ("old", 7));
+    }
+
+    #[test]
+    fn a_failing_step_is_rolled_back_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.sqlite");
+        let bad: &[&str] = &[M2[0], "CREATE TABLE u(x); CREATE TABLE t(y);"];
+        let e = open(&p, &SqliteOptions::default(), bad).unwrap_err();
+        assert!(matches!(e, Error::Sqlite { .. }), "{e}");
+        assert!(e.to_string().contains("x.sqlite"), "{e}");
+        let c = Connection::open(&p).unwrap();
+        // Step 1 stays applied; step 2 (its first statement included) is not.
+        assert_eq!(version(&c), 1);
+        let u: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'u'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(u, 0);
+    }
+
+    #[test]
+    fn newer_database_is_refused_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.sqlite");
+        // A rollback-journal database at version 3, as a newer lockstore might
+        // leave it after a checkpoint: opening it must not even switch it to WAL.
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('x');
+             PRAGMA user_version=3;",
+        )
+        .unwrap();
+        drop(c);
+        let before = std::fs::read(&p).unwrap();
+        let e = open(&p, &SqliteOptions::default(), M2).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::SchemaTooNew {
+                    found: 3,
+                    supported: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("x.sqlite"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), before, "the file was modified");
+        let c = Connection::open(&p).unwrap();
+        assert_eq!(version(&c), 3);
+    }
+
+    #[test]
+    fn foreign_database_is_refused_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("other.db");
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch(
+            "CREATE TABLE accounts(id INTEGER PRIMARY KEY); INSERT INTO accounts DEFAULT VALUES;",
+        )
+        .unwrap();
+        drop(c);
+        let before = std::fs::read(&p).unwrap();
+        let e = open(&p, &SqliteOptions::default(), M2).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("other.db") && msg.contains("table accounts"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), before, "the file was modified");
     }
 
     #[test]

@@ -4,19 +4,24 @@
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockstore::stores::outbox::legacy::import_legacy;
 use lockstore::stores::outbox::{
-    Enqueued, Entry, Failure, NewMessage, Outbox, OutboxOptions, Outcome, Retention, RetryPolicy,
-    Status,
+    Enqueued, Entry, Failure, NewMessage, Outbox, OutboxError, OutboxOptions, Outcome, Retention,
+    RetryPolicy, Status,
 };
 use serde_json::json;
 
 const LEASE: Duration = Duration::from_secs(60);
 
+/// The instant `ms` milliseconds after the Unix epoch (the tests' clock).
+fn at(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.try_into().unwrap())
+}
+
 fn open(dir: &Path) -> Outbox {
-    Outbox::open(&dir.join("outbox/outbox.sqlite"), OutboxOptions::default()).unwrap()
+    Outbox::open(dir.join("outbox/outbox.sqlite"), OutboxOptions::default()).unwrap()
 }
 
 fn msg(key: Option<&str>) -> NewMessage {
@@ -30,7 +35,7 @@ fn msg(key: Option<&str>) -> NewMessage {
 }
 
 fn claim_one(ob: &Outbox, now: i64) -> (Entry, String) {
-    let mut v = ob.claim(1, LEASE, now).unwrap();
+    let mut v = ob.claim(1, LEASE, at(now)).unwrap();
     assert_eq!(v.len(), 1, "expected one due entry at {now}");
     let e = v.remove(0);
     let t = e.claim_token.clone().unwrap();
@@ -48,18 +53,18 @@ fn retryable(e: &str) -> Failure {
 fn enqueue_is_idempotent_by_key() {
     let d = tempfile::tempdir().unwrap();
     let ob = open(d.path());
-    let a = ob.enqueue(&msg(Some("k")), 1000).unwrap();
-    let b = ob.enqueue(&msg(Some("k")), 2000).unwrap();
+    let a = ob.enqueue(&msg(Some("k")), at(1000)).unwrap();
+    let b = ob.enqueue(&msg(Some("k")), at(2000)).unwrap();
     assert!(matches!(a, Enqueued::Created(_)));
     assert_eq!(b, Enqueued::Existing(a.id()));
     // Still existing after delivery (the tombstone keeps the key).
     let (e, t) = claim_one(&ob, 1000);
     assert_eq!(
-        ob.ack(e.id, &t, 1001).unwrap(),
+        ob.ack(e.id, &t, at(1001)).unwrap(),
         Outcome::Applied(Status::Delivered)
     );
     assert_eq!(
-        ob.enqueue(&msg(Some("k")), 3000).unwrap(),
+        ob.enqueue(&msg(Some("k")), at(3000)).unwrap(),
         Enqueued::Existing(a.id())
     );
     let tomb = ob.get(a.id()).unwrap().unwrap();
@@ -67,8 +72,8 @@ fn enqueue_is_idempotent_by_key() {
     assert_eq!(tomb.idempotency_key.as_deref(), Some("k"));
     // No key: always a new row.
     assert_ne!(
-        ob.enqueue(&msg(None), 1).unwrap().id(),
-        ob.enqueue(&msg(None), 1).unwrap().id()
+        ob.enqueue(&msg(None), at(1)).unwrap().id(),
+        ob.enqueue(&msg(None), at(1)).unwrap().id()
     );
 }
 
@@ -77,14 +82,14 @@ fn claim_is_oldest_first_due_only_and_exclusive() {
     let d = tempfile::tempdir().unwrap();
     let ob = open(d.path());
     let ids: Vec<i64> = (0..5)
-        .map(|i| ob.enqueue(&msg(None), 100 + i).unwrap().id())
+        .map(|i| ob.enqueue(&msg(None), at(100 + i)).unwrap().id())
         .collect();
     assert!(
-        ob.claim(10, LEASE, 99).unwrap().is_empty(),
+        ob.claim(10, LEASE, at(99)).unwrap().is_empty(),
         "nothing due before enqueue time"
     );
-    let a = ob.claim(2, LEASE, 1000).unwrap();
-    let b = ob.claim(10, LEASE, 1000).unwrap();
+    let a = ob.claim(2, LEASE, at(1000)).unwrap();
+    let b = ob.claim(10, LEASE, at(1000)).unwrap();
     assert_eq!(a.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..2]);
     assert_eq!(b.iter().map(|e| e.id).collect::<Vec<_>>(), ids[2..]);
     assert!(a.iter().chain(&b).all(|e| e.status == Status::InFlight
@@ -93,7 +98,7 @@ fn claim_is_oldest_first_due_only_and_exclusive() {
     let tokens: std::collections::HashSet<_> =
         a.iter().chain(&b).map(|e| e.claim_token.clone()).collect();
     assert_eq!(tokens.len(), 5, "a fresh token per claimed entry");
-    assert!(ob.claim(10, LEASE, 1000).unwrap().is_empty());
+    assert!(ob.claim(10, LEASE, at(1000)).unwrap().is_empty());
 }
 
 /// Every late or stale transition is a reported no-op and leaves the row as it was.
@@ -112,19 +117,23 @@ fn transition_guards_are_reported_noops() {
     };
 
     // Double ack; fail after ack (no resurrection of a delivered row).
-    let id = ob.enqueue(&msg(Some("a")), 0).unwrap().id();
+    let id = ob.enqueue(&msg(Some("a")), at(0)).unwrap().id();
     let (_, t) = claim_one(&ob, 0);
     assert_eq!(
-        ob.mark_send_started(id, &t, 1).unwrap(),
+        ob.mark_send_started(id, &t, at(1)).unwrap(),
         Outcome::Applied(Status::InFlight)
     );
     assert_eq!(
-        ob.ack(id, &t, 2).unwrap(),
+        ob.ack(id, &t, at(2)).unwrap(),
         Outcome::Applied(Status::Delivered)
     );
     let del = Outcome::Stale(Some(Status::Delivered));
-    check(id, &|| ob.ack(id, &t, 3).unwrap(), del);
-    check(id, &|| ob.fail(id, &t, &retryable("late"), 3).unwrap(), del);
+    check(id, &|| ob.ack(id, &t, at(3)).unwrap(), del);
+    check(
+        id,
+        &|| ob.fail(id, &t, &retryable("late"), at(3)).unwrap(),
+        del,
+    );
     check(
         id,
         &|| {
@@ -135,30 +144,30 @@ fn transition_guards_are_reported_noops() {
                     permanent: true,
                     ..retryable("x")
                 },
-                3,
+                at(3),
             )
             .unwrap()
         },
         del,
     );
-    check(id, &|| ob.mark_unknown(id, &t, "x", 3).unwrap(), del);
-    check(id, &|| ob.mark_send_started(id, &t, 3).unwrap(), del);
+    check(id, &|| ob.mark_unknown(id, &t, "x", at(3)).unwrap(), del);
+    check(id, &|| ob.mark_send_started(id, &t, at(3)).unwrap(), del);
     check(id, &|| ob.release(id, &t).unwrap(), del);
-    check(id, &|| ob.retry(id, 3).unwrap(), del);
+    check(id, &|| ob.retry(id, at(3)).unwrap(), del);
 
     // Ack after rescue: the lease expired, rescue took the claim back.
-    let id = ob.enqueue(&msg(Some("b")), 10).unwrap().id();
+    let id = ob.enqueue(&msg(Some("b")), at(10)).unwrap().id();
     let (_, t) = claim_one(&ob, 10);
-    let r = ob.rescue(10 + 60_000, false).unwrap();
+    let r = ob.rescue(at(10 + 60_000), false).unwrap();
     assert_eq!((r.to_pending, r.to_unknown), (1, 0));
     check(
         id,
-        &|| ob.ack(id, &t, 70_001).unwrap(),
+        &|| ob.ack(id, &t, at(70_001)).unwrap(),
         Outcome::Stale(Some(Status::Pending)),
     );
     check(
         id,
-        &|| ob.fail(id, &t, &retryable("x"), 70_001).unwrap(),
+        &|| ob.fail(id, &t, &retryable("x"), at(70_001)).unwrap(),
         Outcome::Stale(Some(Status::Pending)),
     );
     assert_eq!(
@@ -171,54 +180,58 @@ fn transition_guards_are_reported_noops() {
     let (_, t2) = claim_one(&ob, 70_002);
     assert_ne!(t, t2);
     let cur = Outcome::Stale(Some(Status::InFlight));
-    check(id, &|| ob.ack(id, &t, 70_003).unwrap(), cur);
-    check(id, &|| ob.mark_send_started(id, &t, 70_003).unwrap(), cur);
+    check(id, &|| ob.ack(id, &t, at(70_003)).unwrap(), cur);
     check(
         id,
-        &|| ob.fail(id, &t, &retryable("x"), 70_003).unwrap(),
+        &|| ob.mark_send_started(id, &t, at(70_003)).unwrap(),
         cur,
     );
-    check(id, &|| ob.ack(id, "bogus", 70_003).unwrap(), cur);
+    check(
+        id,
+        &|| ob.fail(id, &t, &retryable("x"), at(70_003)).unwrap(),
+        cur,
+    );
+    check(id, &|| ob.ack(id, "bogus", at(70_003)).unwrap(), cur);
     assert_eq!(
-        ob.ack(id, &t2, 70_004).unwrap(),
+        ob.ack(id, &t2, at(70_004)).unwrap(),
         Outcome::Applied(Status::Delivered)
     );
 
     // Fail after expire: the TTL passed at send time.
     let mut m = msg(Some("c"));
-    m.ttl_ms = Some(1000);
-    let id = ob.enqueue(&m, 100_000).unwrap().id();
+    m.ttl = Some(Duration::from_secs(1));
+    let id = ob.enqueue(&m, at(100_000)).unwrap().id();
     let (_, t) = claim_one(&ob, 100_500);
     assert_eq!(
-        ob.mark_send_started(id, &t, 101_000).unwrap(),
+        ob.mark_send_started(id, &t, at(101_000)).unwrap(),
         Outcome::Applied(Status::Expired)
     );
     let exp = Outcome::Stale(Some(Status::Expired));
     check(
         id,
-        &|| ob.fail(id, &t, &retryable("x"), 101_001).unwrap(),
+        &|| ob.fail(id, &t, &retryable("x"), at(101_001)).unwrap(),
         exp,
     );
-    check(id, &|| ob.ack(id, &t, 101_001).unwrap(), exp);
+    check(id, &|| ob.ack(id, &t, at(101_001)).unwrap(), exp);
 
     // Unknown row: stale for the worker; only the operator retry moves it.
-    let id = ob.enqueue(&msg(Some("d")), 200_000).unwrap().id();
+    let id = ob.enqueue(&msg(Some("d")), at(200_000)).unwrap().id();
     let (_, t) = claim_one(&ob, 200_000);
-    ob.mark_send_started(id, &t, 200_001).unwrap();
-    let r = ob.rescue(200_000 + 60_000, false).unwrap();
+    ob.mark_send_started(id, &t, at(200_001)).unwrap();
+    let r = ob.rescue(at(200_000 + 60_000), false).unwrap();
     assert_eq!((r.to_pending, r.to_unknown), (0, 1));
     check(
         id,
-        &|| ob.ack(id, &t, 260_001).unwrap(),
+        &|| ob.ack(id, &t, at(260_001)).unwrap(),
         Outcome::Stale(Some(Status::Unknown)),
     );
     assert_eq!(
-        ob.retry(id, 260_002).unwrap(),
+        ob.retry(id, at(260_002)).unwrap(),
         Outcome::Applied(Status::Pending)
     );
 
     // No such row.
-    assert_eq!(ob.ack(9999, "x", 0).unwrap(), Outcome::Stale(None));
+    assert_eq!(ob.ack(9999, "x", at(0)).unwrap(), Outcome::Stale(None));
 }
 
 #[test]
@@ -226,10 +239,10 @@ fn rescue_judges_claimer_liveness_and_lease() {
     let d = tempfile::tempdir().unwrap();
     let ob = open(d.path());
     for k in ["alive", "dead-unstarted", "dead-started"] {
-        ob.enqueue(&msg(Some(k)), 0).unwrap();
+        ob.enqueue(&msg(Some(k)), at(0)).unwrap();
     }
-    let v = ob.claim(3, LEASE, 0).unwrap();
-    ob.mark_send_started(v[2].id, v[2].claim_token.as_deref().unwrap(), 1)
+    let v = ob.claim(3, LEASE, at(0)).unwrap();
+    ob.mark_send_started(v[2].id, v[2].claim_token.as_deref().unwrap(), at(1))
         .unwrap();
     // Pretend rows 2 and 3 were claimed by a process that has exited.
     let mut child = Command::new("true").spawn().unwrap();
@@ -244,15 +257,15 @@ fn rescue_judges_claimer_liveness_and_lease() {
     )
     .unwrap();
     // Lease not expired: only the dead claimer's rows are rescued.
-    let r = ob.rescue(10, false).unwrap();
+    let r = ob.rescue(at(10), false).unwrap();
     assert_eq!((r.to_pending, r.to_unknown, r.left_alive), (1, 1, 1));
     assert_eq!(ob.get(v[0].id).unwrap().unwrap().status, Status::InFlight);
     assert_eq!(ob.get(v[1].id).unwrap().unwrap().status, Status::Pending);
     assert_eq!(ob.get(v[2].id).unwrap().unwrap().status, Status::Unknown);
     // Idempotent adapter: a started send goes back to pending after the lease.
-    ob.mark_send_started(v[0].id, v[0].claim_token.as_deref().unwrap(), 11)
+    ob.mark_send_started(v[0].id, v[0].claim_token.as_deref().unwrap(), at(11))
         .unwrap();
-    let r = ob.rescue(60_000, true).unwrap();
+    let r = ob.rescue(at(60_000), true).unwrap();
     assert_eq!((r.to_pending, r.to_unknown), (1, 0));
     assert_eq!(ob.get(v[0].id).unwrap().unwrap().attempt_count, 0);
 }
@@ -261,13 +274,13 @@ fn rescue_judges_claimer_liveness_and_lease() {
 fn backoff_schedule_jitter_bounds_and_exhaustion() {
     let d = tempfile::tempdir().unwrap();
     let ob = open(d.path());
-    let id = ob.enqueue(&msg(None), 0).unwrap().id();
+    let id = ob.enqueue(&msg(None), at(0)).unwrap().id();
     let mut now = 0;
     let table = [5_000, 25_000, 120_000, 600_000, 600_000];
     for (i, base) in table.iter().enumerate() {
         let (_, t) = claim_one(&ob, now);
         assert_eq!(
-            ob.fail(id, &t, &retryable("ETIMEDOUT"), now).unwrap(),
+            ob.fail(id, &t, &retryable("ETIMEDOUT"), at(now)).unwrap(),
             Outcome::Applied(Status::Pending)
         );
         let e = ob.get(id).unwrap().unwrap();
@@ -279,7 +292,7 @@ fn backoff_schedule_jitter_bounds_and_exhaustion() {
         );
         assert_eq!(e.next_attempt_at, now + base + j);
         assert!(
-            ob.claim(1, LEASE, e.next_attempt_at - 1)
+            ob.claim(1, LEASE, at(e.next_attempt_at - 1))
                 .unwrap()
                 .is_empty(),
             "claimed before due"
@@ -289,7 +302,7 @@ fn backoff_schedule_jitter_bounds_and_exhaustion() {
     // The sixth failure exceeds 5 retries: dead letter.
     let (_, t) = claim_one(&ob, now);
     assert_eq!(
-        ob.fail(id, &t, &retryable("ETIMEDOUT"), now).unwrap(),
+        ob.fail(id, &t, &retryable("ETIMEDOUT"), at(now)).unwrap(),
         Outcome::Applied(Status::Dead)
     );
     let e = ob.get(id).unwrap().unwrap();
@@ -305,18 +318,18 @@ fn jitter_varies_and_policy_is_configurable() {
     let d = tempfile::tempdir().unwrap();
     let opts = OutboxOptions {
         retry: RetryPolicy {
-            backoff_ms: vec![1000],
+            backoff: vec![Duration::from_secs(1)],
             max_retries: 1,
             jitter: 0.5,
         },
         ..Default::default()
     };
-    let ob = Outbox::open(&d.path().join("o.sqlite"), opts).unwrap();
+    let ob = Outbox::open(d.path().join("o.sqlite"), opts).unwrap();
     let mut js = std::collections::HashSet::new();
     for _ in 0..20 {
-        let id = ob.enqueue(&msg(None), 0).unwrap().id();
+        let id = ob.enqueue(&msg(None), at(0)).unwrap().id();
         let (_, t) = claim_one(&ob, 0);
-        ob.fail(id, &t, &retryable("x"), 0).unwrap();
+        ob.fail(id, &t, &retryable("x"), at(0)).unwrap();
         let e = ob.get(id).unwrap().unwrap();
         let j = e.backoff_jitter_ms.unwrap();
         assert!((0..=500).contains(&j));
@@ -324,7 +337,7 @@ fn jitter_varies_and_policy_is_configurable() {
         js.insert(j);
         let (_, t) = claim_one(&ob, 2000);
         assert_eq!(
-            ob.fail(id, &t, &retryable("x"), 2000).unwrap(),
+            ob.fail(id, &t, &retryable("x"), at(2000)).unwrap(),
             Outcome::Applied(Status::Dead)
         );
     }
@@ -335,13 +348,13 @@ fn jitter_varies_and_policy_is_configurable() {
 fn retry_after_wins_and_permanent_is_dead() {
     let d = tempfile::tempdir().unwrap();
     let ob = open(d.path());
-    let id = ob.enqueue(&msg(None), 0).unwrap().id();
+    let id = ob.enqueue(&msg(None), at(0)).unwrap().id();
     let (_, t) = claim_one(&ob, 0);
     let f = Failure {
-        retry_after_ms: Some(42_000),
+        retry_after: Some(Duration::from_secs(42)),
         ..retryable("429 Too Many Requests")
     };
-    ob.fail(id, &t, &f, 10).unwrap();
+    ob.fail(id, &t, &f, at(10)).unwrap();
     let e = ob.get(id).unwrap().unwrap();
     assert_eq!(
         (e.next_attempt_at, e.status, e.attempt_count),
@@ -354,14 +367,14 @@ fn retry_after_wins_and_permanent_is_dead() {
         ("the bot is not a member of the channel", false),
         ("anything at all", true),
     ] {
-        let id = ob.enqueue(&msg(None), 0).unwrap().id();
+        let id = ob.enqueue(&msg(None), at(0)).unwrap().id();
         let (_, t) = claim_one(&ob, 1);
         let f = Failure {
             permanent: adapter_permanent,
             ..retryable(err)
         };
         assert_eq!(
-            ob.fail(id, &t, &f, 1).unwrap(),
+            ob.fail(id, &t, &f, at(1)).unwrap(),
             Outcome::Applied(Status::Dead),
             "{err}"
         );
@@ -375,31 +388,31 @@ fn retry_after_wins_and_permanent_is_dead() {
 fn ttl_expiry() {
     let d = tempfile::tempdir().unwrap();
     let opts = OutboxOptions {
-        default_ttl: Some(5_000),
+        default_ttl: Some(Duration::from_secs(5)),
         ..Default::default()
     };
-    let ob = Outbox::open(&d.path().join("o.sqlite"), opts).unwrap();
-    let a = ob.enqueue(&msg(None), 0).unwrap().id(); // default TTL 5 s
+    let ob = Outbox::open(d.path().join("o.sqlite"), opts).unwrap();
+    let a = ob.enqueue(&msg(None), at(0)).unwrap().id(); // default TTL 5 s
     let mut m = msg(None);
-    m.ttl_ms = Some(60_000);
-    let b = ob.enqueue(&m, 0).unwrap().id();
-    assert_eq!(ob.expire(4_999).unwrap(), 0);
-    assert_eq!(ob.expire(5_000).unwrap(), 1);
+    m.ttl = Some(Duration::from_secs(60));
+    let b = ob.enqueue(&m, at(0)).unwrap().id();
+    assert_eq!(ob.expire(at(4_999)).unwrap(), 0);
+    assert_eq!(ob.expire(at(5_000)).unwrap(), 1);
     assert_eq!(ob.get(a).unwrap().unwrap().status, Status::Expired);
     // claim() expires first: nothing past its TTL is ever claimed.
-    assert!(ob.claim(10, LEASE, 60_000).unwrap().is_empty());
+    assert!(ob.claim(10, LEASE, at(60_000)).unwrap().is_empty());
     assert_eq!(ob.get(b).unwrap().unwrap().status, Status::Expired);
     // Operator retry of an expired row clears the passed TTL.
     assert_eq!(
-        ob.retry(b, 70_000).unwrap(),
+        ob.retry(b, at(70_000)).unwrap(),
         Outcome::Applied(Status::Pending)
     );
-    assert_eq!(ob.claim(10, LEASE, 70_000).unwrap().len(), 1);
+    assert_eq!(ob.claim(10, LEASE, at(70_000)).unwrap().len(), 1);
     let bad = NewMessage {
-        ttl_ms: Some(0),
+        ttl: Some(Duration::ZERO),
         ..msg(None)
     };
-    assert!(ob.enqueue(&bad, 0).is_err());
+    assert!(ob.enqueue(&bad, at(0)).is_err());
 }
 
 #[test]
@@ -408,9 +421,9 @@ fn prune_guards() {
     let ob = open(d.path());
     let day = 86_400_000;
     // One row per status, completed (or queued) at t = 0.
-    let mk = |k: &str| ob.enqueue(&msg(Some(k)), 0).unwrap().id();
+    let mk = |k: &str| ob.enqueue(&msg(Some(k)), at(0)).unwrap().id();
     let (pend, infl, deli, dead, unk) = (mk("p"), mk("i"), mk("d"), mk("x"), mk("u"));
-    let v = ob.claim(5, LEASE, 0).unwrap();
+    let v = ob.claim(5, LEASE, at(0)).unwrap();
     let tok = |id: i64| {
         v.iter()
             .find(|e| e.id == id)
@@ -419,7 +432,7 @@ fn prune_guards() {
             .clone()
             .unwrap()
     };
-    ob.ack(deli, &tok(deli), 0).unwrap();
+    ob.ack(deli, &tok(deli), at(0)).unwrap();
     ob.fail(
         dead,
         &tok(dead),
@@ -427,37 +440,55 @@ fn prune_guards() {
             permanent: true,
             ..retryable("x")
         },
-        0,
+        at(0),
     )
     .unwrap();
-    ob.mark_unknown(unk, &tok(unk), "timeout", 0).unwrap();
+    ob.mark_unknown(unk, &tok(unk), "timeout", at(0)).unwrap();
     let mut m = msg(Some("e"));
-    m.ttl_ms = Some(1);
-    let exp = ob.enqueue(&m, 0).unwrap().id();
-    ob.expire(1).unwrap();
+    m.ttl = Some(Duration::from_millis(1));
+    let exp = ob.enqueue(&m, at(0)).unwrap().id();
+    ob.expire(at(1)).unwrap();
     // The pending row was claimed as well; give it back.
     assert!(ob.release(pend, &tok(pend)).unwrap().applied());
     let _ = infl;
 
-    assert!(ob.prune(&Retention::all(0), 40 * day, false).is_err());
-    assert!(ob.prune(&Retention::all(-5), 40 * day, false).is_err());
+    assert!(matches!(
+        ob.prune(&Retention::all(Duration::ZERO), at(40 * day), false),
+        Err(OutboxError::InvalidPruneAge {
+            status: Status::Delivered,
+            age: Duration::ZERO,
+            ..
+        })
+    ));
+    // Under 1 ms is as good as zero.
+    assert!(ob
+        .prune(
+            &Retention::all(Duration::from_micros(500)),
+            at(40 * day),
+            false
+        )
+        .is_err());
     assert!(ob
         .prune(
             &Retention {
-                dead_ms: 0,
+                dead: Duration::ZERO,
                 ..Default::default()
             },
-            40 * day,
+            at(40 * day),
             false
         )
         .is_err());
     // Default retention 30 days: nothing is old enough at day 29.
-    let r = ob.prune(&Retention::default(), 29 * day, false).unwrap();
+    let r = ob
+        .prune(&Retention::default(), at(29 * day), false)
+        .unwrap();
     assert_eq!((r.delivered, r.dead, r.expired), (0, 0, 0));
-    let r = ob.prune(&Retention::default(), 31 * day, true).unwrap();
+    let r = ob.prune(&Retention::default(), at(31 * day), true).unwrap();
     assert_eq!((r.delivered, r.dead, r.expired, r.dry_run), (1, 1, 1, true));
     assert_eq!(ob.list(None, 100).unwrap().len(), 6, "dry run deleted rows");
-    let r = ob.prune(&Retention::default(), 31 * day, false).unwrap();
+    let r = ob
+        .prune(&Retention::default(), at(31 * day), false)
+        .unwrap();
     assert_eq!((r.delivered, r.dead, r.expired), (1, 1, 1));
     let left: Vec<(i64, Status)> = ob
         .list(None, 100)
@@ -481,7 +512,7 @@ fn stats_counts() {
     let d = tempfile::tempdir().unwrap();
     let ob = open(d.path());
     for i in 0..3 {
-        ob.enqueue(&msg(None), i * 1000).unwrap();
+        ob.enqueue(&msg(None), at(i * 1000)).unwrap();
     }
     let (e, t) = claim_one(&ob, 5000);
     ob.fail(
@@ -491,15 +522,15 @@ fn stats_counts() {
             permanent: true,
             ..retryable("x")
         },
-        5000,
+        at(5000),
     )
     .unwrap();
-    let s = ob.stats(1500).unwrap();
-    assert_eq!(s.by_status["pending"], 2);
-    assert_eq!(s.by_status["dead"], 1);
+    let s = ob.stats(at(1500)).unwrap();
+    assert_eq!(s.by_status[&Status::Pending], 2);
+    assert_eq!(s.by_status[&Status::Dead], 1);
     assert_eq!(s.due_now, 1);
-    assert_eq!(s.oldest_pending_queued_at, Some(1000));
-    assert_eq!(s.oldest_dead_at, Some(5000));
+    assert_eq!(s.oldest_pending_queued_at, Some(at(1000)));
+    assert_eq!(s.oldest_dead_at, Some(at(5000)));
 }
 
 const CHILD_ENV: &str = "OUTBOX_TEST_ENQUEUE_CHILD";
@@ -516,7 +547,7 @@ fn enqueue_child_role() {
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).unwrap();
     for k in 0..100 {
-        if let Enqueued::Created(id) = ob.enqueue(&msg(Some(&format!("key-{k}"))), 0).unwrap() {
+        if let Enqueued::Created(id) = ob.enqueue(&msg(Some(&format!("key-{k}"))), at(0)).unwrap() {
             println!("created {id}");
         }
     }
@@ -602,7 +633,7 @@ fn legacy_import_twice_imports_nothing_twice() {
         .collect();
 
     let ob = open(d.path());
-    let r = import_legacy(&ob, &d.path().join("legacy"), 10_000).unwrap();
+    let r = import_legacy(&ob, d.path().join("legacy"), at(10_000)).unwrap();
     assert_eq!(
         (r.imported, r.existing, r.renamed, r.malformed.len()),
         (3, 0, 3, 2)
@@ -626,12 +657,75 @@ fn legacy_import_twice_imports_nothing_twice() {
     );
 
     // Second import: the files are aside; put copies back to prove the key dedupe too.
-    let r = import_legacy(&ob, &d.path().join("legacy"), 20_000).unwrap();
+    let r = import_legacy(&ob, d.path().join("legacy"), at(20_000)).unwrap();
     assert_eq!((r.imported, r.existing), (0, 0));
     for (p, bytes) in &backup {
         std::fs::write(p, bytes).unwrap();
     }
-    let r = import_legacy(&ob, &q, 30_000).unwrap();
+    let r = import_legacy(&ob, &q, at(30_000)).unwrap();
     assert_eq!((r.imported, r.existing), (0, 3));
     assert_eq!(ob.list(None, 100).unwrap().len(), 3);
+}
+
+#[test]
+fn bad_input_is_a_typed_error_naming_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let ob = open(d.path());
+    let e = ob
+        .enqueue(
+            &NewMessage {
+                target: String::new(),
+                ..msg(None)
+            },
+            at(0),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OutboxError::EmptyField {
+                field: "target",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("outbox.sqlite"), "{e}");
+    let e = ob
+        .prune(
+            &Retention {
+                dead: Duration::ZERO,
+                ..Default::default()
+            },
+            at(0),
+            false,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OutboxError::InvalidPruneAge {
+                status: Status::Dead,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(matches!(
+        "inflight".parse::<Status>(),
+        Err(OutboxError::UnknownStatus { value }) if value == "inflight"
+    ));
+    use lockstore::stores::outbox::adapters::{from_spec, AdapterSpecError};
+    let t = Duration::from_secs(1);
+    assert!(
+        matches!(from_spec("file:", t), Err(AdapterSpecError::MissingPath { spec }) if spec == "file:")
+    );
+    assert!(matches!(
+        from_spec("exec:  ", t),
+        Err(AdapterSpecError::MissingCommand { .. })
+    ));
+    assert!(
+        matches!(from_spec("smtp:x", t), Err(AdapterSpecError::UnknownKind { spec }) if spec == "smtp:x")
+    );
+    assert!(from_spec("file:/dev/null", t).is_ok());
 }

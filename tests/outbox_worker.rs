@@ -24,7 +24,7 @@ fn setup(n: usize) -> (tempfile::TempDir, WorkerOptions, Outbox) {
             idempotency_key: Some(format!("k{i}")),
             ..Default::default()
         };
-        ob.enqueue(&m, 0).unwrap();
+        ob.enqueue(&m, std::time::UNIX_EPOCH).unwrap();
     }
     (d, w, ob)
 }

@@ -29,7 +29,7 @@ fn enqueue(state: &Path, n: usize) -> Outbox {
                 idempotency_key: Some(format!("m-{i}")),
                 ..Default::default()
             },
-            lockstore::proc::now_ms(),
+            std::time::SystemTime::now(),
         )
         .unwrap();
     }

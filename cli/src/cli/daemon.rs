@@ -224,12 +224,17 @@ impl Daemon {
         }
         // 2. outbox: TTL expiry each tick, prune daily (the worker thread
         //    claims, delivers and acks continuously).
-        self.outbox.expire(now)?;
+        self.outbox
+            .expire(std::time::UNIX_EPOCH + Duration::from_millis(now.max(0) as u64))?;
         if self
             .last_prune
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(86_400))
         {
-            self.outbox.prune(&Retention::default(), now, false)?;
+            self.outbox.prune(
+                &Retention::default(),
+                std::time::UNIX_EPOCH + Duration::from_millis(now.max(0) as u64),
+                false,
+            )?;
             self.last_prune = Some(Instant::now());
         }
         // 3. tasks: maintenance sweep.
@@ -320,9 +325,12 @@ impl Daemon {
                 "attempt": a + 1,
             }),
             idempotency_key: Some(commitment_key(&c.id, a)),
-            ttl_ms: Some((expires - now).max(1)),
+            ttl: Some(Duration::from_millis((expires - now).max(1) as u64)),
         };
-        self.outbox.enqueue(&msg, now)?;
+        self.outbox.enqueue(
+            &msg,
+            std::time::UNIX_EPOCH + Duration::from_millis(now.max(0) as u64),
+        )?;
         Ok(true)
     }
 

@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
 
@@ -108,11 +108,13 @@ impl From<OutboxError> for CliError {
     fn from(e: OutboxError) -> Self {
         match e {
             OutboxError::Core(c) => c.into(),
-            OutboxError::Invalid(m) => CliError::usage(m),
             e @ OutboxError::CorruptRow { .. } => CliError {
                 code: exit::CORRUPT,
                 msg: e.to_string(),
             },
+            // Caller input (empty field, bad TTL or prune age, unknown status,
+            // ...) and anything added later.
+            e => CliError::usage(e.to_string()),
         }
     }
 }
@@ -130,6 +132,14 @@ fn fmt_time(ms: Option<i64>) -> String {
                 format!("{} ago", human(-d))
             }
         }
+    }
+}
+
+/// Unix ms of `t` (negative before 1970).
+fn unix_ms(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
     }
 }
 
@@ -202,9 +212,9 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
                     account_id: account,
                     payload,
                     idempotency_key: key,
-                    ttl_ms: ttl.map(|d| d.as_millis() as i64),
+                    ttl,
                 },
-                now_ms(),
+                SystemTime::now(),
             )?;
             match r {
                 lockstore::stores::outbox::Enqueued::Created(id) => println!("created {id}"),
@@ -255,7 +265,7 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
             let ob = open()?;
             let mut bad = 0;
             for id in ids {
-                match ob.retry(id, now_ms())? {
+                match ob.retry(id, SystemTime::now())? {
                     Outcome::Applied(_) => println!("{id}: pending"),
                     Outcome::Stale(None) => {
                         bad += 1;
@@ -279,10 +289,10 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
             dry_run,
         } => {
             let ret = match older_than {
-                Some(d) => Retention::all(d.as_millis() as i64),
+                Some(d) => Retention::all(d),
                 None => Retention::default(),
             };
-            let r = open()?.prune(&ret, now_ms(), dry_run)?;
+            let r = open()?.prune(&ret, SystemTime::now(), dry_run)?;
             println!(
                 "{} {} delivered, {} dead, {} expired",
                 if dry_run { "would prune" } else { "pruned" },
@@ -292,7 +302,7 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
             );
         }
         OutboxCmd::Stats { json } => {
-            let s = open()?.stats(now_ms())?;
+            let s = open()?.stats(SystemTime::now())?;
             if json {
                 return print_json(&s);
             }
@@ -302,9 +312,12 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
             println!("due now    {}", s.due_now);
             println!(
                 "oldest pending queued {}",
-                fmt_time(s.oldest_pending_queued_at)
+                fmt_time(s.oldest_pending_queued_at.map(unix_ms))
             );
-            println!("oldest dead letter    {}", fmt_time(s.oldest_dead_at));
+            println!(
+                "oldest dead letter    {}",
+                fmt_time(s.oldest_dead_at.map(unix_ms))
+            );
         }
         OutboxCmd::Deliver {
             adapter,
@@ -316,7 +329,8 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
             poll,
             exec_timeout,
         } => {
-            let a = adapters::from_spec(&adapter, exec_timeout).map_err(CliError::usage)?;
+            let a = adapters::from_spec(&adapter, exec_timeout)
+                .map_err(|e| CliError::usage(e.to_string()))?;
             let mut w = worker::WorkerOptions::new(db.clone());
             w.outbox = opts.clone();
             w.concurrency = concurrency;
@@ -336,7 +350,7 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
             );
         }
         OutboxCmd::ImportLegacy { dir } => {
-            let r = legacy::import_legacy(&open()?, &dir, now_ms())?;
+            let r = legacy::import_legacy(&open()?, &dir, SystemTime::now())?;
             println!(
                 "imported {}, already present {}, renamed aside {}, malformed {}",
                 r.imported,

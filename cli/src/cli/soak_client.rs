@@ -536,9 +536,9 @@ impl Client {
                 account_id: None,
                 payload,
                 idempotency_key: Some(key.clone()),
-                ttl_ms: None,
+                ttl: None,
             };
-            match self.outbox.enqueue(&msg, now_ms()) {
+            match self.outbox.enqueue(&msg, std::time::SystemTime::now()) {
                 Ok(Enqueued::Created(id)) => (true, id),
                 Ok(Enqueued::Existing(id)) => (false, id),
                 Err(e) => {

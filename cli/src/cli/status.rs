@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use lockstore::lock::{self, LockState};
 use lockstore::stores::commitments::{CommitmentsConfig, CommitmentsStore};
-use lockstore::stores::outbox::{Outbox, OutboxOptions};
+use lockstore::stores::outbox::{Outbox, OutboxOptions, Status as OStatus};
 use lockstore::stores::tasks::{AuditOptions, RegistryOptions, TaskRegistry};
 
 use super::CliResult;
@@ -103,7 +103,11 @@ pub fn run(a: StatusArgs, state: &Path) -> CliResult {
     // Outbox (a missing database is reported, not created).
     let outbox_exists = lockstore::paths::outbox_db(state).exists();
     let outbox = match outbox_exists
-        .then(|| Outbox::open_state(state, OutboxOptions::default()).and_then(|o| o.stats(now)))
+        .then(|| {
+            Outbox::open_state(state, OutboxOptions::default()).and_then(|o| {
+                o.stats(std::time::UNIX_EPOCH + std::time::Duration::from_millis(now.max(0) as u64))
+            })
+        })
         .transpose()
     {
         Ok(None) => {
@@ -112,8 +116,11 @@ pub fn run(a: StatusArgs, state: &Path) -> CliResult {
         Ok(Some(st)) => json!({
             "byStatus": st.by_status,
             "dueNow": st.due_now,
-            "oldestPendingAgeMs": st.oldest_pending_queued_at.map(|t| (now - t).max(0)),
-            "deadLetters": st.by_status.get("dead").copied().unwrap_or(0),
+            "oldestPendingAgeMs": st.oldest_pending_queued_at.map(|t| {
+                let t = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+                (now - t).max(0)
+            }),
+            "deadLetters": st.by_status.get(&OStatus::Dead).copied().unwrap_or(0),
         }),
         Err(e) => json!({"error": e.to_string()}),
     };

@@ -11,28 +11,53 @@ use super::worker::{ChannelAdapter, Delivery};
 use super::Entry;
 use crate::{Error, LockOptions};
 
-/// Parses `file:PATH` or `exec:CMD` into an adapter; `exec_timeout` bounds each
-/// exec call.
+/// Why [`from_spec`] refused an adapter spec. Each variant carries the spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdapterSpecError {
+    /// `file:` without a path.
+    #[error("adapter spec {spec:?}: file: needs a path (file:PATH)")]
+    MissingPath {
+        /// The spec given.
+        spec: String,
+    },
+    /// `exec:` without a command (or only blanks).
+    #[error("adapter spec {spec:?}: exec: needs a command (exec:CMD)")]
+    MissingCommand {
+        /// The spec given.
+        spec: String,
+    },
+    /// Neither `file:` nor `exec:`.
+    #[error("unknown adapter spec {spec:?}: expected file:PATH or exec:CMD")]
+    UnknownKind {
+        /// The spec given.
+        spec: String,
+    },
+}
+
+/// Parses `file:PATH` ([`FileAdapter`]) or `exec:CMD` ([`ExecAdapter`], each
+/// call bounded by `exec_timeout`) into an adapter.
 ///
-/// Errors: a message naming the bad spec.
-pub fn from_spec(spec: &str, exec_timeout: Duration) -> Result<Box<dyn ChannelAdapter>, String> {
+/// Errors: [`AdapterSpecError`] naming the spec and what is wrong with it.
+pub fn from_spec(
+    spec: &str,
+    exec_timeout: Duration,
+) -> Result<Box<dyn ChannelAdapter>, AdapterSpecError> {
     if let Some(p) = spec.strip_prefix("file:") {
         if p.is_empty() {
-            return Err("adapter file: needs a path (file:PATH)".into());
+            return Err(AdapterSpecError::MissingPath { spec: spec.into() });
         }
-        Ok(Box::new(FileAdapter::new(PathBuf::from(p))))
+        Ok(Box::new(FileAdapter::new(p)))
     } else if let Some(c) = spec.strip_prefix("exec:") {
         if c.trim().is_empty() {
-            return Err("adapter exec: needs a command (exec:CMD)".into());
+            return Err(AdapterSpecError::MissingCommand { spec: spec.into() });
         }
         Ok(Box::new(ExecAdapter {
             command: c.to_string(),
             timeout: exec_timeout,
         }))
     } else {
-        Err(format!(
-            "unknown adapter {spec:?}: expected file:PATH or exec:CMD"
-        ))
+        Err(AdapterSpecError::UnknownKind { spec: spec.into() })
     }
 }
 
@@ -58,8 +83,9 @@ pub struct FileAdapter {
 }
 
 impl FileAdapter {
-    /// Adapter writing to `path` and `path.raw`.
-    pub fn new(path: PathBuf) -> Self {
+    /// Adapter writing to `path` and `path.raw` (created on first delivery).
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        let path = path.as_ref().to_path_buf();
         let mut raw = path.clone().into_os_string();
         raw.push(".raw");
         FileAdapter {

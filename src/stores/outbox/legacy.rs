@@ -9,11 +9,14 @@
 //! reported and left in place.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{insert_row, Enqueued, InsertRow, Outbox, OutboxError, Result, Status};
+use super::schema::{insert_row, InsertRow};
+use super::{Enqueued, Outbox, OutboxError, Result, Status};
+use crate::timefmt::to_ms;
 
 /// Result of [`import_legacy`].
 #[derive(Debug, Default, Serialize)]
@@ -95,13 +98,18 @@ fn json_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Imports `dir/delivery-queue/*.json` (or `dir/*.json` when `dir` is itself the
-/// queue directory) as pending and `…/failed/*.json` as dead, at `now` (ms).
+/// queue directory) as pending and `…/failed/*.json` as dead, at `now` (the
+/// dead rows' `completed_at`).
 /// Pending rows keep `retryCount` as `attempt_count` and become due per
 /// openclaw's eligibility rule (`(lastAttemptAt or enqueuedAt) + backoff(retryCount)`;
 /// `retryCount 0` is due at once).
 ///
-/// Errors: I/O errors listing the directories or renaming a file; SQLite errors.
-pub fn import_legacy(ob: &Outbox, dir: &Path, now: i64) -> Result<ImportReport> {
+/// Errors: [`OutboxError::Core`] for I/O errors listing the directories or
+/// renaming a file and SQLite errors; [`OutboxError::LegacyReadBack`] if a row
+/// did not read back as written (its file is left in place).
+pub fn import_legacy(ob: &Outbox, dir: impl AsRef<Path>, now: SystemTime) -> Result<ImportReport> {
+    let dir = dir.as_ref();
+    let now = to_ms(now);
     let q = if dir.join("delivery-queue").is_dir() {
         dir.join("delivery-queue")
     } else {
@@ -128,7 +136,7 @@ pub fn import_legacy(ob: &Outbox, dir: &Path, now: i64) -> Result<ImportReport> 
                     + ob.options().retry.base_delay_ms(l.attempts)
             };
             let dead = status == Status::Dead;
-            let r = ob.with_tx(|tx| {
+            let r = ob.tx(|tx| {
                 insert_row(
                     tx,
                     &InsertRow {
@@ -159,10 +167,10 @@ pub fn import_legacy(ob: &Outbox, dir: &Path, now: i64) -> Result<ImportReport> 
                 .as_ref()
                 .is_some_and(|e| e.channel == l.channel && e.target == l.target && e.id == r.id());
             if !ok {
-                return Err(OutboxError::Invalid(format!(
-                    "legacy import: the row for {} did not read back as written; the file was left in place",
-                    f.display()
-                )));
+                return Err(OutboxError::LegacyReadBack {
+                    path: ob.path().to_path_buf(),
+                    file: f,
+                });
             }
             let mut aside = f.clone().into_os_string();
             aside.push(".imported");

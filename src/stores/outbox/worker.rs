@@ -14,9 +14,9 @@
 //! `before_claim_commit`, `after_claim`, `after_send_started`, `after_send`,
 //! `after_ack`; `LOCKSTORE_FAILPOINT_SKIP=N` lets N hits pass first.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
@@ -24,6 +24,7 @@ use super::{failpoint, Entry, Failure, Outbox, OutboxOptions, Outcome, Result, S
 
 /// What an adapter reports for one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Delivery {
     /// The channel accepted the message.
     Delivered,
@@ -62,7 +63,7 @@ pub trait ChannelAdapter: Send + Sync {
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// Database file.
+    /// Database file (normally [`crate::paths::outbox_db`]).
     pub db: PathBuf,
     /// Store options.
     pub outbox: OutboxOptions,
@@ -81,10 +82,12 @@ pub struct WorkerOptions {
 }
 
 impl WorkerOptions {
-    /// Defaults for the database at `db`.
-    pub fn new(db: PathBuf) -> Self {
+    /// Defaults for the database at `db`: 4 threads, batches of 8, 5 min
+    /// lease, 60 s startup budget, 1 s poll, no pacing, default
+    /// [`OutboxOptions`].
+    pub fn new(db: impl AsRef<Path>) -> Self {
         WorkerOptions {
-            db,
+            db: db.as_ref().to_path_buf(),
             outbox: OutboxOptions::default(),
             concurrency: 4,
             batch: 8,
@@ -155,7 +158,7 @@ fn deliver_one(
     token: &str,
     c: &Counters,
 ) -> Result<()> {
-    match ob.mark_send_started(e.id, token, crate::proc::now_ms())? {
+    match ob.mark_send_started(e.id, token, SystemTime::now())? {
         Outcome::Applied(Status::InFlight) => {}
         Outcome::Applied(_) => {
             c.add(5);
@@ -169,7 +172,7 @@ fn deliver_one(
     failpoint("after_send_started");
     let r = adapter.deliver(e);
     failpoint("after_send");
-    let now = crate::proc::now_ms();
+    let now = SystemTime::now();
     let out = match &r {
         Delivery::Delivered => ob.ack(e.id, token, now)?,
         Delivery::Retry { error, retry_after } => ob.fail(
@@ -178,7 +181,7 @@ fn deliver_one(
             &Failure {
                 error: error.clone(),
                 permanent: false,
-                retry_after_ms: retry_after.map(|d| d.as_millis() as i64),
+                retry_after: *retry_after,
             },
             now,
         )?,
@@ -188,7 +191,7 @@ fn deliver_one(
             &Failure {
                 error: error.clone(),
                 permanent: true,
-                retry_after_ms: None,
+                retry_after: None,
             },
             now,
         )?,
@@ -217,7 +220,7 @@ fn drain_thread(
     opts: &WorkerOptions,
     adapter: &dyn ChannelAdapter,
     c: &Counters,
-    due_at: &dyn Fn() -> i64,
+    due_at: &dyn Fn() -> SystemTime,
     stop: &dyn Fn() -> bool,
 ) -> Result<()> {
     let ob = Outbox::open(&opts.db, opts.outbox.clone())?;
@@ -256,7 +259,7 @@ fn drain(
     opts: &WorkerOptions,
     adapter: &dyn ChannelAdapter,
     c: &Counters,
-    due_at: &(dyn Fn() -> i64 + Sync),
+    due_at: &(dyn Fn() -> SystemTime + Sync),
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<()> {
     let n = opts.concurrency.max(1);
@@ -277,7 +280,7 @@ fn drain(
 
 fn rescue(opts: &WorkerOptions, adapter: &dyn ChannelAdapter, c: &Counters) -> Result<()> {
     let ob = Outbox::open(&opts.db, opts.outbox.clone())?;
-    let r = ob.rescue(crate::proc::now_ms(), adapter.idempotent())?;
+    let r = ob.rescue(SystemTime::now(), adapter.idempotent())?;
     c.c[8].fetch_add(r.to_pending, Ordering::Relaxed);
     c.c[9].fetch_add(r.to_unknown, Ordering::Relaxed);
     if r.to_pending + r.to_unknown > 0 {
@@ -298,7 +301,7 @@ pub fn run_once(
 ) -> Result<RunReport> {
     let c = Counters::default();
     rescue(opts, adapter, &c)?;
-    let start = crate::proc::now_ms();
+    let start = SystemTime::now();
     drain(opts, adapter, &c, &|| start, &|| {
         stop.load(Ordering::SeqCst)
     })?;
@@ -319,7 +322,7 @@ pub fn run(
 ) -> Result<RunReport> {
     let c = Counters::default();
     rescue(opts, adapter, &c)?;
-    let start = crate::proc::now_ms();
+    let start = SystemTime::now();
     let budget_end = Instant::now() + opts.recovery_budget;
     drain(opts, adapter, &c, &|| start, &|| {
         stop.load(Ordering::SeqCst) || Instant::now() >= budget_end
@@ -327,7 +330,7 @@ pub fn run(
     let stopped = || stop.load(Ordering::SeqCst);
     while !stopped() {
         rescue(opts, adapter, &c)?;
-        drain(opts, adapter, &c, &crate::proc::now_ms, &stopped)?;
+        drain(opts, adapter, &c, &SystemTime::now, &stopped)?;
         let until = Instant::now() + opts.poll;
         while !stopped() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(20).min(opts.poll));
