@@ -46,6 +46,30 @@ pub fn parse_ms(s: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
+/// Unix milliseconds of `t` (negative before 1970; saturating beyond ±292
+/// million years). The stores keep times as Unix ms on disk; the public API
+/// takes and returns [`std::time::SystemTime`].
+#[allow(dead_code)]
+pub(crate) fn to_ms(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis())
+            .map(|m| -m)
+            .unwrap_or(i64::MIN),
+    }
+}
+
+/// The instant `ms` Unix milliseconds after the epoch (before it when negative).
+#[allow(dead_code)]
+pub(crate) fn from_ms(ms: i64) -> std::time::SystemTime {
+    let d = std::time::Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        std::time::UNIX_EPOCH + d
+    } else {
+        std::time::UNIX_EPOCH - d
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,29 +97,5 @@ mod tests {
         for ms in [0, 1, 999, 1_715_504_400_500, 4_102_444_800_000] {
             assert_eq!(parse_ms(&iso_ms(ms)), Some(ms));
         }
-    }
-}
-
-/// Unix milliseconds of `t` (negative before 1970; saturating beyond ±292
-/// million years). The stores keep times as Unix ms on disk; the public API
-/// takes and returns [`std::time::SystemTime`].
-#[allow(dead_code)]
-pub(crate) fn to_ms(t: std::time::SystemTime) -> i64 {
-    match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_millis())
-            .map(|m| -m)
-            .unwrap_or(i64::MIN),
-    }
-}
-
-/// The instant `ms` Unix milliseconds after the epoch (before it when negative).
-#[allow(dead_code)]
-pub(crate) fn from_ms(ms: i64) -> std::time::SystemTime {
-    let d = std::time::Duration::from_millis(ms.unsigned_abs());
-    if ms >= 0 {
-        std::time::UNIX_EPOCH + d
-    } else {
-        std::time::UNIX_EPOCH - d
     }
 }
