@@ -38,8 +38,11 @@
 pub mod atomic;
 pub mod error;
 mod failpoint;
+#[cfg(any(loom, shuttle))]
 #[doc(hidden)]
 pub mod group;
+#[cfg(not(any(loom, shuttle)))]
+pub(crate) mod group;
 pub mod json;
 pub mod lock;
 pub mod paths;
