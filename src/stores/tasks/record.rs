@@ -22,6 +22,8 @@ pub const LOST_TASK_RETENTION: Duration = Duration::from_secs(24 * 3600);
 macro_rules! spelled {
     ($($name:ident),+) => {$(
         impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = <$name as strum::VariantArray>::VARIANTS;
             /// The persisted / CLI spelling.
             pub fn as_str(self) -> &'static str {
                 self.into()
