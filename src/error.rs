@@ -174,16 +174,23 @@ impl Error {
     /// Whether the storage is full: the underlying I/O error is ENOSPC ("no
     /// space left on device"), EFBIG ("file too large") or EDQUOT ("disk quota
     /// exceeded") — also when a wrapper (the temp file's path) hides the OS
-    /// error inside the I/O error — or SQLite reported `SQLITE_FULL`. True
+    /// error inside the I/O error, keeping only its kind) — or SQLite reported `SQLITE_FULL`. True
     /// with and without group commit: every member of a batch whose save hit
     /// the full disk gets such an error. The store's old file / rows are
     /// intact; free space and retry.
     pub fn is_no_space(&self) -> bool {
         match self {
-            Error::Io { source, .. } => matches!(
-                Error::os_code_of(source),
-                Some(libc_codes::ENOSPC) | Some(libc_codes::EFBIG) | Some(libc_codes::EDQUOT)
-            ),
+            Error::Io { source, .. } => {
+                matches!(
+                    Error::os_code_of(source),
+                    Some(libc_codes::ENOSPC) | Some(libc_codes::EFBIG) | Some(libc_codes::EDQUOT)
+                ) || matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull
+                        | std::io::ErrorKind::FileTooLarge
+                        | std::io::ErrorKind::QuotaExceeded
+                )
+            }
             #[cfg(feature = "sqlite")]
             Error::Sqlite {
                 source: rusqlite::Error::SqliteFailure(f, _),

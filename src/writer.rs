@@ -261,6 +261,14 @@ impl Writer {
         &self.opts
     }
 
+    /// Test hook (feature `testing`): writers of this process in the store's
+    /// FIFO queue (the slot holder and the waiters), to line threads up
+    /// behind a holder without sleeping.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn queued(&self) -> usize {
+        self.handle.fifo.len()
+    }
+
     /// Runs `f` inside the store's exclusive section (queue slot, then OS lock).
     ///
     /// Errors: [`Error::Reentrant`] if this thread already holds the section;

@@ -135,6 +135,13 @@ impl TaskRegistry {
         &self.core.store
     }
 
+    /// Test hook (feature `testing`): writers of this process queued on the
+    /// ledger (see [`Writer::queued`]).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn queued_writers(&self) -> usize {
+        self.writer.queued()
+    }
+
     /// The ledger path.
     pub fn path(&self) -> &Path {
         self.core.store.path()
