@@ -193,8 +193,7 @@ pub(crate) trait Batch: Send + Sized + 'static {
     /// Saves / commits the changes of the `committed` successful members
     /// (nothing when 0) and returns each member's delivery by index. The
     /// engine releases the OS lock afterwards.
-    fn close(self, w: &Writer, committed: usize)
-        -> Result<BTreeMap<usize, Self::Delivery>, Error>;
+    fn close(self, w: &Writer, committed: usize) -> Result<BTreeMap<usize, Self::Delivery>, Error>;
 }
 
 /// Closes a group's open batch; what the per-path slot
@@ -229,7 +228,9 @@ pub(crate) struct Group<B, D> {
 
 impl<B, D> std::fmt::Debug for Group<B, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Group").field("stats", &self.stats.get()).finish()
+        f.debug_struct("Group")
+            .field("stats", &self.stats.get())
+            .finish()
     }
 }
 
@@ -498,4 +499,3 @@ pub(crate) fn duplicate(e: &Error) -> Error {
         },
     }
 }
-

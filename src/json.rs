@@ -296,12 +296,11 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
                 opts: self.opts.clone(),
             })
         };
-        let (v, ()) = self.group.run(
-            &self.writer,
-            &self.opts.group_commit,
-            begin,
-            |b, _, ctx| f(&mut b.doc, ctx),
-        )?;
+        let (v, ()) =
+            self.group
+                .run(&self.writer, &self.opts.group_commit, begin, |b, _, ctx| {
+                    f(&mut b.doc, ctx)
+                })?;
         Ok(v)
     }
 
@@ -336,17 +335,16 @@ fn decode_doc<T: DeserializeOwned>(opts: &JsonOptions, path: &Path, raw: &[u8]) 
     let Some(want) = opts.version else {
         return serde_json::from_slice(raw).map_err(|e| corrupt(format!("invalid JSON: {e}")));
     };
-    let peek: Peek = serde_json::from_slice(raw)
-        .map_err(|e| corrupt(format!("invalid JSON document: {e}")))?;
+    let peek: Peek =
+        serde_json::from_slice(raw).map_err(|e| corrupt(format!("invalid JSON document: {e}")))?;
     let version = match peek.version {
         None => return Err(corrupt("missing \"version\" field".into())),
-        Some(v) => v.as_u64().ok_or_else(|| {
-            corrupt(format!("\"version\" is {v}, not a non-negative integer"))
-        })?,
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| corrupt(format!("\"version\" is {v}, not a non-negative integer")))?,
     };
     if version == want {
-        return serde_json::from_slice(raw)
-            .map_err(|e| corrupt(format!("invalid document: {e}")));
+        return serde_json::from_slice(raw).map_err(|e| corrupt(format!("invalid document: {e}")));
     }
     if version > want {
         return Err(corrupt(format!(

@@ -67,7 +67,10 @@ impl Drop for Tmpfs {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
         }
     }
 }
@@ -126,8 +129,8 @@ fn full_disk_is_no_space_everywhere_and_keeps_the_old_state() {
     let grouped = json_store(&grouped_path, true);
     solo.update(|d| d.items.push("old".into())).unwrap();
     grouped.update(|d| d.items.push("old".into())).unwrap();
-    let reg = TaskRegistry::open(fs.path().join("runs.sqlite"), RegistryOptions::default())
-        .unwrap();
+    let reg =
+        TaskRegistry::open(fs.path().join("runs.sqlite"), RegistryOptions::default()).unwrap();
     let ids: Vec<String> = (0..4).map(|i| task(&reg, &format!("t{i}"))).collect();
     let (solo_before, grouped_before) = (
         std::fs::read(&solo_path).unwrap(),
@@ -190,8 +193,8 @@ fn full_disk_is_no_space_everywhere_and_keeps_the_old_state() {
         while r.queued_writers() < 1 {
             std::thread::yield_now();
         }
-        for i in 1..4 {
-            hs.push(sc.spawn(move || grow(r, &ids[i])));
+        for (i, id) in ids.iter().enumerate().skip(1) {
+            hs.push(sc.spawn(move || grow(r, id)));
             while r.queued_writers() < i + 1 {
                 std::thread::yield_now();
             }

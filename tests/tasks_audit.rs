@@ -113,7 +113,7 @@ fn sort_and_summary_ignore_filters() {
 
 fn registry() -> (tempfile::TempDir, TaskRegistry) {
     let d = tempfile::tempdir().unwrap();
-    let r = TaskRegistry::open(&d.path().join("runs.sqlite"), RegistryOptions::default()).unwrap();
+    let r = TaskRegistry::open(d.path().join("runs.sqlite"), RegistryOptions::default()).unwrap();
     (d, r)
 }
 
@@ -161,12 +161,20 @@ fn maintenance_apply_clears_every_repairable_finding() {
     reg.mark_running(&live.task_id, at(NOW - 40 * MIN)).unwrap();
     // lost past cleanupAfter → pruned.
     let l = reg.create(new("l", None), at(t0)).unwrap().0;
-    reg.finish(&l.task_id, Finish::new(TaskStatus::Lost).with_error("gone"), at(t0))
-        .unwrap();
+    reg.finish(
+        &l.task_id,
+        Finish::new(TaskStatus::Lost).with_error("gone"),
+        at(t0),
+    )
+    .unwrap();
     // missing_cleanup → stamped.
     let m = reg.create(new("m", None), at(NOW - MIN)).unwrap().0;
-    reg.finish(&m.task_id, Finish::new(TaskStatus::Succeeded), at(NOW - MIN))
-        .unwrap();
+    reg.finish(
+        &m.task_id,
+        Finish::new(TaskStatus::Succeeded),
+        at(NOW - MIN),
+    )
+    .unwrap();
     raw(
         &reg,
         "UPDATE task_runs SET cleanup_after = NULL, version = version + 1 WHERE task_id = ?1",
@@ -185,8 +193,15 @@ fn maintenance_apply_clears_every_repairable_finding() {
         &i.task_id,
     );
     // expired succeeded task → pruned.
-    let old = reg.create(new("old", None), at(t0 - 8 * 86_400_000)).unwrap().0;
-    reg.finish(&old.task_id, Finish::new(TaskStatus::Succeeded), at(t0 - 8 * 86_400_000))
+    let old = reg
+        .create(new("old", None), at(t0 - 8 * 86_400_000))
+        .unwrap()
+        .0;
+    reg.finish(
+        &old.task_id,
+        Finish::new(TaskStatus::Succeeded),
+        at(t0 - 8 * 86_400_000),
+    )
     .unwrap();
 
     let before = reg.audit(at(NOW), &AuditOptions::default()).unwrap();
@@ -211,11 +226,17 @@ fn maintenance_apply_clears_every_repairable_finding() {
         )
         .unwrap();
     assert_eq!(
-        reg.audit(at(NOW), &AuditOptions::default()).unwrap().summary,
+        reg.audit(at(NOW), &AuditOptions::default())
+            .unwrap()
+            .summary,
         before.summary
     );
     let rep = reg
-        .maintenance(MaintenanceMode::Apply, at(NOW), &MaintenanceOptions::default())
+        .maintenance(
+            MaintenanceMode::Apply,
+            at(NOW),
+            &MaintenanceOptions::default(),
+        )
         .unwrap();
     assert_eq!(
         (preview.reconciled, preview.pruned, preview.normalized),
@@ -256,10 +277,17 @@ fn maintenance_apply_clears_every_repairable_finding() {
     let rl = reg.get(&r.task_id).unwrap().unwrap();
     assert_eq!(rl.status, TaskStatus::Lost);
     assert!(rl.error.unwrap().contains("is dead"));
-    assert_eq!(rl.cleanup_after, Some(NOW + LOST_TASK_RETENTION.as_millis() as i64));
+    assert_eq!(
+        rl.cleanup_after,
+        Some(NOW + LOST_TASK_RETENTION.as_millis() as i64)
+    );
     // Idempotent: a second apply finds nothing.
     let again = reg
-        .maintenance(MaintenanceMode::Apply, at(NOW), &MaintenanceOptions::default())
+        .maintenance(
+            MaintenanceMode::Apply,
+            at(NOW),
+            &MaintenanceOptions::default(),
+        )
         .unwrap();
     assert!(again.actions.is_empty(), "{:?}", again.actions);
 }
@@ -305,7 +333,10 @@ fn registry_rules_dedupe_defaults_monotonicity_cleanup() {
     assert!(reg.mark_running(&a.task_id, at(NOW + 30)).is_err());
     let t = reg.get(&a.task_id).unwrap().unwrap();
     assert_eq!(t.status, TaskStatus::Cancelled);
-    assert_eq!(t.cleanup_after, Some(NOW + 10 + DEFAULT_TASK_RETENTION.as_millis() as i64));
+    assert_eq!(
+        t.cleanup_after,
+        Some(NOW + 10 + DEFAULT_TASK_RETENTION.as_millis() as i64)
+    );
     // Normalization: a start before creation lowers createdAt.
     let n = reg.create(mk2(), at(NOW)).unwrap().0;
     let n = reg
@@ -436,9 +467,7 @@ fn stale_copy_cannot_overwrite_a_newer_row() {
         [&t.task_id],
     )
     .unwrap();
-    let u = reg
-        .bump_counter(&t.task_id, "k", at(NOW + 2))
-        .unwrap();
+    let u = reg.bump_counter(&t.task_id, "k", at(NOW + 2)).unwrap();
     assert_eq!(u.progress_summary.as_deref(), Some("ext"));
     assert_eq!(u.version, 4);
 }

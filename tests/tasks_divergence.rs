@@ -191,7 +191,9 @@ fn failed_write_leaves_memory_as_sqlite(
         db_status(&path, &t.task_id),
     )
     .unwrap();
-    let fresh = reg.list_fresh_tasks_for_owner_key("owner:a", at(T0)).unwrap();
+    let fresh = reg
+        .list_fresh_tasks_for_owner_key("owner:a", at(T0))
+        .unwrap();
     assert_eq!(fresh, vec![before.clone()]);
 
     // A reload resurrects nothing and loses nothing.
@@ -291,7 +293,7 @@ fn memory_first_variant_diverges() {
 fn observers_see_events_and_cannot_break_writes() {
     use std::sync::{Arc, Mutex};
     let d = tempfile::tempdir().unwrap();
-    let reg = TaskRegistry::open(&d.path().join("runs.sqlite"), opts()).unwrap();
+    let reg = TaskRegistry::open(d.path().join("runs.sqlite"), opts()).unwrap();
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let s2 = seen.clone();
     reg.add_observer(Arc::new(move |e: &TaskEvent| {

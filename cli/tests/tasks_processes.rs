@@ -114,8 +114,8 @@ fn registry_and_cli_processes_share_the_ledger_without_lost_updates() {
     assert_eq!(a.version, na + 1);
 
     // The registry's view equals the database.
-    let store = SqliteTaskStore::open(&lockstore::paths::tasks_db(state), SqliteOptions::default())
-        .unwrap();
+    let store =
+        SqliteTaskStore::open(lockstore::paths::tasks_db(state), SqliteOptions::default()).unwrap();
     assert_eq!(reg.snapshot().unwrap(), store.load_snapshot().unwrap());
 }
 

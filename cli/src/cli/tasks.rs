@@ -357,7 +357,9 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
         TasksCmd::Create(c) => create_cmd(&reg, c),
         TasksCmd::Start { lookup, json } => {
             let t = reg.lookup(&lookup).map_err(cli_err)?;
-            let t = reg.mark_running(&t.task_id, SystemTime::now()).map_err(cli_err)?;
+            let t = reg
+                .mark_running(&t.task_id, SystemTime::now())
+                .map_err(cli_err)?;
             if json {
                 print_json(&t)
             } else {
@@ -568,7 +570,11 @@ fn maintenance_cmd(reg: &TaskRegistry, apply: bool, json: bool, grace_ms: u64) -
         MaintenanceMode::Preview
     };
     let rep = reg
-        .maintenance(mode, now, &MaintenanceOptions::with_grace(Duration::from_millis(grace_ms)))
+        .maintenance(
+            mode,
+            now,
+            &MaintenanceOptions::with_grace(Duration::from_millis(grace_ms)),
+        )
         .map_err(cli_err)?;
     let after = reg.audit(now, &AuditOptions::default()).map_err(cli_err)?;
     let tasks = reg.list().map_err(cli_err)?;

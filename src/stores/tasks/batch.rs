@@ -336,7 +336,7 @@ mod tests {
 
     fn reg(dir: &Path, max_batch: usize) -> TaskRegistry {
         TaskRegistry::open(
-            &dir.join("runs.sqlite"),
+            dir.join("runs.sqlite"),
             RegistryOptions {
                 group_commit: GroupCommit {
                     enabled: true,
@@ -450,7 +450,8 @@ mod tests {
             for _ in 0..8 {
                 sc.spawn(|| {
                     for _ in 0..25 {
-                        r.bump_counter(&id, "n", t0() + Duration::from_millis(5)).unwrap();
+                        r.bump_counter(&id, "n", t0() + Duration::from_millis(5))
+                            .unwrap();
                     }
                 });
             }
@@ -483,7 +484,13 @@ mod tests {
             queued_behind(sc, &r, &id, &seen, vec![f('b'), f('c'), f('d')]);
         });
         let after = r.group_commit_stats();
-        assert_eq!((after.batches - before.batches, after.batched_updates - before.batched_updates), (1, 4));
+        assert_eq!(
+            (
+                after.batches - before.batches,
+                after.batched_updates - before.batched_updates
+            ),
+            (1, 4)
+        );
         assert_eq!(
             *seen.lock().unwrap(),
             vec![('a', 0), ('b', 1), ('c', 2), ('d', 3)]
@@ -506,7 +513,13 @@ mod tests {
             queued_behind(sc, &r, &id, &seen, vec![f('b'), f('c'), f('d'), f('e')]);
         });
         let after = r.group_commit_stats();
-        assert_eq!((after.batches - before.batches, after.batched_updates - before.batched_updates), (2, 5));
+        assert_eq!(
+            (
+                after.batches - before.batches,
+                after.batched_updates - before.batched_updates
+            ),
+            (2, 5)
+        );
         // e ran in the second batch, on the first batch's committed state.
         assert_eq!(seen.lock().unwrap().last(), Some(&('e', 4)));
         assert_eq!(durable_counter(&r, &id), 5);
@@ -576,7 +589,10 @@ mod tests {
         });
         let after = r.group_commit_stats();
         assert_eq!(
-            (after.batches - before.batches, after.batched_updates - before.batched_updates),
+            (
+                after.batches - before.batches,
+                after.batched_updates - before.batched_updates
+            ),
             (1, 3),
             "one batch, three committed members"
         );
@@ -648,7 +664,13 @@ mod tests {
             b.join().unwrap();
         });
         let after = r.group_commit_stats();
-        assert_eq!((after.batches - before.batches, after.batched_updates - before.batched_updates), (1, 2));
+        assert_eq!(
+            (
+                after.batches - before.batches,
+                after.batched_updates - before.batched_updates
+            ),
+            (1, 2)
+        );
         assert!(r.writer.entry().batch.lock().unwrap().is_none());
         assert_eq!(durable_counter(&r, &id), 2);
         assert_eq!(counter(&r.get(&id).unwrap().unwrap()), 2);

@@ -149,7 +149,11 @@ impl View<'_> {
 
 /// Applies committed changes to memory; returns the events to emit (only
 /// when `has_observers`).
-pub(super) fn apply(inner: &mut Inner, changes: Vec<Change>, has_observers: bool) -> Vec<TaskEvent> {
+pub(super) fn apply(
+    inner: &mut Inner,
+    changes: Vec<Change>,
+    has_observers: bool,
+) -> Vec<TaskEvent> {
     let mut events = Vec::new();
     for ch in changes {
         match ch {

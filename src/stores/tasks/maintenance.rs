@@ -91,7 +91,11 @@ impl TaskRegistry {
     /// recorded, another boot or namespace) and the task has been silent for
     /// `grace`. A running or stopped owner is never judged lost.
     pub fn lost_reason(t: &TaskRecord, now: SystemTime, grace: Duration) -> Option<String> {
-        Self::lost_reason_ms(t, to_ms(now), grace.as_millis().min(i64::MAX as u128) as i64)
+        Self::lost_reason_ms(
+            t,
+            to_ms(now),
+            grace.as_millis().min(i64::MAX as u128) as i64,
+        )
     }
 
     fn lost_reason_ms(t: &TaskRecord, now_ms: i64, grace_ms: i64) -> Option<String> {

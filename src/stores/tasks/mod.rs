@@ -32,14 +32,13 @@ pub mod record;
 mod registry;
 pub mod store;
 
+pub use crate::group::GroupCommitStats;
 pub use audit::{
     audit, AuditCode, AuditFinding, AuditOptions, AuditReport, AuditSummary, Severity,
 };
 pub use batch::group_commit_stats;
-pub use crate::group::GroupCommitStats;
 pub use maintenance::{
-    MaintenanceAction, MaintenanceMode, MaintenanceOptions, MaintenanceReport,
-    TASK_RECONCILE_GRACE,
+    MaintenanceAction, MaintenanceMode, MaintenanceOptions, MaintenanceReport, TASK_RECONCILE_GRACE,
 };
 pub use mutations::Finish;
 pub use observers::{ObserverError, TaskEvent, TaskObserver};
@@ -92,10 +91,7 @@ pub enum TaskError {
     /// Bad input for a new task: no runtime, empty description, or a
     /// terminal initial status (`reason` says which). Nothing was written.
     #[error("invalid task for {}: {reason}", .path.display())]
-    Invalid {
-        path: PathBuf,
-        reason: &'static str,
-    },
+    Invalid { path: PathBuf, reason: &'static str },
 
     /// [`TaskRegistry::finish`] with an active status (queued or running).
     /// Nothing was written.

@@ -79,7 +79,14 @@ impl TaskRegistry {
     /// Registers an observer and sends it a `restored` event with the current
     /// tasks (also when there are none).
     pub fn add_observer(&self, o: Arc<dyn TaskObserver>) {
-        let tasks = self.core.lock_inner().snap.tasks.values().cloned().collect();
+        let tasks = self
+            .core
+            .lock_inner()
+            .snap
+            .tasks
+            .values()
+            .cloned()
+            .collect();
         notify(std::slice::from_ref(&o), &TaskEvent::Restored { tasks });
         self.core
             .observers
