@@ -249,6 +249,7 @@ impl<B: Batch> Group<B, B::Delivery> {
     }
 
     /// This group's statistics.
+    #[cfg_attr(not(feature = "tasks"), allow(dead_code))]
     pub(crate) fn stats(&self) -> GroupCommitStats {
         self.stats.get()
     }

@@ -12,7 +12,7 @@
 //! See docs/tasks.md.
 //!
 //! Files: [`record`] (the record, its enums and lifecycle rules), [`store`]
-//! (SQLite schema and rows), [`audit`]; the registry in `registry.rs` (the
+//! (SQLite schema and rows), [`audit`](mod@audit); the registry in `registry.rs` (the
 //! handle and its options), `index.rs` (memory and its indexes),
 //! `coherence.rs` (reloads), `batch.rs` (persist-before-commit, group
 //! commit), `mutations.rs`, `queries.rs`, `maintenance.rs` and
