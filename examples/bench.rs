@@ -148,7 +148,11 @@ fn timed_single(s: &JsonStore<Doc>, secs: f64) -> f64 {
 
 fn threads(path: &Path, t: usize, per: u64, group: bool) -> (f64, f64) {
     let s = store(path, Durability::Full, group);
-    let (b0, u0) = group_commit_stats();
+    let lockstore::json::GroupCommitStats {
+        batches: b0,
+        batched_updates: u0,
+        ..
+    } = group_commit_stats();
     let start = Instant::now();
     std::thread::scope(|sc| {
         for _ in 0..t {
@@ -160,7 +164,11 @@ fn threads(path: &Path, t: usize, per: u64, group: bool) -> (f64, f64) {
         }
     });
     let ops = (t as u64 * per) as f64 / start.elapsed().as_secs_f64();
-    let (b1, u1) = group_commit_stats();
+    let lockstore::json::GroupCommitStats {
+        batches: b1,
+        batched_updates: u1,
+        ..
+    } = group_commit_stats();
     let mean = if b1 > b0 {
         (u1 - u0) as f64 / (b1 - b0) as f64
     } else {
@@ -367,7 +375,7 @@ fn seed_task(reg: &TaskRegistry) -> String {
             owner_key: "bench".into(),
             ..Default::default()
         },
-        lockstore::proc::now_ms(),
+        std::time::SystemTime::now(),
     )
     .expect("create")
     .0
@@ -379,7 +387,11 @@ fn seed_task(reg: &TaskRegistry) -> String {
 fn registry_threads(path: &Path, t: usize, per: u64, group: bool, secs: f64) -> (f64, f64) {
     let reg = registry(path, Durability::Full, group);
     let ids: Vec<String> = (0..t).map(|_| seed_task(&reg)).collect();
-    let (b0, u0) = lockstore::stores::tasks::group_commit_stats();
+    let lockstore::stores::tasks::GroupCommitStats {
+        batches: b0,
+        batched_updates: u0,
+        ..
+    } = lockstore::stores::tasks::group_commit_stats();
     let start = Instant::now();
     let total = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|sc| {
@@ -388,7 +400,7 @@ fn registry_threads(path: &Path, t: usize, per: u64, group: bool, secs: f64) -> 
             sc.spawn(move || {
                 let mut n = 0;
                 while n < per && start.elapsed().as_secs_f64() < secs {
-                    reg.record_progress(id, lockstore::proc::now_ms(), None, Some("n"))
+                    reg.bump_counter(id, "n", std::time::SystemTime::now())
                         .expect("update");
                     n += 1;
                 }
@@ -397,7 +409,11 @@ fn registry_threads(path: &Path, t: usize, per: u64, group: bool, secs: f64) -> 
         }
     });
     let ops = total.into_inner() as f64 / start.elapsed().as_secs_f64();
-    let (b1, u1) = lockstore::stores::tasks::group_commit_stats();
+    let lockstore::stores::tasks::GroupCommitStats {
+        batches: b1,
+        batched_updates: u1,
+        ..
+    } = lockstore::stores::tasks::group_commit_stats();
     let mean = if b1 > b0 {
         (u1 - u0) as f64 / (b1 - b0) as f64
     } else {
@@ -489,7 +505,7 @@ fn child_ledger(dir: &Path, which: &str, secs: f64) {
             let start = Instant::now();
             let mut n = 0u64;
             while start.elapsed().as_secs_f64() < secs {
-                reg.record_progress(&id, lockstore::proc::now_ms(), None, Some("n"))
+                reg.bump_counter(&id, "n", std::time::SystemTime::now())
                     .expect("update");
                 n += 1;
             }

@@ -171,13 +171,26 @@ impl Error {
         }
     }
 
-    /// Whether the underlying I/O error is "out of space" or "file too large".
+    /// Whether the storage is full: the underlying I/O error is ENOSPC ("no
+    /// space left on device"), EFBIG ("file too large") or EDQUOT ("disk quota
+    /// exceeded") — also when a wrapper (the temp file's path) hides the OS
+    /// error inside the I/O error, keeping only its kind) — or SQLite reported `SQLITE_FULL`. True
+    /// with and without group commit: every member of a batch whose save hit
+    /// the full disk gets such an error. The store's old file / rows are
+    /// intact; free space and retry.
     pub fn is_no_space(&self) -> bool {
         match self {
-            Error::Io { source, .. } => matches!(
-                source.raw_os_error(),
-                Some(libc_codes::ENOSPC) | Some(libc_codes::EFBIG) | Some(libc_codes::EDQUOT)
-            ),
+            Error::Io { source, .. } => {
+                matches!(
+                    Error::os_code_of(source),
+                    Some(libc_codes::ENOSPC) | Some(libc_codes::EFBIG) | Some(libc_codes::EDQUOT)
+                ) || matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull
+                        | std::io::ErrorKind::FileTooLarge
+                        | std::io::ErrorKind::QuotaExceeded
+                )
+            }
             #[cfg(feature = "sqlite")]
             Error::Sqlite {
                 source: rusqlite::Error::SqliteFailure(f, _),
@@ -185,6 +198,59 @@ impl Error {
             } => f.code == rusqlite::ErrorCode::DiskFull,
             _ => false,
         }
+    }
+
+    /// Whether this is [`Error::LockTimeout`]: the deadline
+    /// ([`crate::lock::LockOptions::deadline`]) passed while waiting for the
+    /// in-process queue or the cross-process lock; nothing was done. Another
+    /// writer holds the store (see the error's `holder`); retry later.
+    pub fn is_lock_timeout(&self) -> bool {
+        matches!(self, Error::LockTimeout { .. })
+    }
+
+    /// Whether the store's file is unusable as found: [`Error::Corrupt`]
+    /// (unparsable JSON, missing or unknown version, failed migration) or a
+    /// SQLite database that is malformed or not a database
+    /// (`SQLITE_CORRUPT`, `SQLITE_NOTADB`; feature `sqlite`). The file was
+    /// left untouched; quarantine or repair it.
+    pub fn is_corrupt(&self) -> bool {
+        match self {
+            Error::Corrupt { .. } => true,
+            #[cfg(feature = "sqlite")]
+            Error::Sqlite {
+                source: rusqlite::Error::SqliteFailure(f, _),
+                ..
+            } => matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ),
+            _ => false,
+        }
+    }
+
+    /// The OS error code of `e`, looking through wrappers that keep it as a
+    /// source (tempfile's path-carrying errors).
+    pub(crate) fn os_code_of(e: &std::io::Error) -> Option<i32> {
+        if let Some(c) = e.raw_os_error() {
+            return Some(c);
+        }
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = match e.get_ref() {
+            Some(inner) => Some(inner),
+            None => None,
+        };
+        while let Some(err) = cur {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                if let Some(c) = io.raw_os_error() {
+                    return Some(c);
+                }
+                if let Some(inner) = io.get_ref() {
+                    cur = Some(inner);
+                    continue;
+                }
+            }
+            cur = err.source();
+        }
+        None
     }
 }
 

@@ -18,22 +18,22 @@
 //! openclaw did). A no-op update writes nothing when the file is in that
 //! canonical form; a file formatted otherwise is rewritten once.
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::atomic::{self, Durability};
 use crate::error::{Error, Result};
-use crate::group::BatchShared;
-use crate::lock::Acquired;
+use crate::group::{Batch, Group, StatsCounter};
 use crate::lock::LockOptions;
-use crate::writer::{Exclusive, OpenBatch, Writer};
+use crate::writer::{Exclusive, Writer};
+
+pub use crate::group::GroupCommitStats;
 
 /// Migration hook: `(from_version, document) -> document at the current version`,
 /// or a reason why it cannot be migrated (reported as [`Error::Corrupt`]).
@@ -59,7 +59,9 @@ pub struct JsonOptions {
 }
 
 /// Group commit: when several threads of one process have updates queued on one
-/// store, the updates run one after another (strict FIFO, each on its own thread,
+/// store (one [`JsonStore`] handle, shared by reference or `Arc`; handles
+/// opened separately on the same path share the FIFO queue, and each closes
+/// the other's open batch before starting its own), the updates run one after another (strict FIFO, each on its own thread,
 /// each seeing its predecessor's result) on one loaded document, which is saved
 /// and fsynced once for the whole batch — the way databases amortize log flushes.
 /// Every caller returns only after the save containing its change is durable. A
@@ -86,16 +88,13 @@ impl Default for GroupCommit {
     }
 }
 
-/// Statistics of group commit in this process (all stores).
-pub fn group_commit_stats() -> (u64, u64) {
-    (
-        BATCHES.load(Ordering::Relaxed),
-        BATCHED_UPDATES.load(Ordering::Relaxed),
-    )
+/// Group-commit statistics of every [`JsonStore`] in this process: batches
+/// saved and the updates they held (see [`GroupCommitStats`]).
+pub fn group_commit_stats() -> GroupCommitStats {
+    JSON_STATS.get()
 }
 
-static BATCHES: AtomicU64 = AtomicU64::new(0);
-static BATCHED_UPDATES: AtomicU64 = AtomicU64::new(0);
+static JSON_STATS: StatsCounter = StatsCounter::new();
 
 impl std::fmt::Debug for JsonOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,6 +114,7 @@ impl std::fmt::Debug for JsonOptions {
 pub struct JsonStore<T> {
     writer: Writer,
     opts: JsonOptions,
+    group: Arc<Group<JsonBatch<T>, ()>>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -158,6 +158,7 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
         Ok(JsonStore {
             writer,
             opts,
+            group: Group::new(&JSON_STATS),
             _t: PhantomData,
         })
     }
@@ -205,43 +206,7 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
     ///
     /// Errors: [`Error::Corrupt`].
     pub fn decode(&self, raw: &[u8]) -> Result<T> {
-        let path = self.writer.path();
-        let corrupt = |reason: String| Error::Corrupt {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let Some(want) = self.opts.version else {
-            return serde_json::from_slice(raw).map_err(|e| corrupt(format!("invalid JSON: {e}")));
-        };
-        let peek: Peek = serde_json::from_slice(raw)
-            .map_err(|e| corrupt(format!("invalid JSON document: {e}")))?;
-        let version = match peek.version {
-            None => return Err(corrupt("missing \"version\" field".into())),
-            Some(v) => v.as_u64().ok_or_else(|| {
-                corrupt(format!("\"version\" is {v}, not a non-negative integer"))
-            })?,
-        };
-        if version == want {
-            return serde_json::from_slice(raw)
-                .map_err(|e| corrupt(format!("invalid document: {e}")));
-        }
-        if version > want {
-            return Err(corrupt(format!(
-                "unknown version {version} (this lockstore {} supports up to {want}); refusing to touch it",
-                env!("CARGO_PKG_VERSION")
-            )));
-        }
-        let Some(migrate) = &self.opts.migrate else {
-            return Err(corrupt(format!(
-                "version {version} is older than {want} and no migration is defined"
-            )));
-        };
-        let value: serde_json::Value =
-            serde_json::from_slice(raw).map_err(|e| corrupt(format!("invalid JSON: {e}")))?;
-        let migrated = migrate(version, value)
-            .map_err(|e| corrupt(format!("migration from version {version} failed: {e}")))?;
-        serde_json::from_value(migrated)
-            .map_err(|e| corrupt(format!("invalid document after migration: {e}")))
+        decode_doc(&self.opts, self.writer.path(), raw)
     }
 
     /// Serializes `doc` in the store's canonical form (envelope, formatting).
@@ -316,132 +281,27 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
         save_doc(&self.opts, self.writer.path(), doc, previous)
     }
 
-    /// The group-commit path of [`JsonStore::update_ctx`] (see [`GroupCommit`]).
+    /// The group-commit path of [`JsonStore::update_ctx`] (see [`GroupCommit`]
+    /// and [`crate::group`]).
     fn update_grouped<R, E, F>(&self, f: F) -> std::result::Result<R, E>
     where
         F: FnOnce(&mut T, &mut Exclusive<'_>) -> std::result::Result<R, E>,
         E: From<Error>,
     {
-        let w = &self.writer;
-        if w.held_by_this_thread() {
-            return Err(Error::Reentrant {
-                path: w.path().to_path_buf(),
-            }
-            .into());
-        }
-        let start = Instant::now();
-        let deadline = crate::queue::deadline_after(w.options().deadline);
-        let span = tracing::debug_span!(
-            "lock_wait",
-            path = %w.path().display(),
-            pid = std::process::id(),
-            waited_ms = tracing::field::Empty
-        );
-        let entered = span.enter();
-        let slot = w.slot(start, deadline)?;
-        let open = lock_ignoring_poison(&w.entry().batch).take();
-        let reuse = match open {
-            Some(b) if b.as_any().is::<JsonBatch<T>>() => {
-                b.into_any().downcast::<JsonBatch<T>>().ok()
-            }
-            Some(other) => {
-                other.close(w);
-                None
-            }
-            None => None,
+        let begin = || -> std::result::Result<JsonBatch<T>, E> {
+            let Loaded { doc, raw } = self.load_with_state()?;
+            Ok(JsonBatch {
+                doc,
+                raw,
+                opts: self.opts.clone(),
+            })
         };
-        let mut batch = match reuse {
-            Some(b) => b,
-            None => {
-                let acquired = w.os_lock(deadline)?;
-                match self.load_with_state() {
-                    Ok(Loaded { doc, raw }) => Box::new(JsonBatch {
-                        doc,
-                        raw,
-                        acquired,
-                        members: 0,
-                        shared: Arc::new(BatchShared::default()),
-                        opts: self.opts.clone(),
-                    }),
-                    Err(e) => {
-                        w.os_unlock(acquired.record);
-                        return Err(e.into());
-                    }
-                }
-            }
-        };
-        let waited = start.elapsed();
-        span.record("waited_ms", waited.as_millis() as u64);
-        drop(entered);
-
-        // Run the closure on this thread; keep what is needed to undo it.
-        let snapshot = (batch.members > 0).then(|| batch.doc.clone());
-        let outcome = {
-            let mark = w.mark_held();
-            let JsonBatch { doc, acquired, .. } = &mut *batch;
-            let mut ctx = w.context(acquired, waited);
-            let r = catch_unwind(AssertUnwindSafe(|| f(doc, &mut ctx)));
-            drop(mark);
-            r
-        };
-        let ok = matches!(outcome, Ok(Ok(_)));
-        if !ok {
-            batch.doc = match snapshot {
-                Some(s) => s,
-                None => self.restore_from_raw(batch.raw.as_deref()),
-            };
-        }
-
-        // Leave the batch open for the next queued writer, or save it now.
-        let gc = self.opts.group_commit;
-        let mut successors = w.entry().fifo.len() > 1;
-        if !successors && !gc.max_wait.is_zero() && batch.members + 1 < gc.max_batch {
-            let until = Instant::now() + gc.max_wait;
-            while !successors && Instant::now() < until {
-                std::thread::yield_now();
-                successors = w.entry().fifo.len() > 1;
-            }
-        }
-        let shared = batch.shared.clone();
-        let leave_open = successors && batch.members + 1 < gc.max_batch;
-        if leave_open {
-            if ok {
-                batch.members += 1;
-            }
-            *lock_ignoring_poison(&w.entry().batch) = Some(batch);
-        } else {
-            if ok {
-                batch.members += 1;
-            }
-            batch.close(w);
-        }
-        drop(slot);
-        match outcome {
-            Ok(Ok(v)) => {
-                shared.wait(w, |o| o.clone()).map_err(|(kind, msg)| {
-                    Error::io(
-                        "group commit save",
-                        w.path(),
-                        std::io::Error::new(kind, msg),
-                    )
+        let (v, ()) =
+            self.group
+                .run(&self.writer, &self.opts.group_commit, begin, |b, _, ctx| {
+                    f(&mut b.doc, ctx)
                 })?;
-                Ok(v)
-            }
-            Ok(Err(e)) => Err(e),
-            Err(p) => resume_unwind(p),
-        }
-    }
-
-    fn restore_from_raw(&self, raw: Option<&[u8]>) -> T {
-        match raw {
-            None => T::default(),
-            // These bytes decoded a moment ago; decoding them again cannot fail
-            // unless memory is corrupt.
-            Some(r) => self.decode(r).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "re-decoding a loaded document failed");
-                T::default()
-            }),
-        }
+        Ok(v)
     }
 
     /// Moves the current file aside to `<file>.corrupt-<unix ms>` (inside the
@@ -467,11 +327,42 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
     }
 }
 
-fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
+fn decode_doc<T: DeserializeOwned>(opts: &JsonOptions, path: &Path, raw: &[u8]) -> Result<T> {
+    let corrupt = |reason: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let Some(want) = opts.version else {
+        return serde_json::from_slice(raw).map_err(|e| corrupt(format!("invalid JSON: {e}")));
+    };
+    let peek: Peek =
+        serde_json::from_slice(raw).map_err(|e| corrupt(format!("invalid JSON document: {e}")))?;
+    let version = match peek.version {
+        None => return Err(corrupt("missing \"version\" field".into())),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| corrupt(format!("\"version\" is {v}, not a non-negative integer")))?,
+    };
+    if version == want {
+        return serde_json::from_slice(raw).map_err(|e| corrupt(format!("invalid document: {e}")));
     }
+    if version > want {
+        return Err(corrupt(format!(
+            "unknown version {version} (this lockstore {} supports up to {want}); refusing to touch it",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    let Some(migrate) = &opts.migrate else {
+        return Err(corrupt(format!(
+            "version {version} is older than {want} and no migration is defined"
+        )));
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(raw).map_err(|e| corrupt(format!("invalid JSON: {e}")))?;
+    let migrated = migrate(version, value)
+        .map_err(|e| corrupt(format!("migration from version {version} failed: {e}")))?;
+    serde_json::from_value(migrated)
+        .map_err(|e| corrupt(format!("invalid document after migration: {e}")))
 }
 
 fn encode_doc<T: Serialize>(opts: &JsonOptions, path: &Path, doc: &T) -> Result<Vec<u8>> {
@@ -506,43 +397,47 @@ fn save_doc<T: Serialize>(
     Ok(true)
 }
 
-type BatchOutcome = std::result::Result<(), (std::io::ErrorKind, String)>;
-
-/// An open group-commit batch: holds the OS lock and the unsaved document.
+/// An open group-commit batch of a JSON store: the unsaved document (the
+/// engine holds the OS lock).
 struct JsonBatch<T> {
     doc: T,
+    /// The file's bytes when the batch began.
     raw: Option<Vec<u8>>,
-    acquired: Acquired,
-    /// Updates applied successfully in this batch.
-    members: usize,
-    shared: Arc<BatchShared<BatchOutcome>>,
     opts: JsonOptions,
 }
 
-impl<T: Serialize + Send + 'static> OpenBatch for JsonBatch<T> {
-    fn close(self: Box<Self>, w: &Writer) {
-        let b = *self;
+impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> Batch for JsonBatch<T> {
+    /// The document before the member ran; `None` for the batch's first
+    /// member, whose undo re-decodes the file's bytes.
+    type Undo = Option<T>;
+    type Delivery = ();
+
+    fn savepoint(&mut self, index: usize) -> Result<Option<T>> {
+        Ok((index > 0).then(|| self.doc.clone()))
+    }
+
+    fn keep(&mut self, _: Option<T>, _: usize) {}
+
+    fn undo(&mut self, undo: Option<T>, _: usize) {
+        self.doc = match (undo, &self.raw) {
+            (Some(before), _) => before,
+            (None, None) => T::default(),
+            // These bytes decoded when the batch began; decoding them again
+            // cannot fail unless memory is corrupt.
+            (None, Some(raw)) => decode_doc(&self.opts, Path::new(""), raw).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "re-decoding a loaded document failed");
+                T::default()
+            }),
+        };
+    }
+
+    fn close(self, w: &Writer, committed: usize) -> Result<BTreeMap<usize, ()>> {
         // No successful update: nothing to save (an erroring first closure must
         // not create the file).
-        let r = if b.members == 0 {
-            Ok(false)
-        } else {
-            save_doc(&b.opts, w.path(), &b.doc, b.raw.as_deref())
-        };
-        w.os_unlock(b.acquired.record);
-        BATCHES.fetch_add(1, Ordering::Relaxed);
-        BATCHED_UPDATES.fetch_add(b.members as u64, Ordering::Relaxed);
-        b.shared.finish(match r {
-            Ok(_) => Ok(()),
-            Err(Error::Io { source, .. }) => Err((source.kind(), source.to_string())),
-            Err(e) => Err((std::io::ErrorKind::Other, e.to_string())),
-        });
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
-        self
+        if committed > 0 {
+            save_doc(&self.opts, w.path(), &self.doc, self.raw.as_deref())?;
+        }
+        Ok(BTreeMap::new())
     }
 }
 

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::atomic;
 use crate::error::{Error, Result};
+use crate::group::Closer;
 use crate::lock::owner::{HolderInfo, OwnerRecord};
 #[cfg(feature = "sidecar")]
 use crate::lock::sidecar::{SidecarHeld, SidecarLock};
@@ -64,10 +65,10 @@ pub struct StoreEntry {
     pub(crate) fifo: FifoQueue,
     pub(crate) lock: Mutex<OsLock>,
     protocol: LockProtocol,
-    /// A group-commit batch left open by the previous slot holder (see
-    /// [`crate::json`]): it holds the OS lock and an unsaved document. Only the
-    /// queue slot holder touches it. Flock protocol only.
-    pub(crate) batch: Mutex<Option<Box<dyn OpenBatch>>>,
+    /// The group whose batch the previous slot holder left open (see
+    /// [`crate::group`]): that batch holds the OS lock and unsaved changes.
+    /// Only the queue slot holder touches it. Flock protocol only.
+    pub(crate) batch: Mutex<Option<std::sync::Arc<dyn Closer>>>,
 }
 
 impl std::fmt::Debug for StoreEntry {
@@ -85,18 +86,6 @@ pub(crate) enum OsLock {
     Flock(LockFile),
     #[cfg_attr(not(feature = "sidecar"), allow(dead_code))]
     Sidecar(SidecarLock),
-}
-
-/// A group-commit batch that holds the OS lock and changes not yet saved.
-/// Closing it saves (durably, per its options), releases the OS lock and tells
-/// every member the outcome.
-pub(crate) trait OpenBatch: Send {
-    /// Saves, unlocks and notifies the members. Called by the slot holder.
-    fn close(self: Box<Self>, writer: &Writer);
-    /// For checking the concrete batch type.
-    fn as_any(&self) -> &dyn std::any::Any;
-    /// For downcasting to the concrete batch type.
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
 }
 
 type Reg = Registry<PathBuf, StoreEntry>;
@@ -272,6 +261,14 @@ impl Writer {
         &self.opts
     }
 
+    /// Test hook (feature `testing`): writers of this process in the store's
+    /// FIFO queue (the slot holder and the waiters), to line threads up
+    /// behind a holder without sleeping.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn queued(&self) -> usize {
+        self.handle.fifo.len()
+    }
+
     /// Runs `f` inside the store's exclusive section (queue slot, then OS lock).
     ///
     /// Errors: [`Error::Reentrant`] if this thread already holds the section;
@@ -375,8 +372,8 @@ impl Writer {
     /// called by the slot holder.
     pub(crate) fn close_open_batch(&self) {
         let open = relock(&self.handle.batch).take();
-        if let Some(b) = open {
-            b.close(self);
+        if let Some(group) = open {
+            group.close_open(self);
         }
     }
 

@@ -5,9 +5,15 @@
 use lockstore::sqlite::SqliteOptions;
 use lockstore::stores::tasks::*;
 use rstest::rstest;
+use std::time::{Duration, SystemTime};
 
 const NOW: i64 = 1_780_000_000_000;
 const MIN: i64 = 60_000;
+
+/// Unix ms → the API's `SystemTime`.
+fn at(ms: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64)
+}
 
 fn rec(status: TaskStatus, age_ms: i64) -> TaskRecord {
     let at = NOW - age_ms;
@@ -48,7 +54,7 @@ fn rec(status: TaskStatus, age_ms: i64) -> TaskRecord {
 }
 
 fn codes(t: TaskRecord) -> Vec<(&'static str, &'static str)> {
-    audit(&[t], NOW, &AuditOptions::default())
+    audit(&[t], at(NOW), &AuditOptions::default())
         .findings
         .iter()
         .map(|f| (f.code.as_str(), f.severity.as_str()))
@@ -82,7 +88,7 @@ fn sort_and_summary_ignore_filters() {
     d.task_id = "d".into();
     d.created_at -= 1;
     d.last_event_at = Some(NOW - 20 * MIN);
-    let rep = audit(&[a, b, c, d], NOW, &AuditOptions::default());
+    let rep = audit(&[a, b, c, d], at(NOW), &AuditOptions::default());
     let order: Vec<_> = rep.findings.iter().map(|f| f.task_id.as_str()).collect();
     assert_eq!(
         order,
@@ -107,7 +113,7 @@ fn sort_and_summary_ignore_filters() {
 
 fn registry() -> (tempfile::TempDir, TaskRegistry) {
     let d = tempfile::tempdir().unwrap();
-    let r = TaskRegistry::open(&d.path().join("runs.sqlite"), RegistryOptions::default()).unwrap();
+    let r = TaskRegistry::open(d.path().join("runs.sqlite"), RegistryOptions::default()).unwrap();
     (d, r)
 }
 
@@ -137,38 +143,46 @@ fn maintenance_apply_clears_every_repairable_finding() {
     };
     dead.wait().unwrap();
     // stale_queued, no owner: unjudgeable and silent past the grace → lost.
-    let q = reg.create(new("q", None), NOW - 11 * MIN).unwrap().0;
+    let q = reg.create(new("q", None), at(NOW - 11 * MIN)).unwrap().0;
     // stale_running, dead owner → lost at once.
     let r = reg
-        .create(new("r", Some(dead_id)), NOW - 31 * MIN)
+        .create(new("r", Some(dead_id)), at(NOW - 31 * MIN))
         .unwrap()
         .0;
-    reg.mark_running(&r.task_id, NOW - 31 * MIN).unwrap();
+    reg.mark_running(&r.task_id, at(NOW - 31 * MIN)).unwrap();
     // stale_running, live owner (this process) → stays: needs a person.
     let live = reg
         .create(
             new("live", Some(lockstore::proc::current().clone())),
-            NOW - 40 * MIN,
+            at(NOW - 40 * MIN),
         )
         .unwrap()
         .0;
-    reg.mark_running(&live.task_id, NOW - 40 * MIN).unwrap();
+    reg.mark_running(&live.task_id, at(NOW - 40 * MIN)).unwrap();
     // lost past cleanupAfter → pruned.
-    let l = reg.create(new("l", None), t0).unwrap().0;
-    reg.finish(&l.task_id, t0, TaskStatus::Lost, Some("gone".into()), None)
-        .unwrap();
+    let l = reg.create(new("l", None), at(t0)).unwrap().0;
+    reg.finish(
+        &l.task_id,
+        Finish::new(TaskStatus::Lost).with_error("gone"),
+        at(t0),
+    )
+    .unwrap();
     // missing_cleanup → stamped.
-    let m = reg.create(new("m", None), NOW - MIN).unwrap().0;
-    reg.finish(&m.task_id, NOW - MIN, TaskStatus::Succeeded, None, None)
-        .unwrap();
+    let m = reg.create(new("m", None), at(NOW - MIN)).unwrap().0;
+    reg.finish(
+        &m.task_id,
+        Finish::new(TaskStatus::Succeeded),
+        at(NOW - MIN),
+    )
+    .unwrap();
     raw(
         &reg,
         "UPDATE task_runs SET cleanup_after = NULL, version = version + 1 WHERE task_id = ?1",
         &m.task_id,
     );
     // inconsistent_timestamps → normalized.
-    let i = reg.create(new("i", None), NOW - MIN).unwrap().0;
-    reg.finish(&i.task_id, NOW - MIN, TaskStatus::Failed, None, None)
+    let i = reg.create(new("i", None), at(NOW - MIN)).unwrap().0;
+    reg.finish(&i.task_id, Finish::new(TaskStatus::Failed), at(NOW - MIN))
         .unwrap();
     raw(
         &reg,
@@ -179,17 +193,18 @@ fn maintenance_apply_clears_every_repairable_finding() {
         &i.task_id,
     );
     // expired succeeded task → pruned.
-    let old = reg.create(new("old", None), t0 - 8 * 86_400_000).unwrap().0;
+    let old = reg
+        .create(new("old", None), at(t0 - 8 * 86_400_000))
+        .unwrap()
+        .0;
     reg.finish(
         &old.task_id,
-        t0 - 8 * 86_400_000,
-        TaskStatus::Succeeded,
-        None,
-        None,
+        Finish::new(TaskStatus::Succeeded),
+        at(t0 - 8 * 86_400_000),
     )
     .unwrap();
 
-    let before = reg.audit(NOW, &AuditOptions::default()).unwrap();
+    let before = reg.audit(at(NOW), &AuditOptions::default()).unwrap();
     for c in [
         "stale_queued",
         "stale_running",
@@ -206,16 +221,22 @@ fn maintenance_apply_clears_every_repairable_finding() {
     let preview = reg
         .maintenance(
             MaintenanceMode::Preview,
-            NOW,
+            at(NOW),
             &MaintenanceOptions::default(),
         )
         .unwrap();
     assert_eq!(
-        reg.audit(NOW, &AuditOptions::default()).unwrap().summary,
+        reg.audit(at(NOW), &AuditOptions::default())
+            .unwrap()
+            .summary,
         before.summary
     );
     let rep = reg
-        .maintenance(MaintenanceMode::Apply, NOW, &MaintenanceOptions::default())
+        .maintenance(
+            MaintenanceMode::Apply,
+            at(NOW),
+            &MaintenanceOptions::default(),
+        )
         .unwrap();
     assert_eq!(
         (preview.reconciled, preview.pruned, preview.normalized),
@@ -226,7 +247,7 @@ fn maintenance_apply_clears_every_repairable_finding() {
     assert_eq!(rep.normalized, 1);
     assert!(rep.cleanup_stamped >= 1);
 
-    let after = reg.audit(NOW, &AuditOptions::default()).unwrap();
+    let after = reg.audit(at(NOW), &AuditOptions::default()).unwrap();
     let left: Vec<_> = after
         .findings
         .iter()
@@ -256,10 +277,17 @@ fn maintenance_apply_clears_every_repairable_finding() {
     let rl = reg.get(&r.task_id).unwrap().unwrap();
     assert_eq!(rl.status, TaskStatus::Lost);
     assert!(rl.error.unwrap().contains("is dead"));
-    assert_eq!(rl.cleanup_after, Some(NOW + LOST_TASK_RETENTION_MS));
+    assert_eq!(
+        rl.cleanup_after,
+        Some(NOW + LOST_TASK_RETENTION.as_millis() as i64)
+    );
     // Idempotent: a second apply finds nothing.
     let again = reg
-        .maintenance(MaintenanceMode::Apply, NOW, &MaintenanceOptions::default())
+        .maintenance(
+            MaintenanceMode::Apply,
+            at(NOW),
+            &MaintenanceOptions::default(),
+        )
         .unwrap();
     assert!(again.actions.is_empty(), "{:?}", again.actions);
 }
@@ -274,9 +302,9 @@ fn registry_rules_dedupe_defaults_monotonicity_cleanup() {
         run_id: Some("run-1".into()),
         ..Default::default()
     };
-    let (a, created) = reg.create(mk(), NOW).unwrap();
+    let (a, created) = reg.create(mk(), at(NOW)).unwrap();
     assert!(created);
-    let (b, created) = reg.create(mk(), NOW + 1).unwrap();
+    let (b, created) = reg.create(mk(), at(NOW + 1)).unwrap();
     assert!(!created);
     assert_eq!(a.task_id, b.task_id);
     assert_eq!(a.delivery_status, DeliveryStatus::Pending);
@@ -288,7 +316,7 @@ fn registry_rules_dedupe_defaults_monotonicity_cleanup() {
                 task: "sys".into(),
                 ..Default::default()
             },
-            NOW,
+            at(NOW),
         )
         .unwrap()
         .0;
@@ -296,18 +324,21 @@ fn registry_rules_dedupe_defaults_monotonicity_cleanup() {
     assert_eq!(sys.delivery_status, DeliveryStatus::NotApplicable);
     assert_eq!(sys.notify_policy, NotifyPolicy::Silent);
 
-    reg.finish(&a.task_id, NOW + 10, TaskStatus::Cancelled, None, None)
+    reg.finish(&a.task_id, Finish::new(TaskStatus::Cancelled), at(NOW + 10))
         .unwrap();
     let e = reg
-        .finish(&a.task_id, NOW + 20, TaskStatus::Succeeded, None, None)
+        .finish(&a.task_id, Finish::new(TaskStatus::Succeeded), at(NOW + 20))
         .unwrap_err();
     assert!(matches!(e, TaskError::InvalidTransition { .. }), "{e}");
-    assert!(reg.mark_running(&a.task_id, NOW + 30).is_err());
+    assert!(reg.mark_running(&a.task_id, at(NOW + 30)).is_err());
     let t = reg.get(&a.task_id).unwrap().unwrap();
     assert_eq!(t.status, TaskStatus::Cancelled);
-    assert_eq!(t.cleanup_after, Some(NOW + 10 + DEFAULT_TASK_RETENTION_MS));
+    assert_eq!(
+        t.cleanup_after,
+        Some(NOW + 10 + DEFAULT_TASK_RETENTION.as_millis() as i64)
+    );
     // Normalization: a start before creation lowers createdAt.
-    let n = reg.create(mk2(), NOW).unwrap().0;
+    let n = reg.create(mk2(), at(NOW)).unwrap().0;
     let n = reg
         .update(&n.task_id, |t| {
             t.status = TaskStatus::Running;
@@ -333,7 +364,7 @@ fn mk2() -> NewTask {
 #[test]
 fn strict_enum_parsing_names_task_and_column() {
     let (d, reg) = registry();
-    let t = reg.create(mk2(), NOW).unwrap().0;
+    let t = reg.create(mk2(), at(NOW)).unwrap().0;
     let path = reg.path().to_path_buf();
     drop(reg);
     let c = rusqlite::Connection::open(&path).unwrap();
@@ -414,9 +445,9 @@ fn store_v1() -> Vec<&'static str> {
 #[test]
 fn stale_copy_cannot_overwrite_a_newer_row() {
     let (_d, reg) = registry();
-    let t = reg.create(mk2(), NOW).unwrap().0;
+    let t = reg.create(mk2(), at(NOW)).unwrap().0;
     let stale = t.clone();
-    reg.mark_running(&t.task_id, NOW + 1).unwrap(); // version 2
+    reg.mark_running(&t.task_id, at(NOW + 1)).unwrap(); // version 2
     let store = SqliteTaskStore::open(reg.path(), SqliteOptions::default()).unwrap();
     let mut s = stale;
     s.status = TaskStatus::Failed;
@@ -436,9 +467,7 @@ fn stale_copy_cannot_overwrite_a_newer_row() {
         [&t.task_id],
     )
     .unwrap();
-    let u = reg
-        .record_progress(&t.task_id, NOW + 2, None, Some("k"))
-        .unwrap();
+    let u = reg.bump_counter(&t.task_id, "k", at(NOW + 2)).unwrap();
     assert_eq!(u.progress_summary.as_deref(), Some("ext"));
     assert_eq!(u.version, 4);
 }

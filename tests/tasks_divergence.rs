@@ -14,6 +14,11 @@ use rstest::rstest;
 
 const T0: i64 = 1_780_000_000_000;
 
+/// Unix ms → the API's `SystemTime`.
+fn at(ms: i64) -> std::time::SystemTime {
+    std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64)
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Failure {
     Trigger,
@@ -49,10 +54,10 @@ fn seed(reg: &TaskRegistry) -> TaskRecord {
                 requester_origin: Some(serde_json::json!({"channel": "chat"})),
                 ..Default::default()
             },
-            T0,
+            at(T0),
         )
         .unwrap();
-    reg.mark_running(&t.task_id, T0 + 1).unwrap()
+    reg.mark_running(&t.task_id, at(T0 + 1)).unwrap()
 }
 
 /// Direct read from a fresh connection (not the registry's).
@@ -186,7 +191,9 @@ fn failed_write_leaves_memory_as_sqlite(
         db_status(&path, &t.task_id),
     )
     .unwrap();
-    let fresh = reg.list_fresh_tasks_for_owner_key("owner:a", T0).unwrap();
+    let fresh = reg
+        .list_fresh_tasks_for_owner_key("owner:a", at(T0))
+        .unwrap();
     assert_eq!(fresh, vec![before.clone()]);
 
     // A reload resurrects nothing and loses nothing.
@@ -286,7 +293,7 @@ fn memory_first_variant_diverges() {
 fn observers_see_events_and_cannot_break_writes() {
     use std::sync::{Arc, Mutex};
     let d = tempfile::tempdir().unwrap();
-    let reg = TaskRegistry::open(&d.path().join("runs.sqlite"), opts()).unwrap();
+    let reg = TaskRegistry::open(d.path().join("runs.sqlite"), opts()).unwrap();
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let s2 = seen.clone();
     reg.add_observer(Arc::new(move |e: &TaskEvent| {
@@ -296,13 +303,14 @@ fn observers_see_events_and_cannot_break_writes() {
                 format!("upserted:{}:{}", task.status, previous.is_some())
             }
             TaskEvent::Deleted { previous, .. } => format!("deleted:{}", previous.status),
+            other => format!("other:{other:?}"),
         });
-        Ok(())
+        Ok::<_, ObserverError>(())
     }));
-    reg.add_observer(Arc::new(|_: &TaskEvent| -> Result<(), String> {
+    reg.add_observer(Arc::new(|_: &TaskEvent| -> Result<(), ObserverError> {
         panic!("observer bug")
     }));
-    reg.add_observer(Arc::new(|_: &TaskEvent| Err("observer error".to_string())));
+    reg.add_observer(Arc::new(|_: &TaskEvent| Err("observer error".into())));
     let t = seed(&reg);
     assert!(reg.delete(&t.task_id).unwrap());
     assert_eq!(

@@ -34,7 +34,7 @@ fn registry_and_cli_processes_share_the_ledger_without_lost_updates() {
     let d = tempfile::tempdir().unwrap();
     let state = d.path();
     let reg = TaskRegistry::open_state_dir(state, RegistryOptions::default()).unwrap();
-    let now = lockstore::proc::now_ms();
+    let now = std::time::SystemTime::now();
     let mk = |task: &str| {
         reg.create(
             NewTask {
@@ -71,7 +71,7 @@ fn registry_and_cli_processes_share_the_ledger_without_lost_updates() {
     let mut mine = Vec::new();
     for _ in 0..DAEMON_WRITES {
         let t = reg
-            .record_progress(&ids[0], lockstore::proc::now_ms(), None, Some("n"))
+            .bump_counter(&ids[0], "n", std::time::SystemTime::now())
             .unwrap();
         mine.push(t.version);
     }
@@ -114,8 +114,8 @@ fn registry_and_cli_processes_share_the_ledger_without_lost_updates() {
     assert_eq!(a.version, na + 1);
 
     // The registry's view equals the database.
-    let store = SqliteTaskStore::open(&lockstore::paths::tasks_db(state), SqliteOptions::default())
-        .unwrap();
+    let store =
+        SqliteTaskStore::open(lockstore::paths::tasks_db(state), SqliteOptions::default()).unwrap();
     assert_eq!(reg.snapshot().unwrap(), store.load_snapshot().unwrap());
 }
 
@@ -149,12 +149,12 @@ fn killed_tasks_run_is_marked_lost_and_live_owner_never_is() {
     assert_eq!(t.owner_pid, Some(run.id()));
 
     // Owner alive: even a day later with no grace, never lost.
-    let later = lockstore::proc::now_ms() + 86_400_000;
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(86_400);
     let rep = reg
         .maintenance(
             MaintenanceMode::Apply,
             later,
-            &MaintenanceOptions { grace_ms: 0 },
+            &MaintenanceOptions::with_grace(std::time::Duration::ZERO),
         )
         .unwrap();
     assert_eq!(rep.reconciled, 0);
@@ -169,7 +169,8 @@ fn killed_tasks_run_is_marked_lost_and_live_owner_never_is() {
     );
 
     // Immediately (no grace needed): the owner is definitely dead.
-    let now = lockstore::proc::now_ms();
+    let now_ms = lockstore::proc::now_ms();
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms as u64);
     let preview = reg
         .maintenance(
             MaintenanceMode::Preview,
@@ -194,7 +195,7 @@ fn killed_tasks_run_is_marked_lost_and_live_owner_never_is() {
         e.contains(&format!("owner process {} is dead", t.owner_pid.unwrap())),
         "{e}"
     );
-    assert!(t.cleanup_after.unwrap() <= now + LOST_TASK_RETENTION_MS + 60_000);
+    assert!(t.cleanup_after.unwrap() <= now_ms + LOST_TASK_RETENTION.as_millis() as i64 + 60_000);
     // The CLI shows it.
     let show = cli(state).args(["tasks", "show", &id]).output().unwrap();
     let s = String::from_utf8(show.stdout).unwrap();

@@ -244,7 +244,11 @@ impl Daemon {
         {
             let rep = self
                 .tasks
-                .maintenance(MaintenanceMode::Apply, now, &MaintenanceOptions::default())
+                .maintenance(
+                    MaintenanceMode::Apply,
+                    std::time::UNIX_EPOCH + Duration::from_millis(now.max(0) as u64),
+                    &MaintenanceOptions::default(),
+                )
                 .map_err(super::tasks::cli_err)?;
             tracing::debug!(?rep, "task maintenance");
             self.last_maintenance = Some(Instant::now());

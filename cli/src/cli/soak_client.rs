@@ -423,7 +423,7 @@ impl Client {
                 owner: Some(lockstore::proc::current().clone()),
                 ..Default::default()
             };
-            match self.tasks.create(new, now_ms()) {
+            match self.tasks.create(new, std::time::SystemTime::now()) {
                 Ok((t, _)) => t.task_id,
                 Err(e) => {
                     return self.record("task_create", false, json!({"error": e.to_string()}))

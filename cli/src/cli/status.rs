@@ -90,7 +90,10 @@ pub fn run(a: StatusArgs, state: &Path) -> CliResult {
         Ok(Some(reg)) => {
             let list = reg.list().unwrap_or_default();
             let count = |s: &str| list.iter().filter(|t| t.status.as_str() == s).count();
-            let audit = reg.audit(now, &AuditOptions::default());
+            let audit = reg.audit(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(now.max(0) as u64),
+                &AuditOptions::default(),
+            );
             let summary = audit
                 .map(|r| json!({"warnings": r.summary.warnings, "errors": r.summary.errors, "byCode": r.summary.by_code}))
                 .unwrap_or_else(|e| json!({"error": e.to_string()}));

@@ -9,12 +9,11 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use lockstore::proc::now_ms;
 use lockstore::sqlite::SqliteOptions;
 use lockstore::stores::tasks::audit::format_age;
 use lockstore::stores::tasks::*;
@@ -93,7 +92,7 @@ enum TasksCmd {
         json: bool,
         /// Grace before an active task with an unjudgeable owner is marked lost, ms.
         #[arg(long, default_value_t = 300_000)]
-        grace_ms: i64,
+        grace_ms: u64,
     },
     /// Run CMD as a cli task owned by this process; records succeeded, failed (exit code) or timed_out. Prints the task id first.
     Run {
@@ -183,10 +182,10 @@ pub(crate) fn cli_err(e: TaskError) -> CliError {
             code: exit::CORRUPT,
             msg: e.to_string(),
         },
-        e @ (TaskError::InvalidTransition { .. } | TaskError::Invalid { .. }) => {
-            CliError::usage(e.to_string())
-        }
-        e @ TaskError::Conflict { .. } => CliError {
+        e @ (TaskError::InvalidTransition { .. }
+        | TaskError::Invalid { .. }
+        | TaskError::NotTerminal { .. }) => CliError::usage(e.to_string()),
+        e => CliError {
             code: exit::IO,
             msg: e.to_string(),
         },
@@ -322,7 +321,7 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
         }
         TasksCmd::Cancel { lookup, json } => {
             let t = reg.lookup(&lookup).map_err(cli_err)?;
-            let t = reg.cancel(&t.task_id, now_ms()).map_err(cli_err)?;
+            let t = reg.cancel(&t.task_id, SystemTime::now()).map_err(cli_err)?;
             if json {
                 print_json(&t)
             } else {
@@ -358,7 +357,9 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
         TasksCmd::Create(c) => create_cmd(&reg, c),
         TasksCmd::Start { lookup, json } => {
             let t = reg.lookup(&lookup).map_err(cli_err)?;
-            let t = reg.mark_running(&t.task_id, now_ms()).map_err(cli_err)?;
+            let t = reg
+                .mark_running(&t.task_id, SystemTime::now())
+                .map_err(cli_err)?;
             if json {
                 print_json(&t)
             } else {
@@ -376,9 +377,11 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
             let out = std::io::stdout();
             let mut out = out.lock();
             for _ in 0..repeat {
-                let t = reg
-                    .record_progress(&id, now_ms(), summary.as_deref(), counter.as_deref())
-                    .map_err(cli_err)?;
+                let t = match counter.as_deref() {
+                    None => reg.record_progress(&id, summary.as_deref(), SystemTime::now()),
+                    Some(c) => progress_counting(&reg, &id, summary.as_deref(), c),
+                }
+                .map_err(cli_err)?;
                 let _ = writeln!(out, "{}", t.version);
             }
             Ok(())
@@ -392,7 +395,15 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
         } => {
             let t = reg.lookup(&lookup).map_err(cli_err)?;
             let t = reg
-                .finish(&t.task_id, now_ms(), status, error, summary)
+                .finish(
+                    &t.task_id,
+                    Finish {
+                        status,
+                        error,
+                        summary,
+                    },
+                    SystemTime::now(),
+                )
                 .map_err(cli_err)?;
             if json {
                 print_json(&t)
@@ -405,7 +416,7 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
 }
 
 fn list(reg: &TaskRegistry, l: &ListArgs) -> CliResult {
-    let now = now_ms();
+    let now = SystemTime::now();
     let all = reg.list().map_err(cli_err)?;
     let tasks: Vec<_> = all
         .iter()
@@ -497,7 +508,7 @@ fn audit_cmd(
     json: bool,
 ) -> CliResult {
     let rep = reg
-        .audit(now_ms(), &AuditOptions::default())
+        .audit(SystemTime::now(), &AuditOptions::default())
         .map_err(cli_err)?;
     if json {
         return print_json(&audit_json(&rep, severity, code, limit));
@@ -550,8 +561,8 @@ fn health(s: &AuditSummary) -> String {
     )
 }
 
-fn maintenance_cmd(reg: &TaskRegistry, apply: bool, json: bool, grace_ms: i64) -> CliResult {
-    let now = now_ms();
+fn maintenance_cmd(reg: &TaskRegistry, apply: bool, json: bool, grace_ms: u64) -> CliResult {
+    let now = SystemTime::now();
     let before = reg.audit(now, &AuditOptions::default()).map_err(cli_err)?;
     let mode = if apply {
         MaintenanceMode::Apply
@@ -559,7 +570,11 @@ fn maintenance_cmd(reg: &TaskRegistry, apply: bool, json: bool, grace_ms: i64) -
         MaintenanceMode::Preview
     };
     let rep = reg
-        .maintenance(mode, now, &MaintenanceOptions { grace_ms })
+        .maintenance(
+            mode,
+            now,
+            &MaintenanceOptions::with_grace(Duration::from_millis(grace_ms)),
+        )
         .map_err(cli_err)?;
     let after = reg.audit(now, &AuditOptions::default()).map_err(cli_err)?;
     let tasks = reg.list().map_err(cli_err)?;
@@ -625,7 +640,7 @@ fn create_cmd(reg: &TaskRegistry, c: CreateArgs) -> CliResult {
         metadata: (!md.is_empty()).then_some(md),
         ..Default::default()
     };
-    let (t, _) = reg.create(new, now_ms()).map_err(cli_err)?;
+    let (t, _) = reg.create(new, SystemTime::now()).map_err(cli_err)?;
     if c.json {
         print_json(&t)
     } else {
@@ -648,9 +663,9 @@ fn run_cmd(
         owner: Some(lockstore::proc::current().clone()),
         ..Default::default()
     };
-    let (t, _) = reg.create(new, now_ms()).map_err(cli_err)?;
+    let (t, _) = reg.create(new, SystemTime::now()).map_err(cli_err)?;
     let id = t.task_id;
-    reg.mark_running(&id, now_ms()).map_err(cli_err)?;
+    reg.mark_running(&id, SystemTime::now()).map_err(cli_err)?;
     println!("{id}");
     let _ = std::io::stdout().flush();
     let child = Command::new(&cmd[0]).args(&cmd[1..]).spawn();
@@ -658,8 +673,12 @@ fn run_cmd(
         Ok(c) => c,
         Err(e) => {
             let msg = format!("cannot start {:?}: {e}", cmd[0]);
-            reg.finish(&id, now_ms(), TaskStatus::Failed, Some(msg.clone()), None)
-                .map_err(cli_err)?;
+            reg.finish(
+                &id,
+                Finish::new(TaskStatus::Failed).with_error(msg.clone()),
+                SystemTime::now(),
+            )
+            .map_err(cli_err)?;
             return Err(CliError { code: 127, msg });
         }
     };
@@ -718,8 +737,34 @@ fn run_cmd(
     }
 }
 
+/// `tasks progress --counter KEY`: progress at now plus `metadata[KEY] += 1`,
+/// one read-modify-write under the registry's compare-and-set.
+fn progress_counting(
+    reg: &TaskRegistry,
+    id: &str,
+    summary: Option<&str>,
+    counter: &str,
+) -> Result<TaskRecord, TaskError> {
+    let now = lockstore::proc::now_ms();
+    reg.update(id, |t| {
+        t.last_event_at = Some(now.max(t.last_event_at.unwrap_or(i64::MIN)));
+        if let Some(s) = summary {
+            t.progress_summary = Some(s.to_string());
+        }
+        let m = t.metadata.get_or_insert_with(Default::default);
+        let n = m.get(counter).and_then(|v| v.as_i64()).unwrap_or(0);
+        m.insert(counter.to_string(), (n + 1).into());
+        Ok(true)
+    })
+}
+
 fn record_end(reg: &TaskRegistry, id: &str, s: TaskStatus, err: Option<String>) -> CliResult {
-    match reg.finish(id, now_ms(), s, err, None) {
+    let how = Finish {
+        status: s,
+        error: err,
+        summary: None,
+    };
+    match reg.finish(id, how, SystemTime::now()) {
         Ok(_) => Ok(()),
         // Cancelled meanwhile: monotonicity keeps the operator's decision.
         Err(TaskError::InvalidTransition { from, .. }) => {

@@ -1,6 +1,6 @@
 //! Audit of the task ledger (openclaw `src/tasks/task-registry.audit.ts`,
 //! reference §5.9): codes, thresholds, sort and summary. Pure: a function of the
-//! records and `now_ms`.
+//! records and `now`.
 //!
 //! | Code | Severity | Trigger | Repair (maintenance apply) |
 //! | --- | --- | --- | --- |
@@ -14,19 +14,23 @@
 //! Age = `now − (lastEventAt ?? startedAt ?? createdAt)`, floored at 0.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use super::record::{iso, TaskRecord, TaskStatus};
 
 /// Default `staleQueuedMs`: 10 min.
-pub const STALE_QUEUED_MS: i64 = 10 * 60_000;
+pub const STALE_QUEUED: Duration = Duration::from_secs(10 * 60);
 /// Default `staleRunningMs`: 30 min.
-pub const STALE_RUNNING_MS: i64 = 30 * 60_000;
+pub const STALE_RUNNING: Duration = Duration::from_secs(30 * 60);
 
-/// Finding severity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// Finding severity; parses (strictly) from `warn` / `error`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, strum::EnumString,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Severity {
     /// Attention advised.
     Warn,
@@ -44,20 +48,12 @@ impl Severity {
     }
 }
 
-impl std::str::FromStr for Severity {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "warn" => Ok(Severity::Warn),
-            "error" => Ok(Severity::Error),
-            _ => Err(format!("unknown severity {s:?} (expected warn or error)")),
-        }
-    }
-}
-
-/// Audit codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// Audit codes; parse (strictly) from their snake_case names.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, strum::EnumString,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum AuditCode {
     /// Queued for ≥ 10 min.
     StaleQueued,
@@ -96,36 +92,29 @@ impl AuditCode {
     }
 }
 
-impl std::str::FromStr for AuditCode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        AuditCode::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown audit code {s:?} (expected one of: {})",
-                    AuditCode::ALL.map(|c| c.as_str()).join(", ")
-                )
-            })
-    }
-}
-
 /// Thresholds.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AuditOptions {
-    /// `stale_queued` threshold in ms (default 10 min).
-    pub stale_queued_ms: i64,
-    /// `stale_running` threshold in ms (default 30 min).
-    pub stale_running_ms: i64,
+    /// `stale_queued` threshold (default [`STALE_QUEUED`], 10 min).
+    pub stale_queued: Duration,
+    /// `stale_running` threshold (default [`STALE_RUNNING`], 30 min).
+    pub stale_running: Duration,
+}
+
+impl AuditOptions {
+    /// Thresholds `stale_queued` and `stale_running`.
+    pub fn new(stale_queued: Duration, stale_running: Duration) -> Self {
+        AuditOptions {
+            stale_queued,
+            stale_running,
+        }
+    }
 }
 
 impl Default for AuditOptions {
     fn default() -> Self {
-        AuditOptions {
-            stale_queued_ms: STALE_QUEUED_MS,
-            stale_running_ms: STALE_RUNNING_MS,
-        }
+        AuditOptions::new(STALE_QUEUED, STALE_RUNNING)
     }
 }
 
@@ -189,10 +178,13 @@ impl AuditReport {
     }
 }
 
-/// Audits `tasks` at `now_ms`. Sort: errors first, then larger age first
+/// Audits `tasks` at `now`. Sort: errors first, then larger age first
 /// (missing age = −1), then `createdAt` ascending (then task id, for a total
 /// order).
-pub fn audit(tasks: &[TaskRecord], now_ms: i64, opts: &AuditOptions) -> AuditReport {
+pub fn audit(tasks: &[TaskRecord], now: SystemTime, opts: &AuditOptions) -> AuditReport {
+    let now_ms = crate::timefmt::to_ms(now);
+    let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
+    let (stale_queued_ms, stale_running_ms) = (ms(opts.stale_queued), ms(opts.stale_running));
     let mut out = Vec::new();
     for t in tasks {
         let age = (now_ms - t.last_activity_at()).max(0);
@@ -208,13 +200,13 @@ pub fn audit(tasks: &[TaskRecord], now_ms: i64, opts: &AuditOptions) -> AuditRep
             })
         };
         match t.status {
-            TaskStatus::Queued if age >= opts.stale_queued_ms => push(
+            TaskStatus::Queued if age >= stale_queued_ms => push(
                 Severity::Warn,
                 AuditCode::StaleQueued,
                 Some(age),
                 "task has been queued without starting".into(),
             ),
-            TaskStatus::Running if age >= opts.stale_running_ms => push(
+            TaskStatus::Running if age >= stale_running_ms => push(
                 Severity::Error,
                 AuditCode::StaleRunning,
                 Some(age),

@@ -10,27 +10,46 @@
 //! `PRAGMA data_version` reloads for cross-process coherence, strict failures
 //! instead of a silently empty registry, and a repair for every audit code.
 //! See docs/tasks.md.
+//!
+//! Files: [`record`] (the record, its enums and lifecycle rules), [`store`]
+//! (SQLite schema and rows), [`audit`](mod@audit); the registry in `registry.rs` (the
+//! handle and its options), `index.rs` (memory and its indexes),
+//! `coherence.rs` (reloads), `batch.rs` (persist-before-commit, group
+//! commit), `mutations.rs`, `queries.rs`, `maintenance.rs` and
+//! `observers.rs`. Feature `tasks`.
 
 use std::path::PathBuf;
 
 pub mod audit;
+mod batch;
+mod coherence;
+mod index;
+mod maintenance;
+mod mutations;
+mod observers;
+mod queries;
 pub mod record;
-pub mod registry;
+mod registry;
 pub mod store;
 
+pub use crate::group::GroupCommitStats;
 pub use audit::{
     audit, AuditCode, AuditFinding, AuditOptions, AuditReport, AuditSummary, Severity,
 };
-pub use record::*;
-pub use registry::{
-    group_commit_stats, MaintenanceMode, MaintenanceOptions, MaintenanceReport, RegistryOptions,
-    TaskEvent, TaskObserver, TaskRegistry,
+pub use batch::group_commit_stats;
+pub use maintenance::{
+    MaintenanceAction, MaintenanceMode, MaintenanceOptions, MaintenanceReport, TASK_RECONCILE_GRACE,
 };
+pub use mutations::Finish;
+pub use observers::{ObserverError, TaskEvent, TaskObserver};
+pub use record::*;
+pub use registry::{RegistryOptions, TaskRegistry};
 pub use store::{Snapshot, SqliteTaskStore, TaskStore, WriteOutcome, SCHEMA_VERSION};
 
 /// Errors of the task ledger. Every variant names the database file.
 #[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TaskError {
     /// A core error (SQLite, lock timeout, I/O, schema too new...).
     #[error(transparent)]
@@ -69,12 +88,59 @@ pub enum TaskError {
         found: Option<i64>,
     },
 
-    /// Bad input (empty description, active-only field...).
+    /// Bad input for a new task: no runtime, empty description, or a
+    /// terminal initial status (`reason` says which). Nothing was written.
     #[error("invalid task for {}: {reason}", .path.display())]
-    Invalid { path: PathBuf, reason: String },
+    Invalid { path: PathBuf, reason: &'static str },
+
+    /// [`TaskRegistry::finish`] with an active status (queued or running).
+    /// Nothing was written.
+    #[error("task {task_id} in {}: finish needs a terminal status, not {status}", .path.display())]
+    NotTerminal {
+        path: PathBuf,
+        task_id: String,
+        status: TaskStatus,
+    },
 }
 
 impl TaskError {
+    /// The ledger file this error is about.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            TaskError::Core(e) => e.path(),
+            TaskError::InvalidPersisted { path, .. }
+            | TaskError::NotFound { path, .. }
+            | TaskError::InvalidTransition { path, .. }
+            | TaskError::Conflict { path, .. }
+            | TaskError::Invalid { path, .. }
+            | TaskError::NotTerminal { path, .. } => path,
+        }
+    }
+
+    /// Whether the disk is full ([`crate::Error::is_no_space`]: SQLITE_FULL,
+    /// ENOSPC, EFBIG, EDQUOT), with or without group commit. Memory and the
+    /// ledger's rows are unchanged.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, TaskError::Core(e) if e.is_no_space())
+    }
+
+    /// Whether the ledger's lock was not acquired before the deadline
+    /// ([`crate::Error::is_lock_timeout`]). Nothing was written.
+    pub fn is_lock_timeout(&self) -> bool {
+        matches!(self, TaskError::Core(e) if e.is_lock_timeout())
+    }
+
+    /// Whether the ledger is unusable as found: a persisted value that does
+    /// not parse ([`TaskError::InvalidPersisted`]) or a malformed database
+    /// ([`crate::Error::is_corrupt`]). The file is left untouched.
+    pub fn is_corrupt(&self) -> bool {
+        match self {
+            TaskError::InvalidPersisted { .. } => true,
+            TaskError::Core(e) => e.is_corrupt(),
+            _ => false,
+        }
+    }
+
     pub(crate) fn sqlite(op: &'static str, path: &std::path::Path, e: rusqlite::Error) -> Self {
         TaskError::Core(crate::Error::sqlite(op, path, e))
     }

@@ -5,82 +5,220 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
-/// Retention of a terminal task that is not `lost`: 7 days in ms (openclaw
+/// Retention of a terminal task that is not `lost`: 7 days (openclaw
 /// `DEFAULT_TASK_RETENTION_MS`).
-pub const DEFAULT_TASK_RETENTION_MS: i64 = 7 * 24 * 3_600_000;
-/// Retention of a `lost` task: 24 h in ms (openclaw `LOST_TASK_RETENTION_MS`).
-pub const LOST_TASK_RETENTION_MS: i64 = 24 * 3_600_000;
+pub const DEFAULT_TASK_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Retention of a `lost` task: 24 h (openclaw `LOST_TASK_RETENTION_MS`).
+pub const LOST_TASK_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
-macro_rules! str_enum {
-    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        pub enum $name { $($(#[$vm])* #[doc = concat!("`", $s, "`")] #[serde(rename = $s)] $v),+ }
+/// The record's enums: persisted (SQLite, JSON) and parsed (CLI) with their
+/// snake_case spelling; `FromStr` is strict (exact spelling only) and its
+/// error is [`strum::ParseError`]; `as_str` / `Display` give the spelling;
+/// `VARIANTS` lists every value in declaration order.
+macro_rules! spelled {
+    ($($name:ident),+) => {$(
         impl $name {
             /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$v),+];
+            pub const ALL: &'static [$name] = <$name as strum::VariantArray>::VARIANTS;
             /// The persisted / CLI spelling.
-            pub fn as_str(self) -> &'static str { match self { $($name::$v => $s),+ } }
-            /// Strict parse of the persisted spelling; `None` for anything else.
-            pub fn parse(s: &str) -> Option<Self> { match s { $($s => Some($name::$v),)+ _ => None } }
-        }
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
-        }
-        impl std::str::FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                $name::parse(s).ok_or_else(|| format!(
-                    "unknown {} {s:?} (expected one of: {})", stringify!($name),
-                    $name::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")))
+            pub fn as_str(self) -> &'static str {
+                self.into()
             }
         }
-    };
+    )+};
 }
 
-str_enum!(
-    /// Which runtime runs the task.
-    Runtime { Subagent = "subagent", Acp = "acp", Cli = "cli", Cron = "cron" }
-);
-str_enum!(
-    /// Whether the task belongs to a session (has an owner key) or the system.
-    ScopeKind { Session = "session", System = "system" }
-);
-str_enum!(
-    /// Lifecycle status. `queued` and `running` are active; the rest terminal.
-    TaskStatus {
-        /// Recorded, not started.
-        Queued = "queued",
-        /// Started by its owner process.
-        Running = "running",
-        /// Finished successfully.
-        Succeeded = "succeeded",
-        /// Finished with an error.
-        Failed = "failed",
-        /// Stopped by a timeout.
-        TimedOut = "timed_out",
-        /// Cancelled by an operator.
-        Cancelled = "cancelled",
-        /// Its owner died (or vanished) while it was active.
-        Lost = "lost",
-    }
-);
-str_enum!(
-    /// Outcome of the terminal notification to the requester.
-    DeliveryStatus {
-        Pending = "pending", Delivered = "delivered", SessionQueued = "session_queued",
-        Failed = "failed", ParentMissing = "parent_missing", NotApplicable = "not_applicable",
-    }
-);
-str_enum!(
-    /// When the requester is notified.
-    NotifyPolicy { DoneOnly = "done_only", StateChanges = "state_changes", Silent = "silent" }
-);
-str_enum!(
-    /// How a terminal task ended from the requester's point of view.
-    TerminalOutcome { Succeeded = "succeeded", Blocked = "blocked" }
+/// Which runtime runs the task.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Runtime {
+    /// `subagent`
+    Subagent,
+    /// `acp`
+    Acp,
+    /// `cli`
+    Cli,
+    /// `cron`
+    Cron,
+}
+
+/// Whether the task belongs to a session (has an owner key) or the system.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum ScopeKind {
+    /// `session`
+    Session,
+    /// `system`
+    System,
+}
+
+/// Lifecycle status. `queued` and `running` are active; the rest terminal.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum TaskStatus {
+    /// `queued`: recorded, not started.
+    Queued,
+    /// `running`: started by its owner process.
+    Running,
+    /// `succeeded`: finished successfully.
+    Succeeded,
+    /// `failed`: finished with an error.
+    Failed,
+    /// `timed_out`: stopped by a timeout.
+    TimedOut,
+    /// `cancelled`: cancelled by an operator.
+    Cancelled,
+    /// `lost`: its owner died (or vanished) while it was active.
+    Lost,
+}
+
+/// Outcome of the terminal notification to the requester.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// `pending`
+    Pending,
+    /// `delivered`
+    Delivered,
+    /// `session_queued`
+    SessionQueued,
+    /// `failed`
+    Failed,
+    /// `parent_missing`
+    ParentMissing,
+    /// `not_applicable`
+    NotApplicable,
+}
+
+/// When the requester is notified.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum NotifyPolicy {
+    /// `done_only`
+    DoneOnly,
+    /// `state_changes`
+    StateChanges,
+    /// `silent`
+    Silent,
+}
+
+/// How a terminal task ended from the requester's point of view.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum TerminalOutcome {
+    /// `succeeded`
+    Succeeded,
+    /// `blocked`
+    Blocked,
+}
+
+spelled!(
+    Runtime,
+    ScopeKind,
+    TaskStatus,
+    DeliveryStatus,
+    NotifyPolicy,
+    TerminalOutcome
 );
 
 impl TaskStatus {
@@ -92,12 +230,12 @@ impl TaskStatus {
     pub fn is_terminal(self) -> bool {
         !self.is_active()
     }
-    /// Retention after the task ended, in ms (24 h for lost, else 7 days).
-    pub fn retention_ms(self) -> i64 {
+    /// Retention after the task ended (24 h for lost, else 7 days).
+    pub fn retention(self) -> Duration {
         if self == TaskStatus::Lost {
-            LOST_TASK_RETENTION_MS
+            LOST_TASK_RETENTION
         } else {
-            DEFAULT_TASK_RETENTION_MS
+            DEFAULT_TASK_RETENTION
         }
     }
     /// Status monotonicity (openclaw §5.6): the same status is always accepted;
@@ -116,7 +254,8 @@ impl TaskStatus {
 pub type Metadata = BTreeMap<String, serde_json::Value>;
 
 /// One task run (JSON field names as openclaw's `TaskRecord`, camelCase).
-/// Times are epoch ms.
+/// It mirrors the ledger row, so its times stay Unix epoch ms (`i64`), as on
+/// disk; the registry's methods take [`std::time::SystemTime`] and convert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskRecord {
@@ -296,7 +435,7 @@ impl TaskRecord {
         self.ended_at
             .or(self.last_event_at)
             .unwrap_or(self.created_at)
-            .saturating_add(self.status.retention_ms())
+            .saturating_add(self.status.retention().as_millis() as i64)
     }
 
     /// The owner process as recorded, if a pid was recorded.
@@ -368,9 +507,19 @@ impl TaskRecord {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
+impl TaskRecord {
+    /// `metadata[counter] += 1` (missing counts as 0).
+    pub(crate) fn bump_counter(&mut self, counter: &str) {
+        let m = self.metadata.get_or_insert_with(Default::default);
+        let n = m.get(counter).and_then(|v| v.as_i64()).unwrap_or(0);
+        m.insert(counter.to_string(), (n + 1).into());
+    }
+}
+
 /// Parses a flat metadata map: a JSON object whose values are strings,
 /// numbers, booleans or null and whose keys are non-empty.
-pub fn parse_metadata(s: &str) -> Result<Metadata, String> {
+pub(crate) fn parse_metadata(s: &str) -> Result<Metadata, String> {
     let v: serde_json::Value = serde_json::from_str(s).map_err(|e| e.to_string())?;
     let serde_json::Value::Object(m) = v else {
         return Err("metadata is not a JSON object".into());

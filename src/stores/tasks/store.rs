@@ -191,27 +191,22 @@ fn parse_task(path: &Path, raw: RawTask) -> Result<TaskRecord, TaskError> {
         column,
         value: value.cloned().unwrap_or_else(|| "NULL".into()),
     };
-    fn need<T>(
+    /// Strict parse of a persisted enum spelling (exact match only).
+    fn need<T: std::str::FromStr>(
         v: Option<&String>,
-        p: fn(&str) -> Option<T>,
         col: &'static str,
         bad: &dyn Fn(&'static str, Option<&String>) -> TaskError,
     ) -> Result<T, TaskError> {
-        v.and_then(|s| p(s)).ok_or_else(|| bad(col, v))
+        v.and_then(|s| s.parse().ok()).ok_or_else(|| bad(col, v))
     }
-    let runtime = need(t[1].as_ref(), Runtime::parse, "runtime", &bad)?;
-    let scope_kind = need(t[6].as_ref(), ScopeKind::parse, "scope_kind", &bad)?;
-    let status = need(t[15].as_ref(), TaskStatus::parse, "status", &bad)?;
-    let delivery_status = need(
-        t[16].as_ref(),
-        DeliveryStatus::parse,
-        "delivery_status",
-        &bad,
-    )?;
-    let notify_policy = need(t[17].as_ref(), NotifyPolicy::parse, "notify_policy", &bad)?;
-    let terminal_outcome = match t[21].as_ref() {
+    let runtime: Runtime = need(t[1].as_ref(), "runtime", &bad)?;
+    let scope_kind: ScopeKind = need(t[6].as_ref(), "scope_kind", &bad)?;
+    let status: TaskStatus = need(t[15].as_ref(), "status", &bad)?;
+    let delivery_status: DeliveryStatus = need(t[16].as_ref(), "delivery_status", &bad)?;
+    let notify_policy: NotifyPolicy = need(t[17].as_ref(), "notify_policy", &bad)?;
+    let terminal_outcome: Option<TerminalOutcome> = match t[21].as_ref() {
         None => None,
-        Some(s) => Some(TerminalOutcome::parse(s).ok_or_else(|| bad("terminal_outcome", Some(s)))?),
+        Some(s) => Some(need(Some(s), "terminal_outcome", &bad)?),
     };
     let metadata = match t[22].as_ref() {
         None => None,
@@ -443,7 +438,8 @@ impl SqliteTaskStore {
     ///
     /// Errors: [`TaskError::Core`] wrapping [`crate::Error::SchemaTooNew`],
     /// [`crate::Error::Sqlite`] (naming the file), [`crate::Error::Io`].
-    pub fn open(path: &Path, opts: SqliteOptions) -> Result<Self, TaskError> {
+    pub fn open(path: impl AsRef<Path>, opts: SqliteOptions) -> Result<Self, TaskError> {
+        let path = path.as_ref();
         let conn = sqlite::open(path, &opts, MIGRATIONS)?;
         Ok(SqliteTaskStore {
             path: path.to_path_buf(),
@@ -480,13 +476,16 @@ impl SqliteTaskStore {
     }
 
     /// SQLite-direct reader: tasks of `owner_key` not yet due for cleanup at
-    /// `now_ms` (cleanupAfter unset or in the future), newest first. Reads the
+    /// `now` (cleanupAfter unset or in the future), newest first. Reads the
     /// database, not memory (openclaw `listFreshTasksForOwnerKey`).
+    ///
+    /// Errors: [`TaskError::Core`] (SQLite), [`TaskError::InvalidPersisted`].
     pub fn list_fresh_tasks_for_owner_key(
         &self,
         owner_key: &str,
-        now_ms: i64,
+        now: std::time::SystemTime,
     ) -> Result<Vec<TaskRecord>, TaskError> {
+        let now_ms = crate::timefmt::to_ms(now);
         let c = self.connection();
         query_tasks(
             &c,
