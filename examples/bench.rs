@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lockstore::json::{group_commit_stats, GroupCommit};
-use lockstore::stores::tasks::{NewTask, RegistryOptions, Runtime, TaskRegistry};
+use lockstore::tasks::{NewTask, RegistryOptions, Runtime, TaskRegistry};
 use lockstore::{Durability, Error, JsonOptions, JsonStore};
 use serde::{Deserialize, Serialize};
 
@@ -284,7 +284,7 @@ fn bare_sqlite_loop(path: &Path, id: &str, durability: Durability, secs: f64) ->
         durability,
         ..Default::default()
     };
-    let c = lockstore::sqlite::open(path, &opts, lockstore::stores::tasks::store::MIGRATIONS)
+    let c = lockstore::sqlite::open(path, &opts, lockstore::tasks::store::MIGRATIONS)
         .expect("open sqlite");
     let cols: Vec<String> = c
         .prepare("SELECT * FROM task_runs LIMIT 0")
@@ -387,11 +387,11 @@ fn seed_task(reg: &TaskRegistry) -> String {
 fn registry_threads(path: &Path, t: usize, per: u64, group: bool, secs: f64) -> (f64, f64) {
     let reg = registry(path, Durability::Full, group);
     let ids: Vec<String> = (0..t).map(|_| seed_task(&reg)).collect();
-    let lockstore::stores::tasks::GroupCommitStats {
+    let lockstore::tasks::GroupCommitStats {
         batches: b0,
         batched_updates: u0,
         ..
-    } = lockstore::stores::tasks::group_commit_stats();
+    } = lockstore::tasks::group_commit_stats();
     let start = Instant::now();
     let total = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|sc| {
@@ -409,11 +409,11 @@ fn registry_threads(path: &Path, t: usize, per: u64, group: bool, secs: f64) -> 
         }
     });
     let ops = total.into_inner() as f64 / start.elapsed().as_secs_f64();
-    let lockstore::stores::tasks::GroupCommitStats {
+    let lockstore::tasks::GroupCommitStats {
         batches: b1,
         batched_updates: u1,
         ..
-    } = lockstore::stores::tasks::group_commit_stats();
+    } = lockstore::tasks::group_commit_stats();
     let mean = if b1 > b0 {
         (u1 - u0) as f64 / (b1 - b0) as f64
     } else {
@@ -426,7 +426,7 @@ fn registry_threads(path: &Path, t: usize, per: u64, group: bool, secs: f64) -> 
 /// one worker run (`concurrency` threads) claims, delivers to a file adapter
 /// and acks each. Returns (messages/s end to end, enqueues/s alone).
 fn outbox_run(dir: &Path, concurrency: usize, secs: f64) -> (f64, f64) {
-    use lockstore::stores::outbox::{
+    use lockstore::outbox::{
         adapters::FileAdapter, worker, NewMessage, Outbox, OutboxOptions,
     };
     let db = dir.join(format!("outbox-{concurrency}.sqlite"));

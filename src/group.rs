@@ -52,9 +52,8 @@ pub const ABANDONED_POLL: Duration = Duration::from_millis(10);
 
 /// Group-commit statistics: how many batches were saved / committed and how
 /// many updates (mutations) they held; the mean batch size is the ratio.
-/// Returned by [`crate::json::group_commit_stats`] (every JSON store of this
-/// process), [`crate::stores::tasks::group_commit_stats`] (every task ledger
-/// of this process) and `TaskRegistry::group_commit_stats` (one registry).
+/// Returned by `JsonStore::group_commit_stats` and
+/// `TaskRegistry::group_commit_stats` (one store handle).
 ///
 /// Only batches whose save / COMMIT succeeded and that held at least one
 /// successful update count; an update outside group commit counts as
@@ -249,7 +248,6 @@ impl<B: Batch> Group<B, B::Delivery> {
     }
 
     /// This group's statistics.
-    #[cfg_attr(not(feature = "tasks"), allow(dead_code))]
     pub(crate) fn stats(&self) -> GroupCommitStats {
         self.stats.get()
     }

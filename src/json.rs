@@ -33,7 +33,7 @@ use crate::group::{Batch, Group, StatsCounter};
 use crate::lock::LockOptions;
 use crate::writer::{Exclusive, Writer};
 
-pub use crate::group::GroupCommitStats;
+use crate::group::GroupCommitStats;
 
 /// Migration hook: `(from_version, document) -> document at the current version`,
 /// or a reason why it cannot be migrated (reported as [`Error::Corrupt`]).
@@ -90,7 +90,8 @@ impl Default for GroupCommit {
 
 /// Group-commit statistics of every [`JsonStore`] in this process: batches
 /// saved and the updates they held (see [`GroupCommitStats`]).
-pub fn group_commit_stats() -> GroupCommitStats {
+#[allow(dead_code)]
+pub(crate) fn group_commit_stats() -> GroupCommitStats {
     JSON_STATS.get()
 }
 
@@ -176,6 +177,12 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
     /// The options.
     pub fn options(&self) -> &JsonOptions {
         &self.opts
+    }
+
+    /// Group-commit statistics of this handle: batches saved and the updates
+    /// they held (see [`GroupCommit`]).
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        self.group.stats()
     }
 
     /// Loads the document without taking the lock (atomic saves make that safe: a

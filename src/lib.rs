@@ -73,6 +73,7 @@ mod writer;
 
 pub use atomic::{write_atomic, Durability};
 pub use error::{Error, Result};
+pub use group::GroupCommitStats;
 pub use json::{GroupCommit, JsonOptions, JsonStore, Loaded, Migrate};
 pub use lock::{HolderInfo, LockOptions, LockProtocol, OwnerRecord, WaitCallback};
 pub use proc::{Liveness, ProcessIdentity};

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
 use lockstore::atomic::{read_file, write_atomic};
-use lockstore::stores::commitments::{
+use lockstore::commitments::{
     Candidate, CommitmentsConfig, CommitmentsStore, InferredItem, Kind, Scope, Sensitivity, Source,
     Status, StatusFilter, TerminalStatus,
 };

@@ -5,7 +5,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use lockstore::stores::commitments::{
+use lockstore::commitments::{
     Candidate, Commitment, CommitmentsConfig, CommitmentsError, CommitmentsStore, InferredItem,
     Kind, Scope, Sensitivity, Source, Status, StatusFilter, TerminalStatus, EXPIRE_AFTER_MS,
 };

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::SystemTime;
 
 use lockstore::json::GroupCommit;
-use lockstore::stores::tasks::{NewTask, RegistryOptions, Runtime, TaskRegistry};
+use lockstore::tasks::{NewTask, RegistryOptions, Runtime, TaskRegistry};
 use lockstore::{Durability, Error, JsonOptions, JsonStore};
 
 /// A tmpfs mounted on a temp dir; unmounted on drop (also when a test panics).
@@ -110,7 +110,7 @@ fn task(reg: &TaskRegistry, label: &str) -> String {
 }
 
 /// Sets a summary larger than the whole file system on task `id`.
-fn grow(reg: &TaskRegistry, id: &str) -> Result<(), lockstore::stores::tasks::TaskError> {
+fn grow(reg: &TaskRegistry, id: &str) -> Result<(), lockstore::tasks::TaskError> {
     reg.update(id, |t| {
         t.progress_summary = Some("x".repeat(1_200_000));
         Ok(true)

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lockstore::stores::outbox::legacy::import_legacy;
-use lockstore::stores::outbox::{
+use lockstore::outbox::legacy::import_legacy;
+use lockstore::outbox::{
     Enqueued, Entry, Failure, NewMessage, Outbox, OutboxError, OutboxOptions, Outcome, Retention,
     RetryPolicy, Status,
 };
@@ -715,7 +715,7 @@ fn bad_input_is_a_typed_error_naming_the_file() {
         "inflight".parse::<Status>(),
         Err(OutboxError::UnknownStatus { value }) if value == "inflight"
     ));
-    use lockstore::stores::outbox::adapters::{from_spec, AdapterSpecError};
+    use lockstore::outbox::adapters::{from_spec, AdapterSpecError};
     let t = Duration::from_secs(1);
     assert!(
         matches!(from_spec("file:", t), Err(AdapterSpecError::MissingPath { spec }) if spec == "file:")

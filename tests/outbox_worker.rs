@@ -4,9 +4,9 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use lockstore::stores::outbox::adapters::{ExecAdapter, FileAdapter};
-use lockstore::stores::outbox::worker::{run, run_once, ChannelAdapter, Delivery, WorkerOptions};
-use lockstore::stores::outbox::{Entry, NewMessage, Outbox, Status};
+use lockstore::outbox::adapters::{ExecAdapter, FileAdapter};
+use lockstore::outbox::worker::{run, run_once, ChannelAdapter, Delivery, WorkerOptions};
+use lockstore::outbox::{Entry, NewMessage, Outbox, Status};
 
 fn setup(n: usize) -> (tempfile::TempDir, WorkerOptions, Outbox) {
     let d = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 //! v1, refusal of a newer schema; compare-and-set on version.
 
 use lockstore::sqlite::SqliteOptions;
-use lockstore::stores::tasks::*;
+use lockstore::tasks::*;
 use rstest::rstest;
 use std::time::{Duration, SystemTime};
 
@@ -439,7 +439,7 @@ fn migrates_v1_and_refuses_newer() {
 }
 
 fn store_v1() -> Vec<&'static str> {
-    lockstore::stores::tasks::store::MIGRATIONS[..1].to_vec()
+    lockstore::tasks::store::MIGRATIONS[..1].to_vec()
 }
 
 #[test]

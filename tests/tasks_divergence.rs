@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use lockstore::sqlite::SqliteOptions;
-use lockstore::stores::tasks::*;
+use lockstore::tasks::*;
 use rstest::rstest;
 
 const T0: i64 = 1_780_000_000_000;

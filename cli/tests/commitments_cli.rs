@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Barrier};
 
-use lockstore::stores::commitments::{
+use lockstore::commitments::{
     Candidate, CommitmentsConfig, CommitmentsStore, InferredItem, Kind, Scope, Sensitivity, Source,
     Status, StatusFilter,
 };

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::Command;
 
-use lockstore::stores::outbox::{NewMessage, Outbox, OutboxOptions, Status};
+use lockstore::outbox::{NewMessage, Outbox, OutboxOptions, Status};
 use lockstore::Durability;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lockstore");

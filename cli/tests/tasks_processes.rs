@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use lockstore::sqlite::SqliteOptions;
-use lockstore::stores::tasks::*;
+use lockstore::tasks::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lockstore");
 const PROCS: usize = 8;

@@ -11,7 +11,7 @@ use std::path::Path;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use lockstore::stores::commitments::{
+use lockstore::commitments::{
     Candidate, Commitment, CommitmentsConfig, CommitmentsError, CommitmentsStore, InferredItem,
     Kind, Scope, Sensitivity, Source, Status, StatusFilter, StatusOutcome, TerminalStatus,
 };

@@ -23,12 +23,12 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use lockstore::lock::{HeldLock, LockOptions};
-use lockstore::stores::commitments::{
+use lockstore::commitments::{
     Commitment, CommitmentsConfig, CommitmentsStore, TerminalStatus,
 };
-use lockstore::stores::outbox::worker::{self, WorkerOptions};
-use lockstore::stores::outbox::{adapters, NewMessage, Outbox, OutboxOptions, Retention, Status};
-use lockstore::stores::tasks::{
+use lockstore::outbox::worker::{self, WorkerOptions};
+use lockstore::outbox::{adapters, NewMessage, Outbox, OutboxOptions, Retention, Status};
+use lockstore::tasks::{
     MaintenanceMode, MaintenanceOptions, RegistryOptions, TaskRegistry,
 };
 use lockstore::Error;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Subcommand};
 
 use lockstore::proc::now_ms;
-use lockstore::stores::outbox::{
+use lockstore::outbox::{
     adapters, legacy, worker, Entry, NewMessage, Outbox, OutboxError, OutboxOptions, Outcome,
     Retention, Status,
 };
@@ -217,8 +217,8 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
                 SystemTime::now(),
             )?;
             match r {
-                lockstore::stores::outbox::Enqueued::Created(id) => println!("created {id}"),
-                lockstore::stores::outbox::Enqueued::Existing(id) => println!("existing {id}"),
+                lockstore::outbox::Enqueued::Created(id) => println!("created {id}"),
+                lockstore::outbox::Enqueued::Existing(id) => println!("existing {id}"),
             }
         }
         OutboxCmd::List {

@@ -31,9 +31,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use lockstore::proc::{liveness, now_ms, Liveness};
-use lockstore::stores::commitments::{CommitmentsConfig, CommitmentsStore, Status as CStatus};
-use lockstore::stores::outbox::{Outbox, OutboxOptions, Status as OStatus};
-use lockstore::stores::tasks::{RegistryOptions, TaskRegistry, TaskStatus};
+use lockstore::commitments::{CommitmentsConfig, CommitmentsStore, Status as CStatus};
+use lockstore::outbox::{Outbox, OutboxOptions, Status as OStatus};
+use lockstore::tasks::{RegistryOptions, TaskRegistry, TaskStatus};
 use lockstore::{JsonOptions, JsonStore};
 
 use super::soak_client::COUNTER_FILE;
@@ -773,7 +773,7 @@ impl Soak {
         {
             Ok(snap) if snap.invalid.is_empty() => {
                 let now = now_ms();
-                let by_id: HashMap<&str, &lockstore::stores::commitments::Commitment> = snap
+                let by_id: HashMap<&str, &lockstore::commitments::Commitment> = snap
                     .commitments
                     .iter()
                     .map(|c| (c.id.as_str(), c))
@@ -815,7 +815,7 @@ impl Soak {
             .and_then(|r| r.list())
         {
             Ok(tasks) => {
-                let by_id: HashMap<&str, &lockstore::stores::tasks::TaskRecord> =
+                let by_id: HashMap<&str, &lockstore::tasks::TaskRecord> =
                     tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
                 for t in &tasks {
                     *rep.tasks_by_status.entry(t.status.to_string()).or_default() += 1;
@@ -853,7 +853,7 @@ impl Soak {
             .and_then(|o| o.list(None, usize::MAX))
         {
             Ok(rows) => {
-                let by_key: HashMap<&str, &lockstore::stores::outbox::Entry> = rows
+                let by_key: HashMap<&str, &lockstore::outbox::Entry> = rows
                     .iter()
                     .filter_map(|e| e.idempotency_key.as_deref().map(|k| (k, e)))
                     .collect();

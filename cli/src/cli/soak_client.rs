@@ -21,11 +21,11 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use lockstore::proc::now_ms;
-use lockstore::stores::commitments::{
+use lockstore::commitments::{
     Candidate, CommitmentsConfig, CommitmentsStore, InferredItem, Kind, Scope, Sensitivity, Source,
 };
-use lockstore::stores::outbox::{Enqueued, NewMessage, Outbox, OutboxOptions};
-use lockstore::stores::tasks::{NewTask, RegistryOptions, Runtime, TaskRegistry};
+use lockstore::outbox::{Enqueued, NewMessage, Outbox, OutboxOptions};
+use lockstore::tasks::{NewTask, RegistryOptions, Runtime, TaskRegistry};
 use lockstore::{JsonOptions, JsonStore};
 
 use super::{CliError, CliResult};

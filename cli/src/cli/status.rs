@@ -13,9 +13,9 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use lockstore::lock::{self, LockState};
-use lockstore::stores::commitments::{CommitmentsConfig, CommitmentsStore};
-use lockstore::stores::outbox::{Outbox, OutboxOptions, Status as OStatus};
-use lockstore::stores::tasks::{AuditOptions, RegistryOptions, TaskRegistry};
+use lockstore::commitments::{CommitmentsConfig, CommitmentsStore};
+use lockstore::outbox::{Outbox, OutboxOptions, Status as OStatus};
+use lockstore::tasks::{AuditOptions, RegistryOptions, TaskRegistry};
 
 use super::CliResult;
 

@@ -15,8 +15,8 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use lockstore::sqlite::SqliteOptions;
-use lockstore::stores::tasks::audit::format_age;
-use lockstore::stores::tasks::*;
+use lockstore::tasks::audit::format_age;
+use lockstore::tasks::*;
 use lockstore::Durability;
 
 use super::{cli_lock_options, exit, CliError, CliResult};

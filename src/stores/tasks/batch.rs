@@ -32,7 +32,8 @@ pub(crate) static TASK_STATS: StatsCounter = StatsCounter::new();
 
 /// Group-commit statistics of every task ledger in this process (see
 /// [`GroupCommitStats`]).
-pub fn group_commit_stats() -> GroupCommitStats {
+#[allow(dead_code)]
+pub(crate) fn group_commit_stats() -> GroupCommitStats {
     TASK_STATS.get()
 }
 

@@ -36,7 +36,6 @@ pub use crate::group::GroupCommitStats;
 pub use audit::{
     audit, AuditCode, AuditFinding, AuditOptions, AuditReport, AuditSummary, Severity,
 };
-pub use batch::group_commit_stats;
 pub use maintenance::{
     MaintenanceAction, MaintenanceMode, MaintenanceOptions, MaintenanceReport, TASK_RECONCILE_GRACE,
 };
