@@ -247,7 +247,10 @@ fn invalid_candidates_write_nothing(#[case] tweak: fn(&mut Candidate)) {
     let mut c = cand("k", NOW, NOW + H);
     tweak(&mut c);
     let r = s.upsert_inferred(&item(), &[cand("ok", NOW, NOW + H), c], t(NOW));
-    assert!(matches!(r, Err(CommitmentsError::InvalidInput { .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(CommitmentsError::InvalidInput { .. })),
+        "{r:?}"
+    );
     assert!(
         !s.path().exists(),
         "nothing written, not even the valid candidate"
@@ -326,7 +329,10 @@ fn rolling_24h_cap(
         .list_due_session_keys("main", t(NOW), None)
         .unwrap()
         .is_empty());
-    assert!(!off.list(StatusFilter::All, None, t(NOW)).unwrap().is_empty());
+    assert!(!off
+        .list(StatusFilter::All, None, t(NOW))
+        .unwrap()
+        .is_empty());
 }
 
 #[rstest]
@@ -405,7 +411,11 @@ fn mark_status_reports_changed_unknown_terminal_and_writes_only_on_change() {
     let s = open(d.path(), true, 3);
     let i0 = ino(&p);
     let out = s
-        .mark_status(&[" cm_b ", "cm_zz", "cm_b", ""], TerminalStatus::Sent, t(NOW))
+        .mark_status(
+            &[" cm_b ", "cm_zz", "cm_b", ""],
+            TerminalStatus::Sent,
+            t(NOW),
+        )
         .unwrap();
     assert!(out.changed.is_empty());
     assert_eq!(out.unknown, vec!["cm_zz"]);
@@ -416,7 +426,9 @@ fn mark_status_reports_changed_unknown_terminal_and_writes_only_on_change() {
         .unwrap();
     assert_eq!(out.changed, vec!["cm_a"]);
     assert_ne!(ino(&p), i0);
-    let a = s.list(StatusFilter::Only(Status::Sent), None, t(NOW)).unwrap();
+    let a = s
+        .list(StatusFilter::Only(Status::Sent), None, t(NOW))
+        .unwrap();
     let a = a.iter().find(|r| r.id == "cm_a").unwrap();
     assert_eq!((a.sent_at_ms, a.updated_at_ms), (Some(NOW + 5), NOW + 5));
     // Attempts count whatever the status; unknown ids write nothing.
@@ -449,7 +461,10 @@ fn sort_order(#[case] recs: Vec<(&str, i64, i64)>, #[case] want: Vec<&str>) {
     );
     let s = open(d.path(), true, 3);
     let ids = |v: Vec<Commitment>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
-    assert_eq!(ids(s.list(StatusFilter::Active, None, t(NOW)).unwrap()), want);
+    assert_eq!(
+        ids(s.list(StatusFilter::Active, None, t(NOW)).unwrap()),
+        want
+    );
     assert_eq!(
         ids(s.list_pending_for_scope(&scope(), t(NOW), None).unwrap()),
         want
@@ -703,7 +718,8 @@ fn heartbeat_pass_equals_per_session_helpers() {
         .map(|c| c.id)
         .take(2)
         .collect();
-    s.mark_status(&a1s2, TerminalStatus::Sent, t(NOW - H)).unwrap();
+    s.mark_status(&a1s2, TerminalStatus::Sent, t(NOW - H))
+        .unwrap();
     let mut expected = Vec::new();
     for agent in ["a1", "a2"] {
         for key in s.list_due_session_keys(agent, t(NOW), Some(2)).unwrap() {

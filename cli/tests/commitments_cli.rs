@@ -315,9 +315,7 @@ fn cli_dismiss_races_heartbeat_process_50_rounds() {
         assert_eq!(dis["dismissed"].as_array().unwrap().len(), 2, "{dis}");
         assert_eq!(hb.1["sent"][0], b.as_str());
         let s = CommitmentsStore::open(&st, CommitmentsConfig::default()).unwrap();
-        let all = s
-            .list(StatusFilter::All, None, SystemTime::now())
-            .unwrap();
+        let all = s.list(StatusFilter::All, None, SystemTime::now()).unwrap();
         let get = |id: &str| all.iter().find(|r| r.id == id).unwrap().clone();
         let (ra, rb, rc) = (get(&a), get(&b), get(&c));
         let checks = [

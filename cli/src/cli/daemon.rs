@@ -347,8 +347,11 @@ impl Daemon {
             }
         }
         if !sent.is_empty() {
-            self.commitments
-                .mark_status(&sent, TerminalStatus::Sent, super::commitments::at_ms(now))?;
+            self.commitments.mark_status(
+                &sent,
+                TerminalStatus::Sent,
+                super::commitments::at_ms(now),
+            )?;
         }
         Ok(())
     }

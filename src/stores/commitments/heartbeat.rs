@@ -109,7 +109,14 @@ pub(crate) fn due_for_heartbeat(
     let mut out = Vec::new();
     for agent in agents {
         for key in due_session_keys(records, agent, now, max_sessions_per_agent, max_per_day) {
-            out.extend(due_for_session(records, agent, &key, now, None, max_per_day));
+            out.extend(due_for_session(
+                records,
+                agent,
+                &key,
+                now,
+                None,
+                max_per_day,
+            ));
         }
     }
     out

@@ -56,9 +56,9 @@ macro_rules! string_forms {
 }
 
 /// What the follow-up is about (`kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[derive(strum::Display, IntoStaticStr, VariantArray, VariantNames)]
+#[derive(Serialize, Deserialize, strum::Display, IntoStaticStr, VariantArray, VariantNames)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum Kind {
@@ -73,9 +73,9 @@ pub enum Kind {
 }
 
 /// How sensitive the follow-up is (`sensitivity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[derive(strum::Display, IntoStaticStr, VariantArray, VariantNames)]
+#[derive(Serialize, Deserialize, strum::Display, IntoStaticStr, VariantArray, VariantNames)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum Sensitivity {
@@ -88,9 +88,9 @@ pub enum Sensitivity {
 }
 
 /// Where the commitment came from (`source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[derive(strum::Display, IntoStaticStr, VariantArray, VariantNames)]
+#[derive(Serialize, Deserialize, strum::Display, IntoStaticStr, VariantArray, VariantNames)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum Source {
@@ -101,9 +101,9 @@ pub enum Source {
 }
 
 /// Lifecycle status (`status`). Active = `pending` or `snoozed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[derive(strum::Display, IntoStaticStr, VariantArray, VariantNames)]
+#[derive(Serialize, Deserialize, strum::Display, IntoStaticStr, VariantArray, VariantNames)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum Status {

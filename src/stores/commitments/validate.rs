@@ -96,7 +96,11 @@ fn field_path(path: &serde_path_to_error::Path, message: &str) -> String {
 }
 
 /// The checks of `upsert_inferred` made before anything is locked.
-pub(crate) fn validate_input(path: &Path, item: &InferredItem, candidates: &[Candidate]) -> Result<()> {
+pub(crate) fn validate_input(
+    path: &Path,
+    item: &InferredItem,
+    candidates: &[Candidate],
+) -> Result<()> {
     let bad = |problem| {
         Err(CommitmentsError::InvalidInput {
             path: path.to_path_buf(),
@@ -153,7 +157,12 @@ mod tests {
     fn errors_name_the_field_path() {
         let cases: [(&str, Value, &str, &str); 5] = [
             ("status", json!("done"), "status", "unknown variant `done`"),
-            ("reason", json!(" "), "reason", "expected a non-empty string"),
+            (
+                "reason",
+                json!(" "),
+                "reason",
+                "expected a non-empty string",
+            ),
             ("confidence", json!(-1), "confidence", "finite number >= 0"),
             (
                 "dueWindow",
