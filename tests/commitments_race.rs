@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockstore::atomic::{read_file, write_atomic};
 use lockstore::commitments::{
@@ -24,6 +25,11 @@ use serde_json::Value;
 
 const NOW: i64 = 1_780_000_000_000;
 const TRIALS: usize = 20;
+
+/// The instant `ms` Unix ms after the epoch.
+fn t(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms as u64)
+}
 
 fn scope() -> Scope {
     Scope {
@@ -65,7 +71,7 @@ fn seeded(dir: &Path) -> (PathBuf, String, String) {
         ..Default::default()
     };
     let made = s
-        .upsert_inferred(&item, &[cand("a"), cand("b")], NOW - 1000)
+        .upsert_inferred(&item, &[cand("a"), cand("b")], t(NOW - 1000))
         .unwrap();
     (
         s.path().to_path_buf(),
@@ -126,18 +132,18 @@ fn store_apply(dir: &Path, op: &Op) {
     let s = CommitmentsStore::open(dir, cfg()).unwrap();
     match op {
         Op::Dismiss(id) => {
-            s.mark_status(&[id], TerminalStatus::Dismissed, NOW)
+            s.mark_status(&[id], TerminalStatus::Dismissed, t(NOW))
                 .unwrap();
         }
         Op::Attempt(id) => {
-            s.mark_attempted(&[id], NOW).unwrap();
+            s.mark_attempted(&[id], t(NOW)).unwrap();
         }
         Op::Upsert(key) => {
             let item = InferredItem {
                 scope: scope(),
                 ..Default::default()
             };
-            let made = s.upsert_inferred(&item, &[cand(key)], NOW).unwrap();
+            let made = s.upsert_inferred(&item, &[cand(key)], t(NOW)).unwrap();
             assert_eq!(made.len(), 1);
         }
     }
@@ -282,7 +288,7 @@ fn mixed_contention_counts_every_update() {
         }
     });
     let s = CommitmentsStore::open(d.path(), cfg()).unwrap();
-    let all = s.list(StatusFilter::All, None, NOW).unwrap();
+    let all = s.list(StatusFilter::All, None, t(NOW)).unwrap();
     let ra = all.iter().find(|r| r.id == a).unwrap();
     let rb = all.iter().find(|r| r.id == b).unwrap();
     assert_eq!(ra.attempts, (threads * per / 2) as u64);

@@ -4,10 +4,11 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockstore::commitments::{
     Candidate, Commitment, CommitmentsConfig, CommitmentsError, CommitmentsStore, InferredItem,
-    Kind, Scope, Sensitivity, Source, Status, StatusFilter, TerminalStatus, EXPIRE_AFTER_MS,
+    Kind, Scope, Sensitivity, Source, Status, StatusFilter, TerminalStatus, EXPIRE_AFTER,
 };
 use lockstore::Durability;
 use rstest::rstest;
@@ -15,6 +16,11 @@ use serde_json::{json, Value};
 
 const NOW: i64 = 1_780_000_000_000;
 const H: i64 = 3_600_000;
+
+/// The instant `ms` Unix ms after the epoch.
+fn t(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms as u64)
+}
 
 fn scope() -> Scope {
     Scope {
@@ -100,7 +106,7 @@ fn expiry(#[case] status: &str, #[case] latest_offset: i64, #[case] want: &str) 
     );
     let before = std::fs::read(&p).unwrap();
     let s = open(d.path(), true, 3);
-    let all = s.list(StatusFilter::All, None, NOW).unwrap();
+    let all = s.list(StatusFilter::All, None, t(NOW)).unwrap();
     assert_eq!(all[0].status.as_str(), want);
     if want == "expired" && status != "expired" {
         assert_eq!(all[0].expired_at_ms, Some(NOW));
@@ -120,21 +126,21 @@ fn expiry_runs_inside_upsert_so_an_expired_record_is_not_merged() {
         .upsert_inferred(
             &item(),
             &[cand("k", NOW - 200 * H, NOW - 100 * H)],
-            NOW - 200 * H,
+            t(NOW - 200 * H),
         )
         .unwrap();
     let made = s
-        .upsert_inferred(&item(), &[cand("k", NOW, NOW + H)], NOW)
+        .upsert_inferred(&item(), &[cand("k", NOW, NOW + H)], t(NOW))
         .unwrap();
     assert_eq!(
         made.len(),
         1,
         "the old one expired first, so a new one is created"
     );
-    let all = s.list(StatusFilter::All, None, NOW).unwrap();
+    let all = s.list(StatusFilter::All, None, t(NOW)).unwrap();
     let o = all.iter().find(|r| r.id == old[0].id).unwrap();
     assert_eq!(o.status, Status::Expired);
-    assert_eq!(EXPIRE_AFTER_MS, 72 * H);
+    assert_eq!(EXPIRE_AFTER, Duration::from_millis(72 * H as u64));
 }
 
 /// Merge rules: (existing status, candidate tweak, merged?).
@@ -164,8 +170,8 @@ fn merge_or_insert(
     c.suggested_text = "new text".into();
     c.confidence = 0.95;
     c.timezone = "Europe/Berlin".into();
-    let made = s.upsert_inferred(&it, &[c], NOW).unwrap();
-    let all = s.list(StatusFilter::All, None, NOW).unwrap();
+    let made = s.upsert_inferred(&it, &[c], t(NOW)).unwrap();
+    let all = s.list(StatusFilter::All, None, t(NOW)).unwrap();
     if merged {
         assert!(made.is_empty(), "merge returns no new records");
         assert_eq!(all.len(), 1);
@@ -216,8 +222,8 @@ fn merge_fields(
     c.reason = reason.into();
     c.suggested_text = text.into();
     c.confidence = conf;
-    assert!(s.upsert_inferred(&item(), &[c], NOW).unwrap().is_empty());
-    let m = &s.list(StatusFilter::All, None, NOW).unwrap()[0];
+    assert!(s.upsert_inferred(&item(), &[c], t(NOW)).unwrap().is_empty());
+    let m = &s.list(StatusFilter::All, None, t(NOW)).unwrap()[0];
     assert_eq!(
         (m.reason.as_str(), m.suggested_text.as_str()),
         (want_reason, want_text)
@@ -240,8 +246,11 @@ fn invalid_candidates_write_nothing(#[case] tweak: fn(&mut Candidate)) {
     let s = open(d.path(), true, 3);
     let mut c = cand("k", NOW, NOW + H);
     tweak(&mut c);
-    let r = s.upsert_inferred(&item(), &[cand("ok", NOW, NOW + H), c], NOW);
-    assert!(matches!(r, Err(CommitmentsError::InvalidInput(_))), "{r:?}");
+    let r = s.upsert_inferred(&item(), &[cand("ok", NOW, NOW + H), c], t(NOW));
+    assert!(
+        matches!(r, Err(CommitmentsError::InvalidInput { .. })),
+        "{r:?}"
+    );
     assert!(
         !s.path().exists(),
         "nothing written, not even the valid candidate"
@@ -298,12 +307,12 @@ fn rolling_24h_cap(
     recs.push(other);
     write_file(d.path(), recs);
     let s = open(d.path(), true, max);
-    let got = s.list_due_for_session("main", "s1", NOW, None).unwrap();
+    let got = s.list_due_for_session("main", "s1", t(NOW), None).unwrap();
     assert_eq!(got.len(), want);
     assert!(got
         .iter()
         .all(|r| r.session_key == "s1" && r.status == Status::Pending));
-    let keys = s.list_due_session_keys("main", NOW, None).unwrap();
+    let keys = s.list_due_session_keys("main", t(NOW), None).unwrap();
     let want_keys: Vec<&str> = if want > 0 {
         vec!["s1", "s2"]
     } else {
@@ -313,14 +322,17 @@ fn rolling_24h_cap(
     // Disabled: the heartbeat helpers return nothing; reads still work.
     let off = open(d.path(), false, max);
     assert!(off
-        .list_due_for_session("main", "s1", NOW, None)
+        .list_due_for_session("main", "s1", t(NOW), None)
         .unwrap()
         .is_empty());
     assert!(off
-        .list_due_session_keys("main", NOW, None)
+        .list_due_session_keys("main", t(NOW), None)
         .unwrap()
         .is_empty());
-    assert!(!off.list(StatusFilter::All, None, NOW).unwrap().is_empty());
+    assert!(!off
+        .list(StatusFilter::All, None, t(NOW))
+        .unwrap()
+        .is_empty());
 }
 
 #[rstest]
@@ -336,7 +348,7 @@ fn due_limit(#[case] limit: Option<usize>, #[case] want: usize) {
     );
     let s = open(d.path(), true, 10);
     assert_eq!(
-        s.list_due_for_session("main", "s1", NOW, limit)
+        s.list_due_for_session("main", "s1", t(NOW), limit)
             .unwrap()
             .len(),
         want
@@ -352,37 +364,37 @@ fn snooze(#[case] until: i64, #[case] at: i64, #[case] due: bool, #[case] pendin
     let d = tempfile::tempdir().unwrap();
     let s = open(d.path(), true, 3);
     let id = s
-        .upsert_inferred(&item(), &[cand("k", NOW - H, NOW + 10 * H)], NOW - H)
+        .upsert_inferred(&item(), &[cand("k", NOW - H, NOW + 10 * H)], t(NOW - H))
         .unwrap()[0]
         .id
         .clone();
     let out = s
-        .snooze(&[&id, &"cm_missing".to_string()], until, NOW)
+        .snooze(&[&id, &"cm_missing".to_string()], t(until), t(NOW))
         .unwrap();
     assert_eq!(out.changed, vec![id.clone()]);
     assert_eq!(out.unknown, vec!["cm_missing".to_string()]);
     let r = &s
-        .list(StatusFilter::Only(Status::Snoozed), None, NOW)
+        .list(StatusFilter::Only(Status::Snoozed), None, t(NOW))
         .unwrap()[0];
     assert_eq!((r.snoozed_until_ms, r.updated_at_ms), (Some(until), NOW));
     assert_eq!(
-        !s.list_due_for_session("main", "s1", at, None)
+        !s.list_due_for_session("main", "s1", t(at), None)
             .unwrap()
             .is_empty(),
         due
     );
     assert_eq!(
-        !s.list_pending_for_scope(&scope(), at, None)
+        !s.list_pending_for_scope(&scope(), t(at), None)
             .unwrap()
             .is_empty(),
         pending
     );
     // Snoozed is active: it can be dismissed; then it is terminal for snooze.
     let out = s
-        .mark_status(&[&id], TerminalStatus::Dismissed, NOW)
+        .mark_status(&[&id], TerminalStatus::Dismissed, t(NOW))
         .unwrap();
     assert_eq!(out.changed, vec![id.clone()]);
-    let out = s.snooze(&[&id], until, NOW).unwrap();
+    let out = s.snooze(&[&id], t(until), t(NOW)).unwrap();
     assert_eq!(out.already_terminal, vec![id]);
 }
 
@@ -399,29 +411,35 @@ fn mark_status_reports_changed_unknown_terminal_and_writes_only_on_change() {
     let s = open(d.path(), true, 3);
     let i0 = ino(&p);
     let out = s
-        .mark_status(&[" cm_b ", "cm_zz", "cm_b", ""], TerminalStatus::Sent, NOW)
+        .mark_status(
+            &[" cm_b ", "cm_zz", "cm_b", ""],
+            TerminalStatus::Sent,
+            t(NOW),
+        )
         .unwrap();
     assert!(out.changed.is_empty());
     assert_eq!(out.unknown, vec!["cm_zz"]);
     assert_eq!(out.already_terminal, vec!["cm_b"]);
     assert_eq!(ino(&p), i0, "nothing changed → no write");
     let out = s
-        .mark_status(&["cm_a"], TerminalStatus::Sent, NOW + 5)
+        .mark_status(&["cm_a"], TerminalStatus::Sent, t(NOW + 5))
         .unwrap();
     assert_eq!(out.changed, vec!["cm_a"]);
     assert_ne!(ino(&p), i0);
-    let a = s.list(StatusFilter::Only(Status::Sent), None, NOW).unwrap();
+    let a = s
+        .list(StatusFilter::Only(Status::Sent), None, t(NOW))
+        .unwrap();
     let a = a.iter().find(|r| r.id == "cm_a").unwrap();
     assert_eq!((a.sent_at_ms, a.updated_at_ms), (Some(NOW + 5), NOW + 5));
     // Attempts count whatever the status; unknown ids write nothing.
     let i1 = ino(&p);
-    assert!(s.mark_attempted(&["cm_nope"], NOW).unwrap().is_empty());
+    assert!(s.mark_attempted(&["cm_nope"], t(NOW)).unwrap().is_empty());
     assert_eq!(ino(&p), i1);
     assert_eq!(
-        s.mark_attempted(&["cm_b", "cm_b "], NOW + 9).unwrap(),
+        s.mark_attempted(&["cm_b", "cm_b "], t(NOW + 9)).unwrap(),
         vec!["cm_b"]
     );
-    let b = s.list(StatusFilter::All, None, NOW).unwrap();
+    let b = s.list(StatusFilter::All, None, t(NOW)).unwrap();
     let b = b.iter().find(|r| r.id == "cm_b").unwrap();
     assert_eq!(
         (b.attempts, b.last_attempt_at_ms, b.status),
@@ -443,13 +461,16 @@ fn sort_order(#[case] recs: Vec<(&str, i64, i64)>, #[case] want: Vec<&str>) {
     );
     let s = open(d.path(), true, 3);
     let ids = |v: Vec<Commitment>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
-    assert_eq!(ids(s.list(StatusFilter::Active, None, NOW).unwrap()), want);
     assert_eq!(
-        ids(s.list_pending_for_scope(&scope(), NOW, None).unwrap()),
+        ids(s.list(StatusFilter::Active, None, t(NOW)).unwrap()),
         want
     );
     assert_eq!(
-        ids(s.list_pending_for_scope(&scope(), NOW, Some(1)).unwrap()),
+        ids(s.list_pending_for_scope(&scope(), t(NOW), None).unwrap()),
+        want
+    );
+    assert_eq!(
+        ids(s.list_pending_for_scope(&scope(), t(NOW), Some(1)).unwrap()),
         want[..1].to_vec()
     );
 }
@@ -470,14 +491,14 @@ fn legacy_fields_are_stripped_and_force_one_rewrite(#[case] fields: Vec<&str>) {
     let s = open(d.path(), true, 3);
     assert_eq!(s.snapshot().unwrap().legacy_stripped, 1);
     let i0 = ino(&p);
-    let all = s.list(StatusFilter::All, None, NOW).unwrap();
+    let all = s.list(StatusFilter::All, None, t(NOW)).unwrap();
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|r| r.extra.is_empty()));
     assert_ne!(ino(&p), i0, "a plain read rewrote the file");
     let text = std::fs::read_to_string(&p).unwrap();
     assert!(!text.contains("raw private text"));
     let i1 = ino(&p);
-    s.list(StatusFilter::All, None, NOW).unwrap();
+    s.list(StatusFilter::All, None, t(NOW)).unwrap();
     assert_eq!(ino(&p), i1, "second read: nothing to strip, no write");
 }
 
@@ -513,7 +534,7 @@ fn invalid_record_is_reported_and_never_overwritten(
     let before = std::fs::read(&p).unwrap();
     let s = open(d.path(), true, 3);
     let err = s
-        .mark_status(&["cm_ok"], TerminalStatus::Dismissed, NOW)
+        .mark_status(&["cm_ok"], TerminalStatus::Dismissed, t(NOW))
         .unwrap_err();
     let CommitmentsError::InvalidRecords { path, records } = &err else {
         panic!("{err:?}");
@@ -528,7 +549,7 @@ fn invalid_record_is_reported_and_never_overwritten(
     );
     assert!(msg.contains(&format!("field {reported}")), "{msg}");
     assert!(
-        s.list(StatusFilter::All, None, NOW).is_err(),
+        s.list(StatusFilter::All, None, t(NOW)).is_err(),
         "reads refuse too"
     );
     assert_eq!(std::fs::read(&p).unwrap(), before, "file untouched");
@@ -543,7 +564,7 @@ fn invalid_record_is_reported_and_never_overwritten(
     )
     .unwrap();
     let out = q
-        .mark_status(&["cm_ok"], TerminalStatus::Dismissed, NOW)
+        .mark_status(&["cm_ok"], TerminalStatus::Dismissed, t(NOW))
         .unwrap();
     assert_eq!(out.changed, vec!["cm_ok"]);
     let side: Vec<PathBuf> = std::fs::read_dir(p.parent().unwrap())
@@ -581,7 +602,7 @@ fn bad_envelope_is_corrupt_and_untouched(#[case] bytes: Vec<u8>, #[case] reason:
     )
     .unwrap();
     let e = s
-        .upsert_inferred(&item(), &[cand("k", NOW, NOW + H)], NOW)
+        .upsert_inferred(&item(), &[cand("k", NOW, NOW + H)], t(NOW))
         .unwrap_err();
     assert!(
         matches!(&e, CommitmentsError::Core(lockstore::Error::Corrupt { reason: r, .. }) if r.contains(reason)),
@@ -603,7 +624,7 @@ fn unknown_fields_survive_a_rewrite() {
     )
     .unwrap();
     let s = open(d.path(), true, 3);
-    s.mark_attempted(&["cm_a"], NOW).unwrap();
+    s.mark_attempted(&["cm_a"], t(NOW)).unwrap();
     let v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
     assert_eq!(v["commitments"][0]["futureField"], json!({"x": 1}));
     assert_eq!(v["meta"], "kept");
@@ -628,7 +649,7 @@ fn openclaw_fixture_loads() {
     assert!(snap.invalid.is_empty(), "{:?}", snap.invalid);
     assert_eq!((snap.commitments.len(), snap.legacy_stripped), (6, 2));
     let now = 1_778_000_000_000;
-    let all = s.list(StatusFilter::All, None, now).unwrap();
+    let all = s.list(StatusFilter::All, None, t(now)).unwrap();
     let statuses: Vec<Status> = Status::ALL
         .iter()
         .copied()
@@ -646,14 +667,14 @@ fn openclaw_fixture_loads() {
     // The interview check-in is due for its session; the tax one is snoozed
     // until 1778010000000, the care one was sent 14 h ago (1 of 3 today).
     let due = s
-        .list_due_for_session("main", "agent:main:telegram:direct:4242", now, None)
+        .list_due_for_session("main", "agent:main:telegram:direct:4242", t(now), None)
         .unwrap();
     assert_eq!(
         due.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         vec!["cm_mopqa1b2_0a1b2c3d4e"]
     );
     assert_eq!(
-        s.list_due_session_keys("main", now + 20_000_000, None)
+        s.list_due_session_keys("main", t(now + 20_000_000), None)
             .unwrap(),
         vec![
             "agent:main:discord:channel:99",
@@ -685,26 +706,27 @@ fn heartbeat_pass_equals_per_session_helpers() {
             let cands: Vec<Candidate> = (0..5)
                 .map(|i| cand(&format!("k{i}"), NOW - (i as i64) * H, NOW + H))
                 .collect();
-            s.upsert_inferred(&it, &cands, NOW - 10 * H).unwrap();
+            s.upsert_inferred(&it, &cands, t(NOW - 10 * H)).unwrap();
         }
     }
     // a1/s2 hit its daily cap: two sent in the last 24 h.
     let a1s2: Vec<String> = s
-        .list(StatusFilter::All, Some("a1"), NOW)
+        .list(StatusFilter::All, Some("a1"), t(NOW))
         .unwrap()
         .into_iter()
         .filter(|c| c.session_key == "s2")
         .map(|c| c.id)
         .take(2)
         .collect();
-    s.mark_status(&a1s2, TerminalStatus::Sent, NOW - H).unwrap();
+    s.mark_status(&a1s2, TerminalStatus::Sent, t(NOW - H))
+        .unwrap();
     let mut expected = Vec::new();
     for agent in ["a1", "a2"] {
-        for key in s.list_due_session_keys(agent, NOW, Some(2)).unwrap() {
-            expected.extend(s.list_due_for_session(agent, &key, NOW, None).unwrap());
+        for key in s.list_due_session_keys(agent, t(NOW), Some(2)).unwrap() {
+            expected.extend(s.list_due_for_session(agent, &key, t(NOW), None).unwrap());
         }
     }
-    let got = s.list_due_for_heartbeat(NOW, Some(2)).unwrap();
+    let got = s.list_due_for_heartbeat(t(NOW), Some(2)).unwrap();
     let ids = |v: &[Commitment]| v.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&got), ids(&expected));
     // 2 agents × 2 sessions (limit) × min(3 per heartbeat, maxPerDay 2), and
@@ -714,7 +736,105 @@ fn heartbeat_pass_equals_per_session_helpers() {
         .iter()
         .all(|c| !(c.agent_id == "a1" && c.session_key == "s2")));
     assert!(open(d.path(), false, 2)
-        .list_due_for_heartbeat(NOW, None)
+        .list_due_for_heartbeat(t(NOW), None)
         .unwrap()
         .is_empty());
+}
+
+/// Files the store wrote before it moved onto JsonStore (captured from that
+/// code): a no-op leaves them alone, and a change is byte-identical to what the
+/// old code wrote for the same change.
+#[test]
+fn files_written_by_the_previous_store_round_trip_byte_for_byte() {
+    let fixture = |name: &str| {
+        std::fs::read(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let (before, after) = (
+        fixture("commitments-lockstore-v1.json"),
+        fixture("commitments-lockstore-v1-dismissed.json"),
+    );
+    let d = tempfile::tempdir().unwrap();
+    let p = lockstore::paths::commitments_file(d.path());
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, &before).unwrap();
+    let s = open(d.path(), true, 3);
+    let when = t(1_780_000_200_000);
+    let snap = s.snapshot().unwrap();
+    assert_eq!((snap.commitments.len(), snap.invalid.len()), (3, 0));
+    assert_eq!(snap.other["meta"], json!({"writer": "someone"}));
+    assert_eq!(s.list(StatusFilter::All, None, when).unwrap().len(), 3);
+    assert!(s.mark_attempted(&["cm_nope"], when).unwrap().is_empty());
+    assert_eq!(std::fs::read(&p).unwrap(), before, "no-op: untouched");
+    let out = s
+        .mark_status(&["cm_b"], TerminalStatus::Dismissed, when)
+        .unwrap();
+    assert_eq!(out.changed, vec!["cm_b"]);
+    assert_eq!(
+        String::from_utf8(std::fs::read(&p).unwrap()).unwrap(),
+        String::from_utf8(after).unwrap()
+    );
+}
+
+/// The error of an invalid record names the file, the record's index and id
+/// and the field path, for a nested field too.
+#[test]
+fn invalid_record_error_names_file_index_id_and_path() {
+    let d = tempfile::tempdir().unwrap();
+    let mut bad = record("cm_bad", "pending", NOW, NOW + H, NOW);
+    bad["dueWindow"]["earliestMs"] = json!("soon");
+    let p = write_file(
+        d.path(),
+        vec![
+            record("cm_a", "pending", NOW, NOW + H, NOW),
+            record("cm_b", "pending", NOW, NOW + H, NOW),
+            bad,
+        ],
+    );
+    let s = open(d.path(), true, 3);
+    let err = s.list(StatusFilter::All, None, t(NOW)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&p.display().to_string())
+            && msg.contains("record #2 (cm_bad): field dueWindow.earliestMs: invalid type"),
+        "{msg}"
+    );
+    // The lock-free snapshot reports it instead of failing.
+    let snap = s.snapshot().unwrap();
+    assert_eq!(snap.invalid[0].field, "dueWindow.earliestMs");
+    assert_eq!(snap.commitments.len(), 2);
+}
+
+/// Invalid input is a typed problem naming the store file.
+#[test]
+fn invalid_input_is_typed() {
+    let d = tempfile::tempdir().unwrap();
+    let s = open(d.path(), true, 3);
+    let mut c = cand("k", NOW, NOW + H);
+    c.latest_ms = NOW - 1;
+    let e = s.upsert_inferred(&item(), &[c], t(NOW)).unwrap_err();
+    let CommitmentsError::InvalidInput { path, problem } = &e else {
+        panic!("{e:?}");
+    };
+    assert_eq!(path, s.path());
+    assert_eq!(
+        *problem,
+        lockstore::stores::commitments::InputProblem::InvertedWindow {
+            candidate: 0,
+            earliest_ms: NOW,
+            latest_ms: NOW - 1
+        }
+    );
+    let mut c = cand("k", NOW, NOW + H);
+    c.reason = " ".into();
+    let e = s.upsert_inferred(&item(), &[c], t(NOW)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("reason must be non-empty for a new commitment (dedupeKey \"k\")"),
+        "{e}"
+    );
+    assert!(!s.path().exists());
 }

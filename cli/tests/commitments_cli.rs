@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Barrier};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockstore::commitments::{
     Candidate, CommitmentsConfig, CommitmentsStore, InferredItem, Kind, Scope, Sensitivity, Source,
@@ -12,6 +13,11 @@ use lockstore::commitments::{
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lockstore");
+
+/// The instant `ms` Unix ms after the epoch.
+fn at(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms as u64)
+}
 
 fn cli(state: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -67,7 +73,7 @@ fn seed(state: &Path, keys: &[&str], now: i64) -> Vec<String> {
             timezone: "UTC".into(),
         })
         .collect();
-    s.upsert_inferred(&item, &cands, now)
+    s.upsert_inferred(&item, &cands, at(now))
         .unwrap()
         .into_iter()
         .map(|c| c.id)
@@ -309,9 +315,7 @@ fn cli_dismiss_races_heartbeat_process_50_rounds() {
         assert_eq!(dis["dismissed"].as_array().unwrap().len(), 2, "{dis}");
         assert_eq!(hb.1["sent"][0], b.as_str());
         let s = CommitmentsStore::open(&st, CommitmentsConfig::default()).unwrap();
-        let all = s
-            .list(StatusFilter::All, None, lockstore::proc::now_ms())
-            .unwrap();
+        let all = s.list(StatusFilter::All, None, SystemTime::now()).unwrap();
         let get = |id: &str| all.iter().find(|r| r.id == id).unwrap().clone();
         let (ra, rb, rc) = (get(&a), get(&b), get(&c));
         let checks = [

@@ -7,6 +7,7 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -171,7 +172,11 @@ impl From<CommitmentsError> for CliError {
                 code: exit::CORRUPT,
                 msg: e.to_string(),
             },
-            e @ CommitmentsError::InvalidInput(_) => CliError::usage(e.to_string()),
+            e @ CommitmentsError::InvalidInput { .. } => CliError::usage(e.to_string()),
+            e => CliError {
+                code: exit::IO,
+                msg: e.to_string(),
+            },
         }
     }
 }
@@ -190,16 +195,16 @@ pub fn run(a: CommitmentsArgs, state_dir: &Path) -> CliResult {
         None => list(&store, &a.list, now),
         Some(Cmd::List(l)) => list(&store, &l, now),
         Some(Cmd::Dismiss { ids, json }) => {
-            let out = store.mark_status(&ids, TerminalStatus::Dismissed, now)?;
+            let out = store.mark_status(&ids, TerminalStatus::Dismissed, at_ms(now))?;
             report(&out, "dismissed", json, None)
         }
         Some(Cmd::MarkSent { ids, json }) => {
-            let out = store.mark_status(&ids, TerminalStatus::Sent, now)?;
+            let out = store.mark_status(&ids, TerminalStatus::Sent, at_ms(now))?;
             report(&out, "sent", json, None)
         }
         Some(Cmd::Snooze { ids, until, json }) => {
             let until = parse_time(&until, now).map_err(CliError::usage)?;
-            let out = store.snooze(&ids, until, now)?;
+            let out = store.snooze(&ids, at_ms(until), at_ms(now))?;
             report(&out, "snoozed", json, Some(until))
         }
         Some(Cmd::MarkAttempted { ids, repeat, json }) => {
@@ -207,7 +212,7 @@ pub fn run(a: CommitmentsArgs, state_dir: &Path) -> CliResult {
             let (mut first_ms, mut last_ms) = (None, 0);
             for _ in 0..repeat.max(1) {
                 let now = a.common.now_ms.unwrap_or_else(lockstore::proc::now_ms);
-                hit = store.mark_attempted(&ids, now)?;
+                hit = store.mark_attempted(&ids, at_ms(now))?;
                 first_ms.get_or_insert(now);
                 last_ms = now;
             }
@@ -301,7 +306,7 @@ fn list(store: &CommitmentsStore, l: &ListArgs, now: i64) -> CliResult {
             },
         }
     };
-    let rows = store.list(filter, l.agent.as_deref(), now)?;
+    let rows = store.list(filter, l.agent.as_deref(), at_ms(now))?;
     let path = store.path().display().to_string();
     if l.json {
         #[derive(serde::Serialize)]
@@ -433,7 +438,7 @@ fn run_add(store: &CommitmentsStore, a: AddArgs, now: i64) -> CliResult {
         };
         (item, cand)
     };
-    let created = store.upsert_inferred(&item, std::slice::from_ref(&cand), now)?;
+    let created = store.upsert_inferred(&item, std::slice::from_ref(&cand), at_ms(now))?;
     if a.json {
         println!(
             "{}",
@@ -485,6 +490,18 @@ fn add_from_json(s: &str, _now: i64) -> CliResult<(InferredItem, Candidate)> {
 // ---- time: unix ms, RFC 3339 / ISO 8601, relative +N{s,m,h,d,w} ----
 
 pub use lockstore::timefmt::iso_ms as iso;
+
+/// The instant `ms` Unix milliseconds after the epoch (before it when
+/// negative): the CLI keeps its clock (`--now-ms`) and TIME arguments in ms and
+/// passes [`SystemTime`] to the store.
+pub(crate) fn at_ms(ms: i64) -> SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
+}
 
 /// Parses TIME: all digits = unix ms; `+N` with unit s, m, h, d or w = now plus
 /// that; `YYYY-MM-DD` (UTC midnight); or RFC 3339 (`2026-05-12T09:00:00Z`,

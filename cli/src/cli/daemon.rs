@@ -217,7 +217,7 @@ impl Daemon {
         let _span = tracing::debug_span!("tick", state = %self.state.display()).entered();
         let now = lockstore::proc::now_ms();
         // 1. commitments: expiry, then write-ahead deliveries of due ones.
-        self.commitments.expire(now)?;
+        self.commitments.expire(super::commitments::at_ms(now))?;
         self.sync_acks(now)?;
         if a.commitments_enabled {
             self.deliver_due_commitments(now)?;
@@ -274,7 +274,7 @@ impl Daemon {
         // One load for the whole pass (all agents, all due sessions).
         let due = self
             .commitments
-            .list_due_for_heartbeat(now, Some(SESSIONS_PER_TICK))?;
+            .list_due_for_heartbeat(super::commitments::at_ms(now), Some(SESSIONS_PER_TICK))?;
         let mut attempted: Vec<String> = Vec::new();
         let mut result = Ok(());
         for c in due {
@@ -293,7 +293,8 @@ impl Daemon {
         // Bump what was enqueued even if a later step failed (a missed bump is
         // also safe: the next tick finds the row under the current key).
         if !attempted.is_empty() {
-            self.commitments.mark_attempted(&attempted, now)?;
+            self.commitments
+                .mark_attempted(&attempted, super::commitments::at_ms(now))?;
         }
         result
     }
@@ -357,8 +358,11 @@ impl Daemon {
             }
         }
         if !sent.is_empty() {
-            self.commitments
-                .mark_status(&sent, TerminalStatus::Sent, now)?;
+            self.commitments.mark_status(
+                &sent,
+                TerminalStatus::Sent,
+                super::commitments::at_ms(now),
+            )?;
         }
         Ok(())
     }

@@ -576,7 +576,8 @@ impl Soak {
                     .iter()
                     .filter(|c| {
                         c.status.is_active()
-                            && (c.is_due(now) || c.snoozed_until_ms.is_some_and(|u| u > now))
+                            && (c.is_due(super::commitments::at_ms(now))
+                                || c.snoozed_until_ms.is_some_and(|u| u > now))
                     })
                     .count() as u64
             })
@@ -798,7 +799,7 @@ impl Soak {
                     if c.status == CStatus::Sent && !sink_commitments.contains_key(&c.id) {
                         bump(&mut lost, "commitmentSentUndelivered", 1);
                     }
-                    if c.status.is_active() && c.is_due(now) {
+                    if c.status.is_active() && c.is_due(super::commitments::at_ms(now)) {
                         bump(&mut lost, "commitmentDueUndelivered", 1);
                     }
                 }

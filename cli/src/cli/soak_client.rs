@@ -328,7 +328,10 @@ impl Client {
                 latest_ms: now,
                 timezone: "UTC".into(),
             };
-            match self.commitments.upsert_inferred(&item, &[cand], now) {
+            match self
+                .commitments
+                .upsert_inferred(&item, &[cand], super::commitments::at_ms(now))
+            {
                 Ok(v) if !v.is_empty() => v[0].id.clone(),
                 Ok(_) => {
                     return self.record(
