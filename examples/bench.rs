@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lockstore::json::{group_commit_stats, GroupCommit};
 use lockstore::tasks::{NewTask, RegistryOptions, Runtime, TaskRegistry};
+use lockstore::GroupCommit;
 use lockstore::{Durability, Error, JsonOptions, JsonStore};
 use serde::{Deserialize, Serialize};
 
@@ -148,11 +148,11 @@ fn timed_single(s: &JsonStore<Doc>, secs: f64) -> f64 {
 
 fn threads(path: &Path, t: usize, per: u64, group: bool) -> (f64, f64) {
     let s = store(path, Durability::Full, group);
-    let lockstore::json::GroupCommitStats {
+    let lockstore::GroupCommitStats {
         batches: b0,
         batched_updates: u0,
         ..
-    } = group_commit_stats();
+    } = s.group_commit_stats();
     let start = Instant::now();
     std::thread::scope(|sc| {
         for _ in 0..t {
@@ -164,11 +164,11 @@ fn threads(path: &Path, t: usize, per: u64, group: bool) -> (f64, f64) {
         }
     });
     let ops = (t as u64 * per) as f64 / start.elapsed().as_secs_f64();
-    let lockstore::json::GroupCommitStats {
+    let lockstore::GroupCommitStats {
         batches: b1,
         batched_updates: u1,
         ..
-    } = group_commit_stats();
+    } = s.group_commit_stats();
     let mean = if b1 > b0 {
         (u1 - u0) as f64 / (b1 - b0) as f64
     } else {
@@ -332,7 +332,12 @@ fn bare_sqlite_loop(path: &Path, id: &str, durability: Durability, secs: f64) ->
         let k = m.get("n").and_then(|x| x.as_i64()).unwrap_or(0);
         m.insert("n".into(), (k + 1).into());
         row[i_meta] = Value::Text(serde_json::to_string(&m).expect("ser"));
-        row[i_last] = Value::Integer(lockstore::proc::now_ms());
+        row[i_last] = Value::Integer(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
+        );
         row[i_ver] = Value::Integer(v + 1);
         let key = row[i_id].clone();
         row.push(key);
@@ -387,11 +392,11 @@ fn seed_task(reg: &TaskRegistry) -> String {
 fn registry_threads(path: &Path, t: usize, per: u64, group: bool, secs: f64) -> (f64, f64) {
     let reg = registry(path, Durability::Full, group);
     let ids: Vec<String> = (0..t).map(|_| seed_task(&reg)).collect();
-    let lockstore::tasks::GroupCommitStats {
+    let lockstore::GroupCommitStats {
         batches: b0,
         batched_updates: u0,
         ..
-    } = lockstore::tasks::group_commit_stats();
+    } = reg.group_commit_stats();
     let start = Instant::now();
     let total = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|sc| {
@@ -409,11 +414,11 @@ fn registry_threads(path: &Path, t: usize, per: u64, group: bool, secs: f64) -> 
         }
     });
     let ops = total.into_inner() as f64 / start.elapsed().as_secs_f64();
-    let lockstore::tasks::GroupCommitStats {
+    let lockstore::GroupCommitStats {
         batches: b1,
         batched_updates: u1,
         ..
-    } = lockstore::tasks::group_commit_stats();
+    } = reg.group_commit_stats();
     let mean = if b1 > b0 {
         (u1 - u0) as f64 / (b1 - b0) as f64
     } else {
@@ -426,9 +431,7 @@ fn registry_threads(path: &Path, t: usize, per: u64, group: bool, secs: f64) -> 
 /// one worker run (`concurrency` threads) claims, delivers to a file adapter
 /// and acks each. Returns (messages/s end to end, enqueues/s alone).
 fn outbox_run(dir: &Path, concurrency: usize, secs: f64) -> (f64, f64) {
-    use lockstore::outbox::{
-        adapters::FileAdapter, worker, NewMessage, Outbox, OutboxOptions,
-    };
+    use lockstore::outbox::{adapters::FileAdapter, worker, NewMessage, Outbox, OutboxOptions};
     let db = dir.join(format!("outbox-{concurrency}.sqlite"));
     let oopts = OutboxOptions {
         sqlite: lockstore::sqlite::SqliteOptions {

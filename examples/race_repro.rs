@@ -83,7 +83,7 @@ fn seed(path: &Path) -> Result<(), BoxError> {
     let doc = json!({ "records": records });
     let mut bytes = serde_json::to_vec_pretty(&doc)?;
     bytes.push(b'\n');
-    lockstore::atomic::write_atomic(path, &bytes, Durability::Full)?;
+    lockstore::write_atomic(path, &bytes, Durability::Full)?;
     Ok(())
 }
 

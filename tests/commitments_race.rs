@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lockstore::atomic::{read_file, write_atomic};
 use lockstore::commitments::{
     Candidate, CommitmentsConfig, CommitmentsStore, InferredItem, Kind, Scope, Sensitivity, Source,
     Status, StatusFilter, TerminalStatus,
 };
+use lockstore::write_atomic;
 use lockstore::Durability;
 use serde_json::Value;
 
@@ -96,7 +96,7 @@ enum Impl {
 }
 
 fn naive_apply(path: &Path, op: &Op, after_load: &dyn Fn()) {
-    let raw = read_file(path).unwrap().unwrap();
+    let raw = std::fs::read(path).unwrap();
     let mut doc: Value = serde_json::from_slice(&raw).unwrap();
     after_load();
     let list = doc["commitments"].as_array_mut().unwrap();

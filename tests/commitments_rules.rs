@@ -822,7 +822,7 @@ fn invalid_input_is_typed() {
     assert_eq!(path, s.path());
     assert_eq!(
         *problem,
-        lockstore::stores::commitments::InputProblem::InvertedWindow {
+        lockstore::commitments::InputProblem::InvertedWindow {
             candidate: 0,
             earliest_ms: NOW,
             latest_ms: NOW - 1

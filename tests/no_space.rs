@@ -13,8 +13,8 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::SystemTime;
 
-use lockstore::json::GroupCommit;
 use lockstore::tasks::{NewTask, RegistryOptions, Runtime, TaskRegistry};
+use lockstore::GroupCommit;
 use lockstore::{Durability, Error, JsonOptions, JsonStore};
 
 /// A tmpfs mounted on a temp dir; unmounted on drop (also when a test panics).

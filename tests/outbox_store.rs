@@ -246,7 +246,7 @@ fn rescue_judges_claimer_liveness_and_lease() {
         .unwrap();
     // Pretend rows 2 and 3 were claimed by a process that has exited.
     let mut child = Command::new("true").spawn().unwrap();
-    let mut ghost = lockstore::proc::current().clone();
+    let mut ghost = lockstore::ProcessIdentity::current();
     ghost.pid = child.id();
     ghost.start_time = None;
     child.wait().unwrap();

@@ -117,7 +117,7 @@ fn registry() -> (tempfile::TempDir, TaskRegistry) {
     (d, r)
 }
 
-fn new(task: &str, owner: Option<lockstore::proc::ProcessIdentity>) -> NewTask {
+fn new(task: &str, owner: Option<lockstore::ProcessIdentity>) -> NewTask {
     NewTask {
         runtime: Some(Runtime::Subagent),
         task: task.into(),
@@ -137,9 +137,9 @@ fn maintenance_apply_clears_every_repairable_finding() {
     let (_d, reg) = registry();
     let t0 = NOW - 2 * 86_400_000;
     let mut dead = std::process::Command::new("true").spawn().unwrap();
-    let dead_id = lockstore::proc::ProcessIdentity {
+    let dead_id = lockstore::ProcessIdentity {
         pid: dead.id(),
-        ..lockstore::proc::current().clone()
+        ..lockstore::ProcessIdentity::current()
     };
     dead.wait().unwrap();
     // stale_queued, no owner: unjudgeable and silent past the grace → lost.
@@ -153,7 +153,7 @@ fn maintenance_apply_clears_every_repairable_finding() {
     // stale_running, live owner (this process) → stays: needs a person.
     let live = reg
         .create(
-            new("live", Some(lockstore::proc::current().clone())),
+            new("live", Some(lockstore::ProcessIdentity::current())),
             at(NOW - 40 * MIN),
         )
         .unwrap()

@@ -202,7 +202,14 @@ fn usage_errors_exit_1() {
 #[test]
 fn invalid_record_exits_2_and_leaves_the_file_alone() {
     let d = tempfile::tempdir().unwrap();
-    let ids = seed(d.path(), &["a"], lockstore::proc::now_ms());
+    let ids = seed(
+        d.path(),
+        &["a"],
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    );
     let path = lockstore::paths::commitments_file(d.path());
     let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let mut bad = doc["commitments"][0].clone();
@@ -270,7 +277,14 @@ fn cli_dismiss_races_heartbeat_process_50_rounds() {
     for round in 0..ROUNDS {
         let d = tempfile::tempdir().unwrap();
         let st = d.path().to_path_buf();
-        let ids = seed(&st, &["a", "b", "c"], lockstore::proc::now_ms());
+        let ids = seed(
+            &st,
+            &["a", "b", "c"],
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
+        );
         let (a, b, c) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
         let go = Arc::new(Barrier::new(2));
         let (hb, dis) = std::thread::scope(|sc| {

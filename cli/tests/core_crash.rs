@@ -16,8 +16,8 @@ use nix::unistd::Pid;
 use rstest::rstest;
 
 use common::*;
-use lockstore::atomic::{write_atomic, Durability};
 use lockstore::{run_exclusive, Error, LockOptions, Writer};
+use lockstore::{write_atomic, Durability};
 
 /// Child role `hold:<mode>`: takes the store's exclusive section through the
 /// library, prepares per `mode`, prints `INSIDE`, waits for a line on stdin,

@@ -11,7 +11,7 @@ use rstest::rstest;
 use serde::{Deserialize, Serialize};
 
 use common::*;
-use lockstore::lock::lock_path_for;
+use lockstore::lock::lock_path as lock_path_for;
 use lockstore::{run_exclusive, Error, JsonOptions, JsonStore, LockOptions, Writer};
 
 /// Child role `hold`: holds the store's section until a line arrives on stdin.
@@ -88,7 +88,7 @@ fn inode_check_catches_deleted_or_replaced_lock_file(#[values("delete", "replace
             "W finished while X held the lock"
         );
         let doc = serde_json::json!({"n": n + 10});
-        lockstore::atomic::write_atomic(
+        lockstore::write_atomic(
             &store,
             serde_json::to_string(&doc).unwrap().as_bytes(),
             lockstore::Durability::Full,

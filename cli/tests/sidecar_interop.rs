@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lockstore::lock::lock_path as lock_path_for;
 use lockstore::lock::sidecar::{reclaim_definitely_stale, ReclaimOutcome};
-use lockstore::lock::{lock_path_for, LockOptions, LockProtocol};
 use lockstore::{Error, JsonOptions, JsonStore};
+use lockstore::{LockOptions, LockProtocol};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;

@@ -169,7 +169,10 @@ fn killed_tasks_run_is_marked_lost_and_live_owner_never_is() {
     );
 
     // Immediately (no grace needed): the owner is definitely dead.
-    let now_ms = lockstore::proc::now_ms();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms as u64);
     let preview = reg
         .maintenance(

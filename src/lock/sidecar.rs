@@ -838,7 +838,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::LockTimeout { .. }), "{err}");
         held.verify_still_held().unwrap();
-        let payload = Payload::parse(held.payload());
+        let payload = Payload::parse(&held.raw);
         assert!(
             matches!(payload, Payload::Lockstore { ref holder, .. } if holder.pid == std::process::id())
         );

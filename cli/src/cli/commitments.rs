@@ -189,7 +189,7 @@ pub fn run(a: CommitmentsArgs, state_dir: &Path) -> CliResult {
         quarantine_invalid: a.common.quarantine_invalid,
         ..Default::default()
     };
-    let now = a.common.now_ms.unwrap_or_else(lockstore::proc::now_ms);
+    let now = a.common.now_ms.unwrap_or_else(crate::cli::now_ms);
     let store = CommitmentsStore::open(state_dir, cfg)?;
     match a.cmd {
         None => list(&store, &a.list, now),
@@ -211,7 +211,7 @@ pub fn run(a: CommitmentsArgs, state_dir: &Path) -> CliResult {
             let mut hit = Vec::new();
             let (mut first_ms, mut last_ms) = (None, 0);
             for _ in 0..repeat.max(1) {
-                let now = a.common.now_ms.unwrap_or_else(lockstore::proc::now_ms);
+                let now = a.common.now_ms.unwrap_or_else(crate::cli::now_ms);
                 hit = store.mark_attempted(&ids, at_ms(now))?;
                 first_ms.get_or_insert(now);
                 last_ms = now;

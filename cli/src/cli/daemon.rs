@@ -22,15 +22,11 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use lockstore::commitments::{Commitment, CommitmentsConfig, CommitmentsStore, TerminalStatus};
 use lockstore::lock::{HeldLock, LockOptions};
-use lockstore::commitments::{
-    Commitment, CommitmentsConfig, CommitmentsStore, TerminalStatus,
-};
 use lockstore::outbox::worker::{self, WorkerOptions};
 use lockstore::outbox::{adapters, NewMessage, Outbox, OutboxOptions, Retention, Status};
-use lockstore::tasks::{
-    MaintenanceMode, MaintenanceOptions, RegistryOptions, TaskRegistry,
-};
+use lockstore::tasks::{MaintenanceMode, MaintenanceOptions, RegistryOptions, TaskRegistry};
 use lockstore::Error;
 
 use super::{parse_duration, CliError, CliResult};
@@ -171,7 +167,7 @@ pub fn run(a: DaemonArgs, state_dir: &Path) -> CliResult {
                 // One pass: deliver everything due now, then sync acks back.
                 let r = worker::run_once(&wopts, adapter.as_ref(), &STOP)
                     .map_err(CliError::from)
-                    .and_then(|_| d.sync_acks(lockstore::proc::now_ms()));
+                    .and_then(|_| d.sync_acks(crate::cli::now_ms()));
                 break r;
             }
             while tick_start.elapsed() < a.tick && !stop_requested() {
@@ -215,7 +211,7 @@ impl Daemon {
 
     fn tick(&mut self, a: &DaemonArgs) -> CliResult {
         let _span = tracing::debug_span!("tick", state = %self.state.display()).entered();
-        let now = lockstore::proc::now_ms();
+        let now = crate::cli::now_ms();
         // 1. commitments: expiry, then write-ahead deliveries of due ones.
         self.commitments.expire(super::commitments::at_ms(now))?;
         self.sync_acks(now)?;

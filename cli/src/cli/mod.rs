@@ -88,6 +88,22 @@ pub fn cli_lock_options(timeout_ms: Option<u64>) -> LockOptions {
     o
 }
 
+/// Milliseconds since the Unix epoch, now (the CLI's `--now-ms` flags and
+/// JSON output speak Unix ms).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `n` random bytes as lower-case hex.
+pub fn random_hex(n: usize) -> String {
+    (0..n)
+        .map(|_| format!("{:02x}", fastrand::u8(..)))
+        .collect()
+}
+
 /// Parses `500ms`, `30s`, `5m`, `2h`, `30d` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

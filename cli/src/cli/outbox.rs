@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
 
-use lockstore::proc::now_ms;
+use crate::cli::now_ms;
 use lockstore::outbox::{
     adapters, legacy, worker, Entry, NewMessage, Outbox, OutboxError, OutboxOptions, Outcome,
     Retention, Status,

@@ -30,10 +30,11 @@ use nix::unistd::Pid;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use lockstore::proc::{liveness, now_ms, Liveness};
+use crate::cli::now_ms;
 use lockstore::commitments::{CommitmentsConfig, CommitmentsStore, Status as CStatus};
 use lockstore::outbox::{Outbox, OutboxOptions, Status as OStatus};
 use lockstore::tasks::{RegistryOptions, TaskRegistry, TaskStatus};
+use lockstore::Liveness;
 use lockstore::{JsonOptions, JsonStore};
 
 use super::soak_client::COUNTER_FILE;
@@ -220,7 +221,7 @@ pub fn run(a: SoakArgs, state_dir: Option<&Path>) -> CliResult {
             let d = std::env::temp_dir().join(format!(
                 "lockstore-soak-{}-{}",
                 now_ms(),
-                lockstore::proc::random_hex(3)
+                crate::cli::random_hex(3)
             ));
             std::fs::create_dir_all(&d).map_err(|e| io_err("create", &d, e))?;
             d
@@ -823,7 +824,7 @@ impl Soak {
                     if t.status.is_active() {
                         rep.tasks_active_end += 1;
                         if t.owner_identity()
-                            .is_some_and(|o| liveness(&o) == Liveness::Dead)
+                            .is_some_and(|o| o.liveness() == Liveness::Dead)
                         {
                             rep.tasks_running_dead_owners += 1;
                         }

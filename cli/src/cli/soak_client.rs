@@ -20,7 +20,7 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::{json, Value};
 
-use lockstore::proc::now_ms;
+use crate::cli::now_ms;
 use lockstore::commitments::{
     Candidate, CommitmentsConfig, CommitmentsStore, InferredItem, Kind, Scope, Sensitivity, Source,
 };
@@ -116,7 +116,7 @@ pub fn run(a: SoakClientArgs, state: &Path) -> CliResult {
         rng: fastrand::Rng::with_seed(
             a.seed ^ (u64::from(a.id) << 32) ^ (u64::from(a.incarnation) << 48),
         ),
-        nonce: format!("{}-{}", a.incarnation, lockstore::proc::random_hex(4)),
+        nonce: format!("{}-{}", a.incarnation, crate::cli::random_hex(4)),
         n: 0,
         counter,
         commitments,
@@ -423,7 +423,7 @@ impl Client {
             let new = NewTask {
                 runtime: Some(Runtime::Cli),
                 task: desc,
-                owner: Some(lockstore::proc::current().clone()),
+                owner: Some(lockstore::ProcessIdentity::current()),
                 ..Default::default()
             };
             match self.tasks.create(new, std::time::SystemTime::now()) {

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde_json::{json, Value};
 
-use lockstore::lock::{self, LockState};
 use lockstore::commitments::{CommitmentsConfig, CommitmentsStore};
+use lockstore::lock::{self, LockState};
 use lockstore::outbox::{Outbox, OutboxOptions, Status as OStatus};
 use lockstore::tasks::{AuditOptions, RegistryOptions, TaskRegistry};
 
@@ -45,7 +45,7 @@ fn lock_of(p: PathBuf) -> PathBuf {
 
 /// Runs `lockstore status`.
 pub fn run(a: StatusArgs, state: &Path) -> CliResult {
-    let now = lockstore::proc::now_ms();
+    let now = crate::cli::now_ms();
     let mut out = serde_json::Map::new();
     out.insert("stateDir".into(), json!(state.display().to_string()));
 

@@ -619,13 +619,7 @@ fn create_cmd(reg: &TaskRegistry, c: CreateArgs) -> CliResult {
         };
         md.insert(k.to_string(), v);
     }
-    let owner = c.owner_pid.map(|pid| lockstore::proc::ProcessIdentity {
-        pid,
-        start_time: lockstore::proc::start_time_of(pid),
-        boot_id: lockstore::proc::boot_id(),
-        hostname: None,
-        pid_ns: None,
-    });
+    let owner = c.owner_pid.map(lockstore::ProcessIdentity::of_pid);
     let new = NewTask {
         runtime: Some(c.runtime),
         task: c.task,
@@ -660,7 +654,7 @@ fn run_cmd(
         runtime: Some(Runtime::Cli),
         task: desc.clone(),
         label,
-        owner: Some(lockstore::proc::current().clone()),
+        owner: Some(lockstore::ProcessIdentity::current()),
         ..Default::default()
     };
     let (t, _) = reg.create(new, SystemTime::now()).map_err(cli_err)?;
@@ -745,7 +739,7 @@ fn progress_counting(
     summary: Option<&str>,
     counter: &str,
 ) -> Result<TaskRecord, TaskError> {
-    let now = lockstore::proc::now_ms();
+    let now = crate::cli::now_ms();
     reg.update(id, |t| {
         t.last_event_at = Some(now.max(t.last_event_at.unwrap_or(i64::MIN)));
         if let Some(s) = summary {

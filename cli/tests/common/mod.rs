@@ -147,7 +147,7 @@ pub fn read_json(path: &Path) -> Value {
 
 /// Temp files of any writer left beside the store.
 pub fn temps(path: &Path) -> Vec<PathBuf> {
-    lockstore::atomic::temp_files(path)
+    lockstore::testing::temp_files(path)
 }
 
 /// Name of a temp file as `pid` would create it for `store` (the pattern of

@@ -32,7 +32,6 @@ pub mod record;
 mod registry;
 pub mod store;
 
-pub use crate::group::GroupCommitStats;
 pub use audit::{
     audit, AuditCode, AuditFinding, AuditOptions, AuditReport, AuditSummary, Severity,
 };
