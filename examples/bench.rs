@@ -284,7 +284,7 @@ fn bare_sqlite_loop(path: &Path, id: &str, durability: Durability, secs: f64) ->
         durability,
         ..Default::default()
     };
-    let c = lockstore::sqlite::open(path, &opts, lockstore::tasks::store::MIGRATIONS)
+    let c = lockstore::sqlite::open(path, &opts, lockstore::testing::TASK_MIGRATIONS)
         .expect("open sqlite");
     let cols: Vec<String> = c
         .prepare("SELECT * FROM task_runs LIMIT 0")

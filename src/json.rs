@@ -195,7 +195,7 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
     }
 
     /// Like [`JsonStore::load`], also returning the raw bytes.
-    pub fn load_with_state(&self) -> Result<Loaded<T>> {
+    pub(crate) fn load_with_state(&self) -> Result<Loaded<T>> {
         let path = self.writer.path();
         match atomic::read_file(path)? {
             None => Ok(Loaded {
@@ -212,15 +212,8 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
     /// Decodes file bytes according to the envelope rules (see module docs).
     ///
     /// Errors: [`Error::Corrupt`].
-    pub fn decode(&self, raw: &[u8]) -> Result<T> {
+    pub(crate) fn decode(&self, raw: &[u8]) -> Result<T> {
         decode_doc(&self.opts, self.writer.path(), raw)
-    }
-
-    /// Serializes `doc` in the store's canonical form (envelope, formatting).
-    ///
-    /// Errors: [`Error::Serialize`].
-    pub fn encode(&self, doc: &T) -> Result<Vec<u8>> {
-        encode_doc(&self.opts, self.writer.path(), doc)
     }
 
     /// Load → `f` → save, inside the exclusive section: the infallible form.
@@ -284,7 +277,7 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
     /// the store's exclusive section. Returns whether it wrote.
     ///
     /// Errors: [`Error::Serialize`], [`Error::Io`].
-    pub fn save_if_changed(&self, doc: &T, previous: Option<&[u8]>) -> Result<bool> {
+    pub(crate) fn save_if_changed(&self, doc: &T, previous: Option<&[u8]>) -> Result<bool> {
         save_doc(&self.opts, self.writer.path(), doc, previous)
     }
 

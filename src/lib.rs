@@ -74,7 +74,7 @@ mod writer;
 pub use atomic::{write_atomic, Durability};
 pub use error::{Error, Result};
 pub use group::GroupCommitStats;
-pub use json::{GroupCommit, JsonOptions, JsonStore, Loaded, Migrate};
+pub use json::{GroupCommit, JsonOptions, JsonStore, Migrate};
 pub use lock::{HolderInfo, LockOptions, LockProtocol, OwnerRecord, WaitCallback};
 pub use proc::{Liveness, ProcessIdentity};
 pub use writer::{run_exclusive, Exclusive, Writer};
@@ -97,5 +97,8 @@ pub use rusqlite;
 #[doc(hidden)]
 pub mod testing {
     pub use crate::atomic::temp_files;
+    /// The task ledger's schema steps (for bare-SQLite baselines in the bench).
+    #[cfg(feature = "tasks")]
+    pub use crate::stores::tasks::MIGRATIONS as TASK_MIGRATIONS;
     pub use crate::writer::live_queues;
 }

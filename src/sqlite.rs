@@ -61,7 +61,7 @@ impl Default for SqliteOptions {
 
 /// True for SQLITE_BUSY and SQLITE_LOCKED (including extended codes such as
 /// BUSY_SNAPSHOT).
-pub fn is_busy(e: &rusqlite::Error) -> bool {
+pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
         e,
         rusqlite::Error::SqliteFailure(f, _)
@@ -313,7 +313,7 @@ fn migrate(
 
 /// Sleeps before retry number `attempt` (1-based) of a unit that hit BUSY:
 /// capped exponential backoff, 1–50 ms, plus up to 100 % jitter.
-pub fn busy_pause(attempt: u32) {
+pub(crate) fn busy_pause(attempt: u32) {
     let ms = (1u64 << attempt.saturating_sub(1).min(6)).min(50);
     std::thread::sleep(Duration::from_millis(ms + fastrand::u64(0..=ms)));
 }

@@ -154,7 +154,7 @@ impl Exclusive<'_> {
         self.waited
     }
     /// Fencing check before a commit: with the sidecar protocol, verifies that the
-    /// sidecar still holds this holder's bytes ([`SidecarHeld::verify_still_held`]);
+    /// sidecar still holds this holder's bytes (its payload bytes unchanged);
     /// with flock, always Ok (a kernel flock cannot be taken over).
     ///
     /// Errors: [`Error::LockLost`], [`Error::Io`].
@@ -273,7 +273,7 @@ impl Writer {
     ///
     /// Errors: [`Error::Reentrant`] if this thread already holds the section;
     /// [`Error::LockTimeout`] after [`LockOptions::deadline`]; lock and I/O errors
-    /// from [`LockFile::lock`]; and whatever `f` returns. A panic in `f` releases
+    /// from the OS lock ([`Error::UnsupportedFilesystem`], [`Error::LockUnsupported`], [`Error::Io`]); and whatever `f` returns. A panic in `f` releases
     /// both locks and resumes unwinding in the caller only.
     pub fn run<T, E, F>(&self, f: F) -> std::result::Result<T, E>
     where

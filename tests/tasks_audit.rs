@@ -439,7 +439,7 @@ fn migrates_v1_and_refuses_newer() {
 }
 
 fn store_v1() -> Vec<&'static str> {
-    lockstore::tasks::store::MIGRATIONS[..1].to_vec()
+    lockstore::testing::TASK_MIGRATIONS[..1].to_vec()
 }
 
 #[test]

@@ -15,7 +15,6 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use lockstore::sqlite::SqliteOptions;
-use lockstore::tasks::audit::format_age;
 use lockstore::tasks::*;
 use lockstore::Durability;
 
@@ -74,7 +73,7 @@ enum TasksCmd {
     Audit {
         /// Only rows of this severity (warn or error); the summary counts all.
         #[arg(long)]
-        severity: Option<audit::Severity>,
+        severity: Option<Severity>,
         /// Only rows of this code; the summary counts all.
         #[arg(long)]
         code: Option<AuditCode>,
@@ -479,7 +478,7 @@ fn list(reg: &TaskRegistry, l: &ListArgs) -> CliResult {
 
 fn audit_json(
     rep: &AuditReport,
-    severity: Option<audit::Severity>,
+    severity: Option<Severity>,
     code: Option<AuditCode>,
     limit: Option<usize>,
 ) -> serde_json::Value {
@@ -502,7 +501,7 @@ fn audit_json(
 
 fn audit_cmd(
     reg: &TaskRegistry,
-    severity: Option<audit::Severity>,
+    severity: Option<Severity>,
     code: Option<AuditCode>,
     limit: Option<usize>,
     json: bool,
@@ -766,5 +765,25 @@ fn record_end(reg: &TaskRegistry, id: &str, s: TaskStatus, err: Option<String>) 
             Ok(())
         }
         Err(e) => Err(cli_err(e)),
+    }
+}
+
+/// An age for the audit table: `fresh` under a second, else the two largest
+/// units (`3d 4h`, `2h 5m`, `12m`, `40s`); `n/a` when unknown.
+fn format_age(ms: Option<i64>) -> String {
+    let Some(ms) = ms else { return "n/a".into() };
+    if ms < 1000 {
+        return "fresh".into();
+    }
+    let s = ms / 1000;
+    let (d, h, m) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m")
+    } else {
+        format!("{s}s")
     }
 }

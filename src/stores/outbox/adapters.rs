@@ -179,7 +179,7 @@ impl ChannelAdapter for FileAdapter {
 }
 
 /// stderr texts that make a non-zero, non-75 exit retryable (case-insensitive).
-pub const EXEC_RETRY_PATTERNS: &[&str] = &[
+pub(crate) const EXEC_RETRY_PATTERNS: &[&str] = &[
     "timeout",
     "timed out",
     "temporarily",
@@ -199,7 +199,7 @@ pub const EXEC_RETRY_PATTERNS: &[&str] = &[
 /// `LOCKSTORE_IDEMPOTENCY_KEY` (the [`Entry::delivery_key`]),
 /// `LOCKSTORE_OUTBOX_ID`, `LOCKSTORE_CHANNEL`, `LOCKSTORE_TARGET`,
 /// `LOCKSTORE_ACCOUNT_ID`. Exit 0 = delivered, 75 (EX_TEMPFAIL) = retry, other =
-/// permanent unless stderr matches [`EXEC_RETRY_PATTERNS`]; killed after the
+/// permanent unless stderr reads as transient (`timeout`, `temporarily`, `try again`, `rate limit`, `connection reset`... — docs/outbox.md); killed after the
 /// timeout → `unknown` (the command may have sent). Not idempotent: a claim
 /// whose send started and whose worker died becomes `unknown`.
 #[derive(Debug)]

@@ -59,7 +59,7 @@ pub use enqueue::NewMessage;
 pub use entry::{Enqueued, Entry, Outcome};
 pub use error::{OutboxError, Result};
 pub use options::OutboxOptions;
-pub use policy::{is_permanent_error, RetryPolicy, PERMANENT_PATTERNS};
+pub use policy::RetryPolicy;
 pub use rescue::RescueReport;
 pub use retention::{PruneReport, Retention};
 pub use stats::OutboxStats;

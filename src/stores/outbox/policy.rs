@@ -54,7 +54,7 @@ pub(crate) fn duration_ms(d: Duration) -> i64 {
 /// Permanent-error patterns of openclaw's delivery queue (openclaw-stores.md §6.2),
 /// matched case-insensitively by [`is_permanent_error`]. `*` stands for "any
 /// text" (the regexes' `.*`).
-pub const PERMANENT_PATTERNS: &[&str] = &[
+pub(crate) const PERMANENT_PATTERNS: &[&str] = &[
     "no conversation reference found",
     "chat not found",
     "user not found",
@@ -71,7 +71,7 @@ pub const PERMANENT_PATTERNS: &[&str] = &[
 
 /// True if `error` matches one of [`PERMANENT_PATTERNS`] (case-insensitive):
 /// [`super::Outbox::fail`] then makes the entry dead at once.
-pub fn is_permanent_error(error: &str) -> bool {
+pub(crate) fn is_permanent_error(error: &str) -> bool {
     let e = error.to_lowercase();
     PERMANENT_PATTERNS.iter().any(|p| glob_contains(&e, p))
 }

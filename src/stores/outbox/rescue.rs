@@ -23,7 +23,7 @@ pub struct RescueReport {
 
 impl Outbox {
     /// Rescues orphaned claims: an `in_flight` row whose claimer is definitely
-    /// dead ([`proc::liveness`] = `Dead`: same host and boot, pid gone or start time
+    /// dead ([`crate::ProcessIdentity::liveness`] = `Dead`: same host and boot, pid gone or start time
     /// differs) or whose lease ended (`lease_expires_at <= now`) goes back to
     /// `pending` if its send had not started or `adapter_idempotent` (the adapter
     /// receives the idempotency key, so a resend is deduplicated); otherwise to

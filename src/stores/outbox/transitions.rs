@@ -22,7 +22,7 @@ use crate::timefmt::to_ms;
 /// A failed delivery attempt, reported by a worker to [`Outbox::fail`].
 #[derive(Debug, Clone, Default)]
 pub struct Failure {
-    /// Error text (matched against [`super::PERMANENT_PATTERNS`],
+    /// Error text (matched against the permanent-error patterns of docs/outbox.md,
     /// case-insensitive).
     pub error: String,
     /// The adapter classified it as permanent: the entry becomes dead at once.
@@ -36,7 +36,7 @@ impl Outbox {
     /// Expires due rows, then claims up to `batch` pending entries due at `now`
     /// (`next_attempt_at <= now`), oldest first, in one `UPDATE … RETURNING`:
     /// each gets status `in_flight`, a fresh claim token, the caller's identity
-    /// ([`proc::current`]) and a lease until `now + lease`. Two workers never
+    /// ([`crate::ProcessIdentity::current`]) and a lease until `now + lease`. Two workers never
     /// claim the same entry. Returns the claimed entries, oldest first.
     ///
     /// Errors: SQLite errors naming the file.
@@ -117,7 +117,7 @@ impl Outbox {
     }
 
     /// Reports a failed attempt of the claim (`id`, `token`). Permanent (adapter
-    /// classification or [`super::PERMANENT_PATTERNS`]) → `dead`; else `attempt_count +
+    /// classification or a permanent-error pattern) → `dead`; else `attempt_count +
     /// 1`, and beyond [`super::RetryPolicy::max_retries`] → `dead` (`attempts_exhausted`),
     /// otherwise `pending` at `now + delay` where delay is the adapter's
     /// retry-after if given, else the backoff table plus jitter (stored in

@@ -96,9 +96,9 @@ impl AuditCode {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct AuditOptions {
-    /// `stale_queued` threshold (default [`STALE_QUEUED`], 10 min).
+    /// `stale_queued` threshold (default 10 min).
     pub stale_queued: Duration,
-    /// `stale_running` threshold (default [`STALE_RUNNING`], 30 min).
+    /// `stale_running` threshold (default 30 min).
     pub stale_running: Duration,
 }
 
@@ -280,7 +280,7 @@ pub fn audit(tasks: &[TaskRecord], now: SystemTime, opts: &AuditOptions) -> Audi
 }
 
 /// `{total, warnings, errors, byCode}` of `findings`.
-pub fn summarize(findings: &[AuditFinding]) -> AuditSummary {
+pub(crate) fn summarize(findings: &[AuditFinding]) -> AuditSummary {
     let mut s = AuditSummary {
         by_code: AuditCode::ALL.iter().map(|c| (c.as_str(), 0)).collect(),
         ..Default::default()
@@ -294,23 +294,4 @@ pub fn summarize(findings: &[AuditFinding]) -> AuditSummary {
         *s.by_code.entry(f.code.as_str()).or_default() += 1;
     }
     s
-}
-
-/// Age for display: `fresh` under 1 s, else `Nd Nh`, `Nh Nm`, `Nm`, `Ns`.
-pub fn format_age(ms: Option<i64>) -> String {
-    let Some(ms) = ms else { return "n/a".into() };
-    if ms < 1000 {
-        return "fresh".into();
-    }
-    let s = ms / 1000;
-    let (d, h, m) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
-    if d > 0 {
-        format!("{d}d {h}h")
-    } else if h > 0 {
-        format!("{h}h {m}m")
-    } else if m > 0 {
-        format!("{m}m")
-    } else {
-        format!("{s}s")
-    }
 }

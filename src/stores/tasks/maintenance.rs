@@ -86,7 +86,7 @@ pub struct MaintenanceReport {
 
 impl TaskRegistry {
     /// Why an active task should be marked lost now, if it should: its owner
-    /// is definitely dead ([`crate::proc::liveness`] = Dead: same boot, pid gone
+    /// is definitely dead ([`crate::ProcessIdentity::liveness`] = Dead: same boot, pid gone
     /// or start time differs) — at once; or the owner cannot be judged (none
     /// recorded, another boot or namespace) and the task has been silent for
     /// `grace`. A running or stopped owner is never judged lost.

@@ -11,8 +11,8 @@
 //! instead of a silently empty registry, and a repair for every audit code.
 //! See docs/tasks.md.
 //!
-//! Files: [`record`] (the record, its enums and lifecycle rules), [`store`]
-//! (SQLite schema and rows), [`audit`](mod@audit); the registry in `registry.rs` (the
+//! Files: `record.rs` (the record, its enums and lifecycle rules), `store.rs`
+//! (SQLite schema and rows), `audit.rs`; the registry in `registry.rs` (the
 //! handle and its options), `index.rs` (memory and its indexes),
 //! `coherence.rs` (reloads), `batch.rs` (persist-before-commit, group
 //! commit), `mutations.rs`, `queries.rs`, `maintenance.rs` and
@@ -20,7 +20,7 @@
 
 use std::path::PathBuf;
 
-pub mod audit;
+mod audit;
 mod batch;
 mod coherence;
 mod index;
@@ -28,9 +28,9 @@ mod maintenance;
 mod mutations;
 mod observers;
 mod queries;
-pub mod record;
+mod record;
 mod registry;
-pub mod store;
+mod store;
 
 pub use audit::{
     audit, AuditCode, AuditFinding, AuditOptions, AuditReport, AuditSummary, Severity,
@@ -42,6 +42,9 @@ pub use mutations::Finish;
 pub use observers::{ObserverError, TaskEvent, TaskObserver};
 pub use record::*;
 pub use registry::{RegistryOptions, TaskRegistry};
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub use store::MIGRATIONS;
 pub use store::{Snapshot, SqliteTaskStore, TaskStore, WriteOutcome, SCHEMA_VERSION};
 
 /// Errors of the task ledger. Every variant names the database file.

@@ -402,7 +402,7 @@ pub struct NewTask {
 
 /// Initial delivery status (§5.6): `not_applicable` for system scope, `pending`
 /// with an owner, else `parent_missing`.
-pub fn initial_delivery_status(scope: ScopeKind, owner_key: &str) -> DeliveryStatus {
+pub(crate) fn initial_delivery_status(scope: ScopeKind, owner_key: &str) -> DeliveryStatus {
     match scope {
         ScopeKind::System => DeliveryStatus::NotApplicable,
         _ if !owner_key.is_empty() => DeliveryStatus::Pending,
@@ -412,7 +412,7 @@ pub fn initial_delivery_status(scope: ScopeKind, owner_key: &str) -> DeliverySta
 
 /// Default notify policy (§5.6): `silent` when delivery is `not_applicable` or
 /// for cli/cron tasks (openclaw docs), else `done_only`.
-pub fn default_notify_policy(runtime: Runtime, delivery: DeliveryStatus) -> NotifyPolicy {
+pub(crate) fn default_notify_policy(runtime: Runtime, delivery: DeliveryStatus) -> NotifyPolicy {
     if delivery == DeliveryStatus::NotApplicable || matches!(runtime, Runtime::Cli | Runtime::Cron)
     {
         NotifyPolicy::Silent
