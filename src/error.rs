@@ -11,10 +11,17 @@ use crate::lock::owner::HolderInfo;
 /// Result alias for the core layers.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Errors returned by the core layers. Every variant names the file (`path`);
-/// other fields are described in the variant's docs.
+/// lockstore's error: the core layers' variants (lock, queue, writer, atomic
+/// save, JSON documents, SQLite conventions), and one variant per store layer
+/// wrapping that store's own error ([`crate::tasks::TaskError`],
+/// [`crate::outbox::OutboxError`], [`crate::commitments::CommitmentsError`];
+/// each converts into this type with `?`/`From`, a wrapped core error coming
+/// back out as itself). Every variant about a file names it ([`Error::path`]).
+/// [`Error::is_no_space`], [`Error::is_lock_timeout`] and [`Error::is_corrupt`]
+/// answer for every variant, the wrapped ones included.
 #[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The deadline in [`crate::lock::LockOptions::deadline`] passed before the
     /// in-process queue slot and the cross-process lock were both acquired.
@@ -113,6 +120,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    /// An error of the task ledger (feature `tasks`).
+    #[cfg(feature = "tasks")]
+    #[error(transparent)]
+    Tasks(Box<crate::stores::tasks::TaskError>),
+
+    /// An error of the delivery outbox (feature `outbox`).
+    #[cfg(feature = "outbox")]
+    #[error(transparent)]
+    Outbox(Box<crate::stores::outbox::OutboxError>),
+
+    /// An error of the commitments store (feature `commitments`).
+    #[cfg(feature = "commitments")]
+    #[error(transparent)]
+    Commitments(Box<crate::stores::commitments::CommitmentsError>),
 }
 
 fn holder_suffix(h: &Option<Box<HolderInfo>>) -> String {
@@ -132,9 +154,10 @@ impl Error {
         }
     }
 
-    /// The file this error is about.
-    pub fn path(&self) -> &std::path::Path {
-        match self {
+    /// The file this error is about (`None` only for a store error about an
+    /// input rather than a file, e.g. an unknown status name).
+    pub fn path(&self) -> Option<&std::path::Path> {
+        Some(match self {
             Error::LockTimeout { path, .. }
             | Error::UnsupportedFilesystem { path, .. }
             | Error::LockUnsupported { path, .. }
@@ -149,7 +172,13 @@ impl Error {
             | Error::Io { path, .. } => path,
             #[cfg(feature = "sqlite")]
             Error::Sqlite { path, .. } | Error::SchemaTooNew { path, .. } => path,
-        }
+            #[cfg(feature = "tasks")]
+            Error::Tasks(e) => return e.path(),
+            #[cfg(feature = "outbox")]
+            Error::Outbox(e) => return e.path(),
+            #[cfg(feature = "commitments")]
+            Error::Commitments(e) => return e.path(),
+        })
     }
 
     /// Builds an [`Error::Sqlite`] for `op` on `path`.
@@ -167,6 +196,14 @@ impl Error {
         match self {
             #[cfg(feature = "sqlite")]
             Error::Sqlite { source, .. } => crate::sqlite::is_busy(source),
+            #[cfg(feature = "tasks")]
+            Error::Tasks(e) => {
+                matches!(&**e, crate::stores::tasks::TaskError::Core(c) if c.is_busy())
+            }
+            #[cfg(feature = "outbox")]
+            Error::Outbox(e) => {
+                matches!(&**e, crate::stores::outbox::OutboxError::Core(c) if c.is_busy())
+            }
             _ => false,
         }
     }
@@ -196,6 +233,12 @@ impl Error {
                 source: rusqlite::Error::SqliteFailure(f, _),
                 ..
             } => f.code == rusqlite::ErrorCode::DiskFull,
+            #[cfg(feature = "tasks")]
+            Error::Tasks(e) => e.is_no_space(),
+            #[cfg(feature = "outbox")]
+            Error::Outbox(e) => e.is_no_space(),
+            #[cfg(feature = "commitments")]
+            Error::Commitments(e) => e.is_no_space(),
             _ => false,
         }
     }
@@ -205,7 +248,16 @@ impl Error {
     /// in-process queue or the cross-process lock; nothing was done. Another
     /// writer holds the store (see the error's `holder`); retry later.
     pub fn is_lock_timeout(&self) -> bool {
-        matches!(self, Error::LockTimeout { .. })
+        match self {
+            Error::LockTimeout { .. } => true,
+            #[cfg(feature = "tasks")]
+            Error::Tasks(e) => e.is_lock_timeout(),
+            #[cfg(feature = "outbox")]
+            Error::Outbox(e) => e.is_lock_timeout(),
+            #[cfg(feature = "commitments")]
+            Error::Commitments(e) => e.is_lock_timeout(),
+            _ => false,
+        }
     }
 
     /// Whether the store's file is unusable as found: [`Error::Corrupt`]
@@ -224,6 +276,12 @@ impl Error {
                 f.code,
                 rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
             ),
+            #[cfg(feature = "tasks")]
+            Error::Tasks(e) => e.is_corrupt(),
+            #[cfg(feature = "outbox")]
+            Error::Outbox(e) => e.is_corrupt(),
+            #[cfg(feature = "commitments")]
+            Error::Commitments(e) => e.is_corrupt(),
             _ => false,
         }
     }

@@ -496,5 +496,13 @@ pub(crate) fn duplicate(e: &Error) -> Error {
             path: path.clone(),
             source: io(source),
         },
+        // A store layer's error never comes out of a batch's save or COMMIT;
+        // kept total for the umbrella variants.
+        #[allow(unreachable_patterns)]
+        other => Error::Io {
+            op: "group commit",
+            path: other.path().map(Into::into).unwrap_or_default(),
+            source: std::io::Error::other(other.to_string()),
+        },
     }
 }

@@ -36,6 +36,50 @@ pub enum CommitmentsError {
     },
 }
 
+impl CommitmentsError {
+    /// The store file this error is about.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            CommitmentsError::Core(e) => e.path(),
+            CommitmentsError::InvalidRecords { path, .. }
+            | CommitmentsError::InvalidInput { path, .. } => Some(path),
+        }
+    }
+
+    /// Whether the disk is full ([`crate::Error::is_no_space`]); the file is
+    /// unchanged.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, CommitmentsError::Core(e) if e.is_no_space())
+    }
+
+    /// Whether the store's lock was not acquired before the deadline
+    /// ([`crate::Error::is_lock_timeout`]); nothing was written.
+    pub fn is_lock_timeout(&self) -> bool {
+        matches!(self, CommitmentsError::Core(e) if e.is_lock_timeout())
+    }
+
+    /// Whether the file is unusable as found: a corrupt envelope
+    /// ([`crate::Error::is_corrupt`]) or records that fail validation
+    /// ([`CommitmentsError::InvalidRecords`]). The file is left untouched.
+    pub fn is_corrupt(&self) -> bool {
+        match self {
+            CommitmentsError::InvalidRecords { .. } => true,
+            CommitmentsError::Core(e) => e.is_corrupt(),
+            _ => false,
+        }
+    }
+}
+
+/// Into the umbrella error: a wrapped core error comes back out as itself.
+impl From<CommitmentsError> for crate::Error {
+    fn from(e: CommitmentsError) -> Self {
+        match e {
+            CommitmentsError::Core(c) => c,
+            other => crate::Error::Commitments(Box::new(other)),
+        }
+    }
+}
+
 /// What is wrong with the input of
 /// [`super::CommitmentsStore::upsert_inferred`].
 #[non_exhaustive]

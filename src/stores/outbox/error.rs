@@ -75,5 +75,54 @@ pub enum OutboxError {
     },
 }
 
+impl OutboxError {
+    /// The database file this error is about; `None` for
+    /// [`OutboxError::UnknownStatus`] (an input, not a file).
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            OutboxError::Core(e) => e.path(),
+            OutboxError::EmptyField { path, .. }
+            | OutboxError::InvalidTtl { path, .. }
+            | OutboxError::InvalidPruneAge { path, .. }
+            | OutboxError::CorruptRow { path, .. }
+            | OutboxError::LegacyReadBack { path, .. } => Some(path),
+            OutboxError::UnknownStatus { .. } => None,
+        }
+    }
+
+    /// Whether the disk is full ([`crate::Error::is_no_space`]); the outbox's
+    /// rows are unchanged.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, OutboxError::Core(e) if e.is_no_space())
+    }
+
+    /// Whether a lock or busy wait ran past its deadline
+    /// ([`crate::Error::is_lock_timeout`]); nothing was written.
+    pub fn is_lock_timeout(&self) -> bool {
+        matches!(self, OutboxError::Core(e) if e.is_lock_timeout())
+    }
+
+    /// Whether the database is unusable as found: a row that does not decode
+    /// ([`OutboxError::CorruptRow`]) or a malformed or foreign database
+    /// ([`crate::Error::is_corrupt`]). Nothing was written.
+    pub fn is_corrupt(&self) -> bool {
+        match self {
+            OutboxError::CorruptRow { .. } => true,
+            OutboxError::Core(e) => e.is_corrupt(),
+            _ => false,
+        }
+    }
+}
+
+/// Into the umbrella error: a wrapped core error comes back out as itself.
+impl From<OutboxError> for crate::Error {
+    fn from(e: OutboxError) -> Self {
+        match e {
+            OutboxError::Core(c) => c,
+            other => crate::Error::Outbox(Box::new(other)),
+        }
+    }
+}
+
 /// Result alias of the outbox.
 pub type Result<T, E = OutboxError> = std::result::Result<T, E>;

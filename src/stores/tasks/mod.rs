@@ -106,16 +106,16 @@ pub enum TaskError {
 
 impl TaskError {
     /// The ledger file this error is about.
-    pub fn path(&self) -> &std::path::Path {
-        match self {
-            TaskError::Core(e) => e.path(),
+    pub fn path(&self) -> Option<&std::path::Path> {
+        Some(match self {
+            TaskError::Core(e) => return e.path(),
             TaskError::InvalidPersisted { path, .. }
             | TaskError::NotFound { path, .. }
             | TaskError::InvalidTransition { path, .. }
             | TaskError::Conflict { path, .. }
             | TaskError::Invalid { path, .. }
             | TaskError::NotTerminal { path, .. } => path,
-        }
+        })
     }
 
     /// Whether the disk is full ([`crate::Error::is_no_space`]: SQLITE_FULL,
@@ -144,5 +144,15 @@ impl TaskError {
 
     pub(crate) fn sqlite(op: &'static str, path: &std::path::Path, e: rusqlite::Error) -> Self {
         TaskError::Core(crate::Error::sqlite(op, path, e))
+    }
+}
+
+/// Into the umbrella error: a wrapped core error comes back out as itself.
+impl From<TaskError> for crate::Error {
+    fn from(e: TaskError) -> Self {
+        match e {
+            TaskError::Core(c) => c,
+            other => crate::Error::Tasks(Box::new(other)),
+        }
     }
 }
