@@ -335,6 +335,15 @@ fn decode_doc<T: DeserializeOwned>(opts: &JsonOptions, path: &Path, raw: &[u8]) 
     let Some(want) = opts.version else {
         return serde_json::from_slice(raw).map_err(|e| corrupt(format!("invalid JSON: {e}")));
     };
+    // A versioned envelope is an object. (serde's derived struct visitor would
+    // also accept an array: `[1]` would pass for version 1.)
+    if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let what = match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+            Ok(_) => "top level is not a JSON object".to_string(),
+            Err(e) => format!("invalid JSON document: {e}"),
+        };
+        return Err(corrupt(what));
+    }
     let peek: Peek =
         serde_json::from_slice(raw).map_err(|e| corrupt(format!("invalid JSON document: {e}")))?;
     let version = match peek.version {
@@ -496,6 +505,30 @@ mod tests {
         });
         assert!(r.is_err());
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn a_versioned_store_refuses_a_top_level_array() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("d.json");
+        let s = JsonStore::<Doc>::open(
+            &p,
+            JsonOptions {
+                version: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for raw in [&b"[1]"[..], b" []", b"[1, {\"n\": 2}]"] {
+            std::fs::write(&p, raw).unwrap();
+            let e = s.load().unwrap_err();
+            assert!(
+                e.to_string().contains("top level is not a JSON object"),
+                "{e}"
+            );
+            assert!(s.update(|d| d.n += 1).unwrap_err().is_corrupt());
+            assert_eq!(std::fs::read(&p).unwrap(), raw, "left untouched");
+        }
     }
 
     #[test]

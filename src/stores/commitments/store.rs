@@ -126,7 +126,7 @@ impl CommitmentsStore {
     /// Errors: [`crate::Error::Corrupt`] (bad envelope), [`crate::Error::Symlink`],
     /// [`crate::Error::Io`].
     pub fn snapshot(&self) -> Result<CommitmentsFile> {
-        self.json.load().map_err(|e| self.explain(e.into()))
+        self.json.load().map_err(Into::into)
     }
 
     /// Runs `op` (which returns its value and whether it changed the records)
@@ -173,7 +173,6 @@ impl CommitmentsStore {
                 }
                 op(&mut doc.commitments)
             })
-            .map_err(|e| self.explain(e))
     }
 
     fn invalid_records(&self, records: Vec<super::InvalidRecord>) -> CommitmentsError {
@@ -181,23 +180,6 @@ impl CommitmentsStore {
             path: self.path().to_path_buf(),
             records,
         }
-    }
-
-    /// Names a top-level non-object in a [`crate::Error::Corrupt`] reason
-    /// (JsonStore's version probe reports `[]` as a length mismatch).
-    fn explain(&self, e: CommitmentsError) -> CommitmentsError {
-        let CommitmentsError::Core(crate::Error::Corrupt { path, reason }) = e else {
-            return e;
-        };
-        let top = crate::atomic::read_file(&path)
-            .ok()
-            .flatten()
-            .and_then(|raw| serde_json::from_slice::<serde_json::Value>(&raw).ok());
-        let reason = match top {
-            Some(v) if !v.is_object() => format!("top level is not a JSON object ({reason})"),
-            _ => reason,
-        };
-        crate::Error::Corrupt { path, reason }.into()
     }
 
     /// Creates or merges inferred commitments (openclaw `upsertInferredCommitments`).
