@@ -95,7 +95,9 @@ fn registry() -> &'static Reg {
     R.get_or_init(Registry::new)
 }
 
-/// Number of stores with a live queue in this process (drained queues are freed).
+/// Number of stores with a live queue in this process (drained queues are
+/// freed). Feature `testing`.
+#[cfg(any(test, feature = "testing"))]
 pub fn live_queues() -> usize {
     registry().len()
 }
