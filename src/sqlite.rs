@@ -1,4 +1,5 @@
-//! SQLite store helpers shared by the task ledger and the outbox.
+//! SQLite store helpers shared by the task ledger and the outbox (feature
+//! `sqlite`).
 //!
 //! Conventions (SQLite docs: "Write-Ahead Logging", "PRAGMA", "BEGIN
 //! TRANSACTION"):

@@ -1,4 +1,4 @@
-//! The sidecar lock protocol, compatible with the npm package `@openclaw/fs-safe`
+//! The sidecar lock protocol (feature `sidecar`), compatible with the npm package `@openclaw/fs-safe`
 //! (0.21.0: `src/sidecar-lock*.ts`, used by `jsonStore({filePath, lock: true})`).
 //!
 //! The lock on a store `<target>` is *the existence* of `<target>.lock`:

@@ -1,4 +1,4 @@
-//! The delivery outbox: a SQLite queue of outbound messages that delivers every
+//! The delivery outbox (feature `outbox`): a SQLite queue of outbound messages that delivers every
 //! message at least once, never blindly twice, expires what is too old and keeps
 //! dead letters listable, retryable and prunable.
 //!
