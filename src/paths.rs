@@ -25,21 +25,21 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 /// `<state>/commitments/commitments.json`.
-pub fn commitments_file(state: &Path) -> PathBuf {
-    state.join("commitments").join("commitments.json")
+pub fn commitments_file(state: impl AsRef<Path>) -> PathBuf {
+    state.as_ref().join("commitments").join("commitments.json")
 }
 
 /// `<state>/tasks/runs.sqlite`.
-pub fn tasks_db(state: &Path) -> PathBuf {
-    state.join("tasks").join("runs.sqlite")
+pub fn tasks_db(state: impl AsRef<Path>) -> PathBuf {
+    state.as_ref().join("tasks").join("runs.sqlite")
 }
 
 /// `<state>/outbox/outbox.sqlite`.
-pub fn outbox_db(state: &Path) -> PathBuf {
-    state.join("outbox").join("outbox.sqlite")
+pub fn outbox_db(state: impl AsRef<Path>) -> PathBuf {
+    state.as_ref().join("outbox").join("outbox.sqlite")
 }
 
 /// `<state>/daemon.lock`.
-pub fn daemon_lock(state: &Path) -> PathBuf {
-    state.join("daemon.lock")
+pub fn daemon_lock(state: impl AsRef<Path>) -> PathBuf {
+    state.as_ref().join("daemon.lock")
 }

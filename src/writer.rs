@@ -219,8 +219,8 @@ impl Writer {
     /// Errors: [`Error::InvalidPath`], [`Error::Io`] creating or canonicalizing the
     /// parent directory; [`Error::LockProtocolMismatch`] when this process already
     /// has the store open with the other [`LockOptions::protocol`].
-    pub fn open(path: &Path, opts: LockOptions) -> Result<Self> {
-        let path = canonical_store_path(path)?;
+    pub fn open(path: impl AsRef<Path>, opts: LockOptions) -> Result<Self> {
+        let path = canonical_store_path(path.as_ref())?;
         let lock_path = lock::lock_path_for(&path);
         let handle = registry().get(&path, || StoreEntry {
             fifo: FifoQueue::new(),
@@ -430,7 +430,11 @@ impl Writer {
 /// Runs `f` inside the exclusive section of the store file `path`: the
 /// in-process FIFO slot, then the cross-process lock on `<path>.lock`. See
 /// [`Writer::run`] for the errors.
-pub fn run_exclusive<T, E, F>(path: &Path, opts: &LockOptions, f: F) -> std::result::Result<T, E>
+pub fn run_exclusive<T, E, F>(
+    path: impl AsRef<Path>,
+    opts: &LockOptions,
+    f: F,
+) -> std::result::Result<T, E>
 where
     F: FnOnce(&mut Exclusive<'_>) -> std::result::Result<T, E>,
     E: From<Error>,

@@ -178,7 +178,8 @@ impl SidecarSnapshot {
     ///
     /// Errors: [`Error::Symlink`] or [`Error::InvalidPath`] when the path is not a
     /// regular file; [`Error::Io`].
-    pub fn read(path: &Path) -> Result<Option<SidecarSnapshot>> {
+    pub fn read(path: impl AsRef<Path>) -> Result<Option<SidecarSnapshot>> {
+        let path = path.as_ref();
         let before = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -268,10 +269,11 @@ pub enum Verdict {
 ///
 /// Errors: [`Error::LockProtocolMismatch`] for the flock protocol's owner record.
 pub fn judge(
-    lock_path: &Path,
+    lock_path: impl AsRef<Path>,
     snap: &SidecarSnapshot,
     stale: Duration,
 ) -> Result<(Payload, Verdict)> {
+    let lock_path = lock_path.as_ref();
     let payload = Payload::parse(&snap.raw);
     let verdict = match &payload {
         Payload::FlockRecord => {
@@ -366,7 +368,11 @@ pub enum ReclaimOutcome {
 /// the module docs, under the reclaim guard, re-checking identity and bytes.
 ///
 /// Errors: [`Error::LockProtocolMismatch`] for a flock-protocol file; [`Error::Io`].
-pub fn reclaim_definitely_stale(lock_path: &Path, stale: Duration) -> Result<ReclaimOutcome> {
+pub fn reclaim_definitely_stale(
+    lock_path: impl AsRef<Path>,
+    stale: Duration,
+) -> Result<ReclaimOutcome> {
+    let lock_path = lock_path.as_ref();
     let Some(snap) = SidecarSnapshot::read(lock_path)? else {
         return Ok(ReclaimOutcome::Missing);
     };
