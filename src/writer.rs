@@ -455,7 +455,7 @@ mod tests {
             let inner: Result<()> = run_exclusive(&p, &o, |_| Ok(()));
             assert!(matches!(inner, Err(Error::Reentrant { .. })));
             // A different store is fine.
-            run_exclusive(&d.path().join("other.json"), &o, |_| Ok(()))
+            run_exclusive(d.path().join("other.json"), &o, |_| Ok(()))
         });
         r.unwrap();
     }
@@ -465,9 +465,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("a")).unwrap();
         std::os::unix::fs::symlink(d.path().join("a"), d.path().join("link")).unwrap();
-        let w1 = Writer::open(&d.path().join("a/s.json"), LockOptions::default()).unwrap();
-        let w2 = Writer::open(&d.path().join("link/../a/s.json"), LockOptions::default()).unwrap();
-        let w3 = Writer::open(&d.path().join("link/s.json"), LockOptions::default()).unwrap();
+        let w1 = Writer::open(d.path().join("a/s.json"), LockOptions::default()).unwrap();
+        let w2 = Writer::open(d.path().join("link/../a/s.json"), LockOptions::default()).unwrap();
+        let w3 = Writer::open(d.path().join("link/s.json"), LockOptions::default()).unwrap();
         assert_eq!(w1.path(), w2.path());
         assert_eq!(w1.path(), w3.path());
         assert!(std::ptr::eq(

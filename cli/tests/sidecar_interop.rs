@@ -348,7 +348,7 @@ fn sigstop_holder_without_lease_is_never_reclaimed() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        reclaim_definitely_stale(&lock_path_for(&file), Duration::ZERO).unwrap(),
+        reclaim_definitely_stale(lock_path_for(&file), Duration::ZERO).unwrap(),
         ReclaimOutcome::Retained(format!("lockstore holder pid {} is stopped", h.child.id()))
     );
     kill(pid, Signal::SIGCONT).unwrap();
