@@ -11,11 +11,11 @@
 //!
 //! | feature | what |
 //! | --- | --- |
-//! | `sqlite` | [`sqlite`]: SQLite conventions (WAL verified, busy timeout, `BEGIN IMMEDIATE` with retry, migrations); re-exports [`rusqlite`] so you share one SQLite with lockstore |
-//! | `tasks` | [`tasks`]: the task ledger (SQLite) with audit and maintenance |
-//! | `outbox` | [`outbox`]: the delivery outbox (SQLite): at least once, never blindly twice |
-//! | `commitments` | [`commitments`]: the commitments JSON store |
-//! | `sidecar` | [`lock::sidecar`]: the `@openclaw/fs-safe` compatible lock protocol |
+//! | `sqlite` | `lockstore::sqlite`: SQLite conventions (WAL verified, busy timeout, `BEGIN IMMEDIATE` with retry, migrations); re-exports `lockstore::rusqlite` so you share one SQLite with lockstore |
+//! | `tasks` | `lockstore::tasks`: the task ledger (SQLite) with audit and maintenance |
+//! | `outbox` | `lockstore::outbox`: the delivery outbox (SQLite): at least once, never blindly twice |
+//! | `commitments` | `lockstore::commitments`: the commitments JSON store |
+//! | `sidecar` | `lockstore::lock::sidecar`: the `@openclaw/fs-safe` compatible lock protocol |
 //! | `failpoints` | crash-test failpoints for lockstore's own tests; never in release builds |
 //!
 //! See docs/lock-protocol.md for the protocol and failure model, and
