@@ -13,8 +13,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// lockstore's error: the core layers' variants (lock, queue, writer, atomic
 /// save, JSON documents, SQLite conventions), and one variant per store layer
-/// wrapping that store's own error ([`crate::tasks::TaskError`],
-/// [`crate::outbox::OutboxError`], [`crate::commitments::CommitmentsError`];
+/// wrapping that store's own error (`tasks::TaskError`,
+/// `outbox::OutboxError`, `commitments::CommitmentsError`, by feature;
 /// each converts into this type with `?`/`From`, a wrapped core error coming
 /// back out as itself). Every variant about a file names it ([`Error::path`]).
 /// [`Error::is_no_space`], [`Error::is_lock_timeout`] and [`Error::is_corrupt`]

@@ -83,7 +83,7 @@ pub struct LockOptions {
     /// profile polls).
     pub blocking_wait: bool,
     /// Cross-process protocol of this store: [`LockProtocol::Flock`] (default) or
-    /// [`LockProtocol::Sidecar`] (interop with `@openclaw/fs-safe`). Never mix the
+    /// `LockProtocol::Sidecar` (feature `sidecar`; interop with `@openclaw/fs-safe`). Never mix the
     /// two on one store.
     pub protocol: LockProtocol,
     /// Sidecar only: age after which a lock without a judgeable owner (empty,
