@@ -2,7 +2,7 @@
 //! same run on the same file system (see docs/performance.md).
 //!
 //! ```text
-//! cargo run --release --example bench [-- --json] [--quick] [--dir DIR]
+//! cargo run --release --example bench [-- --json] [--quick] [--dir DIR] [--only async]
 //! ```
 //!
 //! Rows: (1) the physical limit — a bare loop of flock + read + modify + write
@@ -15,7 +15,11 @@
 //! against a bare rusqlite BEGIN IMMEDIATE loop writing the same row, and the
 //! outbox end to end (enqueue → claim → deliver to a file adapter → ack,
 //! durability process) with 1 and 4 workers; (7) the peak memory (VmHWM) of
-//! the child process that ran each measurement of rows 5 and 6.
+//! the child process that ran each measurement of rows 5 and 6; (8) async
+//! (`lockstore::tokio`, feature `tokio`): 100 tasks on a 2-worker runtime
+//! updating one store against 100 threads, and the worst stall of a 5 ms
+//! heartbeat task while they run (p99 and max). `--only async` runs rows 1
+//! and 8.
 
 use std::io::{BufRead, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -545,6 +549,90 @@ fn run_child(args: &[&str]) -> Vec<f64> {
         .collect()
 }
 
+/// Row 8: 100 threads, then 100 tokio tasks on a 2-worker runtime, each doing
+/// `per` updates of one store (durability full, group commit on), with a 5 ms
+/// heartbeat task on the same runtime. Returns (threads ops/s, tasks ops/s,
+/// tasks mean batch, heartbeat lateness p99 ms, max ms, samples, idle max ms).
+fn async_vs_threads(path: &Path, per: u64) -> (f64, f64, f64, f64, f64, usize, f64) {
+    const N: usize = 100;
+    seed(path, 100);
+    let (threads_ops, _) = threads(path, N, per, true);
+    seed(path, 100);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let beat = |stop: std::sync::Arc<std::sync::atomic::AtomicBool>| async move {
+        let mut late = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = Instant::now();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let over = t.elapsed().saturating_sub(Duration::from_millis(5));
+            late.push(over.as_secs_f64() * 1000.0);
+        }
+        late
+    };
+    rt.block_on(async {
+        let opts = JsonOptions {
+            durability: Durability::Full,
+            ..Default::default()
+        };
+        let store: lockstore::tokio::JsonStore<Doc> = lockstore::tokio::JsonStore::open(path, opts)
+            .await
+            .expect("open");
+        // Idle heartbeat: the timer's own lateness, for reference.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let idle = tokio::spawn(beat(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut idle = idle.await.expect("idle heartbeat");
+        let idle_max = percentile(&mut idle, 1.0);
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hb = tokio::spawn(beat(stop.clone()));
+        let s0 = store.group_commit_stats();
+        let start = Instant::now();
+        let hs: Vec<_> = (0..N)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move {
+                    for _ in 0..per {
+                        s.update(|d| {
+                            d.counter += 1;
+                            if let Some(r) = d.records.first_mut() {
+                                r.attempts += 1;
+                            }
+                        })
+                        .await
+                        .expect("async update");
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.await.expect("task");
+        }
+        let ops = (N as u64 * per) as f64 / start.elapsed().as_secs_f64();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut late = hb.await.expect("heartbeat");
+        let s1 = store.group_commit_stats();
+        let mean = if s1.batches > s0.batches {
+            (s1.batched_updates - s0.batched_updates) as f64 / (s1.batches - s0.batches) as f64
+        } else {
+            1.0
+        };
+        assert_eq!(
+            store.load().await.expect("load").counter,
+            N as u64 * per,
+            "async updates lost"
+        );
+        let p99 = percentile(&mut late, 0.99);
+        let max = percentile(&mut late, 1.0);
+        (threads_ops, ops, mean, p99, max, late.len(), idle_max)
+    })
+}
+
 struct Row {
     name: String,
     value: f64,
@@ -619,6 +707,46 @@ fn main() {
         ratio: Some(fs / phys),
         note: String::new(),
     });
+
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    if only.is_none() || only.as_deref() == Some("async") {
+        let per = if quick { 10 } else { 30 };
+        let (t_ops, a_ops, mean, p99, max, beats, idle_max) = async_vs_threads(&p, per);
+        rows.push(Row {
+            name: "JsonStore 100 threads (baseline of the async rows)".into(),
+            value: t_ops,
+            unit: "ops/s",
+            ratio: Some(t_ops / phys),
+            note: format!("{per} updates each, group commit on, durability full"),
+        });
+        rows.push(Row {
+            name: "lockstore::tokio 100 tasks, 2-worker runtime".into(),
+            value: a_ops,
+            unit: "ops/s",
+            ratio: Some(a_ops / phys),
+            note: format!(
+                "{:.2}x 100 threads; mean batch {mean:.1}; {per} updates each",
+                a_ops / t_ops
+            ),
+        });
+        rows.push(Row {
+            name: "5 ms heartbeat during the 100 tasks: worst stall".into(),
+            value: max,
+            unit: "ms",
+            ratio: None,
+            note: format!(
+                "p99 {p99:.2} ms over {beats} beats; idle max {idle_max:.2} ms; target < 10 ms"
+            ),
+        });
+    }
+    if only.as_deref() == Some("async") {
+        print_rows(&rows, json);
+        return;
+    }
 
     for (d, name) in [(Durability::Full, "full"), (Durability::Process, "process")] {
         seed(&p, 100);
@@ -846,6 +974,10 @@ fn main() {
         });
     }
 
+    print_rows(&rows, json);
+}
+
+fn print_rows(rows: &[Row], json: bool) {
     if json {
         let v: Vec<serde_json::Value> = rows
             .iter()
@@ -857,7 +989,7 @@ fn main() {
             "{:<66} {:>12} {:<10} {:>8}  note",
             "row", "value", "unit", "ratio"
         );
-        for r in &rows {
+        for r in rows {
             let ratio = r.ratio.map(|x| format!("{x:.2}x")).unwrap_or_default();
             println!(
                 "{:<66} {:>12.2} {:<10} {:>8}  {}",

@@ -18,10 +18,14 @@
 //! thousand other records (~0.5 MB), so parsing, serializing and fsyncing it
 //! take milliseconds.
 //!
-//! Usage: `cargo run --release --example race_repro [-- --processes] [--trials N]`.
+//! Usage: `cargo run --release --example race_repro [-- --processes | --async] [--trials N]`.
 //! `--processes` runs the two writers as separate OS processes (this binary
 //! re-executed with `--role`); they report readiness on stdout and are released
-//! together by one line written to their stdin. Exit status 1 if lockstore lost
+//! together by one line written to their stdin. `--async` is the literal
+//! `Promise.all`: the two dismisses are futures started together with
+//! `tokio::join!` in one task on a multi-thread tokio runtime — naive
+//! `tokio::fs` read, modify, write (temp + fsync + rename) against
+//! [`lockstore::tokio::JsonStore::update`]. Exit status 1 if lockstore lost
 //! any write.
 
 use std::io::{BufRead, BufReader, Write};
@@ -217,20 +221,81 @@ fn child(mode: Mode, id: &str, path: &Path) -> Result<(), BoxError> {
     }
 }
 
-fn run_mode(mode: Mode, processes: bool, trials: usize, dir: &Path) -> Result<usize, BoxError> {
+/// The naive pattern on tokio: `tokio::fs` read, modify, write temp + fsync +
+/// rename, nothing serializing two writers.
+async fn naive_dismiss_async(path: &Path, id: &str) -> Result<(), BoxError> {
+    let raw = tokio::fs::read(path).await?;
+    let mut doc: Value = serde_json::from_slice(&raw)?;
+    dismiss(&mut doc, id);
+    let mut bytes = serde_json::to_vec_pretty(&doc)?;
+    bytes.push(b'\n');
+    let tmp = path.with_extension(format!("{id}.tmp"));
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut f = tokio::fs::File::create(&tmp).await?;
+        f.write_all(&bytes).await?;
+        f.sync_all().await?;
+    }
+    tokio::fs::rename(&tmp, path).await?;
+    Ok(())
+}
+
+/// One `--async` trial: `Promise.all([dismiss(A), dismiss(B)])` as
+/// `tokio::join!` of two futures in one task of a multi-thread runtime.
+fn trial_async(rt: &tokio::runtime::Runtime, mode: Mode, path: &Path) -> Result<(), BoxError> {
+    rt.block_on(async {
+        match mode {
+            Mode::Naive => {
+                let (a, b) = tokio::join!(
+                    naive_dismiss_async(path, "A"),
+                    naive_dismiss_async(path, "B")
+                );
+                a.and(b)
+            }
+            Mode::Lockstore => {
+                let store: lockstore::tokio::JsonStore<Value> =
+                    lockstore::tokio::JsonStore::open(path, JsonOptions::default()).await?;
+                let (a, b) = tokio::join!(
+                    store.update(|doc| dismiss(doc, "A")),
+                    store.update(|doc| dismiss(doc, "B"))
+                );
+                a?;
+                b?;
+                Ok(())
+            }
+        }
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writers {
+    Threads,
+    Processes,
+    Tasks,
+}
+
+fn run_mode(mode: Mode, writers: Writers, trials: usize, dir: &Path) -> Result<usize, BoxError> {
     println!(
         "== {} load-modify-save, two writers as {}",
         mode.name(),
-        if processes { "processes" } else { "threads" }
+        match writers {
+            Writers::Threads => "threads",
+            Writers::Processes => "processes",
+            Writers::Tasks => "tokio futures joined in one task (2-worker runtime)",
+        }
     );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let mut lost = 0;
     for t in 1..=trials {
         let path = dir.join(format!("{}-{t}.json", mode.name()));
         seed(&path)?;
-        if processes {
-            trial_processes(mode, &path)?;
-        } else {
-            trial_threads(mode, &path)?;
+        match writers {
+            Writers::Processes => trial_processes(mode, &path)?,
+            Writers::Threads => trial_threads(mode, &path)?,
+            Writers::Tasks => trial_async(&rt, mode, &path)?,
         }
         let (a, b) = outcome(&path)?;
         let ok = a == "dismissed" && b == "dismissed";
@@ -257,7 +322,13 @@ fn main() -> Result<(), BoxError> {
         };
         return child(mode, id, &PathBuf::from(file));
     }
-    let processes = args.iter().any(|a| a == "--processes");
+    let writers = if args.iter().any(|a| a == "--processes") {
+        Writers::Processes
+    } else if args.iter().any(|a| a == "--async") {
+        Writers::Tasks
+    } else {
+        Writers::Threads
+    };
     let trials = args
         .iter()
         .position(|a| a == "--trials")
@@ -266,8 +337,8 @@ fn main() -> Result<(), BoxError> {
         .transpose()?
         .unwrap_or(20);
     let dir = tempfile::tempdir()?;
-    let naive = run_mode(Mode::Naive, processes, trials, dir.path())?;
-    let locked = run_mode(Mode::Lockstore, processes, trials, dir.path())?;
+    let naive = run_mode(Mode::Naive, writers, trials, dir.path())?;
+    let locked = run_mode(Mode::Lockstore, writers, trials, dir.path())?;
     println!("naive: {naive}/{trials} lost · lockstore: {locked}/{trials} lost");
     if locked > 0 {
         eprintln!("lockstore lost {locked} write(s): this is a bug");

@@ -281,14 +281,34 @@ impl<B: Batch> Group<B, B::Delivery> {
         }
         let start = Instant::now();
         let deadline = crate::queue::deadline_after(w.options().deadline);
-        let span = tracing::debug_span!(
-            "lock_wait",
-            path = %w.path().display(),
-            pid = std::process::id(),
-            waited_ms = tracing::field::Empty
-        );
+        let span = w.lock_wait_span();
+        let slot = {
+            let _entered = span.enter();
+            w.slot(start, deadline)?
+        };
+        self.run_slotted(w, gc, slot, start, deadline, &span, begin, member)
+    }
+
+    /// [`Group::run`] for a caller that already holds `w`'s queue slot (won by
+    /// an async task and moved to this thread, see [`crate::tokio`]): the
+    /// same engine from "join or begin the batch" on. `start` and `deadline`
+    /// are those of the queue wait; the OS lock wait is recorded in `span`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_slotted<S, R, E>(
+        self: &Arc<Self>,
+        w: &Writer,
+        gc: &GroupCommit,
+        slot: S,
+        start: Instant,
+        deadline: Instant,
+        span: &tracing::Span,
+        begin: impl FnOnce() -> Result<B, E>,
+        member: impl FnOnce(&mut B, usize, &mut Exclusive<'_>) -> Result<R, E>,
+    ) -> Result<(R, B::Delivery), E>
+    where
+        E: From<Error>,
+    {
         let entered = span.enter();
-        let slot = w.slot(start, deadline)?;
         let left_open = relock(&w.entry().batch).take();
         let mine = match left_open {
             Some(c) if self.is(&c) => relock(&self.open).take(),

@@ -263,13 +263,66 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
         if self.opts.group_commit.enabled && self.writer.supports_group_commit() {
             return self.update_grouped(f);
         }
-        self.writer.run(|ctx| {
-            let Loaded { mut doc, raw } = self.load_with_state()?;
-            let out = f(&mut doc, ctx)?;
-            // Fencing (sidecar lease mode): refuse to commit over a new holder.
-            ctx.verify_still_held()?;
-            self.save_if_changed(&doc, raw.as_deref())?;
-            Ok(out)
+        self.writer.run(|ctx| self.section(ctx, f))
+    }
+
+    /// [`JsonStore::update_ctx`] for a caller that already holds the store's
+    /// queue slot (an async writer that won it on a task and moved it to this
+    /// blocking thread, see [`crate::tokio`]): group commit through the same
+    /// engine ([`Group::run_slotted`]), or one section
+    /// ([`Writer::run_slotted`]). `start` and `deadline` are those of the
+    /// queue wait.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn update_slotted<S, R, E, F>(
+        &self,
+        slot: S,
+        start: std::time::Instant,
+        deadline: std::time::Instant,
+        span: &tracing::Span,
+        f: F,
+    ) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut T, &mut Exclusive<'_>) -> std::result::Result<R, E>,
+        E: From<Error>,
+    {
+        if self.opts.group_commit.enabled && self.writer.supports_group_commit() {
+            let (v, ()) = self.group.run_slotted(
+                &self.writer,
+                &self.opts.group_commit,
+                slot,
+                start,
+                deadline,
+                span,
+                || self.begin_batch(),
+                |b, _, ctx| f(&mut b.doc, ctx),
+            )?;
+            return Ok(v);
+        }
+        self.writer
+            .run_slotted(slot, start, deadline, span, |ctx| self.section(ctx, f))
+    }
+
+    /// One ungrouped section's body: load → `f` → fencing check → save.
+    fn section<R, E, F>(&self, ctx: &mut Exclusive<'_>, f: F) -> std::result::Result<R, E>
+    where
+        F: FnOnce(&mut T, &mut Exclusive<'_>) -> std::result::Result<R, E>,
+        E: From<Error>,
+    {
+        let Loaded { mut doc, raw } = self.load_with_state()?;
+        let out = f(&mut doc, ctx)?;
+        // Fencing (sidecar lease mode): refuse to commit over a new holder.
+        ctx.verify_still_held()?;
+        self.save_if_changed(&doc, raw.as_deref())?;
+        Ok(out)
+    }
+
+    /// Loads the document that opens a group-commit batch.
+    fn begin_batch<E: From<Error>>(&self) -> std::result::Result<JsonBatch<T>, E> {
+        let Loaded { doc, raw } = self.load_with_state()?;
+        Ok(JsonBatch {
+            doc,
+            raw,
+            opts: self.opts.clone(),
         })
     }
 
@@ -288,19 +341,12 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
         F: FnOnce(&mut T, &mut Exclusive<'_>) -> std::result::Result<R, E>,
         E: From<Error>,
     {
-        let begin = || -> std::result::Result<JsonBatch<T>, E> {
-            let Loaded { doc, raw } = self.load_with_state()?;
-            Ok(JsonBatch {
-                doc,
-                raw,
-                opts: self.opts.clone(),
-            })
-        };
-        let (v, ()) =
-            self.group
-                .run(&self.writer, &self.opts.group_commit, begin, |b, _, ctx| {
-                    f(&mut b.doc, ctx)
-                })?;
+        let (v, ()) = self.group.run(
+            &self.writer,
+            &self.opts.group_commit,
+            || self.begin_batch(),
+            |b, _, ctx| f(&mut b.doc, ctx),
+        )?;
         Ok(v)
     }
 

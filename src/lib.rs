@@ -16,6 +16,7 @@
 //! | `outbox` | `lockstore::outbox`: the delivery outbox (SQLite): at least once, never blindly twice |
 //! | `commitments` | `lockstore::commitments`: the commitments JSON store |
 //! | `sidecar` | `lockstore::lock::sidecar`: the `@openclaw/fs-safe` compatible lock protocol |
+//! | `tokio` | `lockstore::tokio`: async `JsonStore` and `run_exclusive` on tokio (the FIFO wait is an `.await`; the section runs on the blocking pool) |
 //! | `failpoints` | crash-test failpoints for lockstore's own tests; never in release builds |
 //!
 //! See docs/lock-protocol.md for the protocol and failure model, and
@@ -69,6 +70,8 @@ pub mod sqlite;
 mod stores;
 mod sync;
 pub mod timefmt;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod writer;
 
 pub use atomic::{write_atomic, Durability};

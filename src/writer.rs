@@ -88,7 +88,21 @@ pub(crate) enum OsLock {
     Sidecar(SidecarLock),
 }
 
+impl queue::HasQueue for StoreEntry {
+    fn queue(&self) -> &FifoQueue {
+        &self.fifo
+    }
+}
+
 type Reg = Registry<PathBuf, StoreEntry>;
+
+/// An owned reference to a store's queue entry (keeps it registered).
+pub(crate) type OwnedEntry = Handle<'static, PathBuf, StoreEntry>;
+
+/// A store's queue slot that owns its reference to the queue: `'static`, so a
+/// slot won by an async task can move into a blocking thread.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) type OwnedSlot = queue::QueueSlot<OwnedEntry>;
 
 fn registry() -> &'static Reg {
     static R: OnceLock<Reg> = OnceLock::new();
@@ -290,15 +304,31 @@ impl Writer {
         }
         let start = Instant::now();
         let deadline = queue::deadline_after(self.opts.deadline);
-        let span = tracing::debug_span!(
-            "lock_wait",
-            path = %self.path.display(),
-            pid = std::process::id(),
-            waited_ms = tracing::field::Empty
-        );
+        let span = self.lock_wait_span();
+        let slot = {
+            let _entered = span.enter();
+            self.slot(start, deadline)?
+        };
+        self.run_slotted(slot, start, deadline, &span, f)
+    }
+
+    /// The rest of [`Writer::run`] once this store's queue slot is held (won
+    /// by this thread, or by a task that moved it here): close a batch left
+    /// open, the OS lock, `f`, release (OS lock, then the slot).
+    pub(crate) fn run_slotted<S, T, E, F>(
+        &self,
+        slot: S,
+        start: Instant,
+        deadline: Instant,
+        span: &tracing::Span,
+        f: F,
+    ) -> std::result::Result<T, E>
+    where
+        F: FnOnce(&mut Exclusive<'_>) -> std::result::Result<T, E>,
+        E: From<Error>,
+    {
         let entered = span.enter();
         let entry: &StoreEntry = &self.handle;
-        let slot = self.slot(start, deadline)?;
         self.close_open_batch();
         let mut lf = relock(&entry.lock);
         let (acquired, sidecar) = match &mut *lf {
@@ -330,6 +360,17 @@ impl Writer {
         drop(slot);
         out
     }
+
+    /// The `lock_wait` span of one acquisition (fields path, pid, waited_ms;
+    /// waited_ms is recorded once the OS lock is held).
+    pub(crate) fn lock_wait_span(&self) -> tracing::Span {
+        tracing::debug_span!(
+            "lock_wait",
+            path = %self.path.display(),
+            pid = std::process::id(),
+            waited_ms = tracing::field::Empty
+        )
+    }
 }
 
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -354,19 +395,30 @@ impl Writer {
         HeldMark::new(&self.path)
     }
 
+    /// Enters this store's FIFO queue with an owned ticket: the waiter (and
+    /// its future, and the slot it resolves to) keeps the store's queue
+    /// registered and can move across threads and tasks.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn enter_owned(&self) -> queue::QueueWaiter<OwnedEntry> {
+        queue::enter(self.handle.clone())
+    }
+
+    /// [`Error::LockTimeout`] for a wait that began at `start`, naming the
+    /// current holder if the lock file says who.
+    pub(crate) fn lock_timeout(&self, start: Instant) -> Error {
+        let holder = LockFile::read_record(&self.lock_path).map(|r| Box::new(HolderInfo::judge(r)));
+        Error::LockTimeout {
+            path: self.lock_path.clone(),
+            waited: start.elapsed(),
+            holder,
+        }
+    }
+
     /// Waits for this store's FIFO turn until `deadline`.
     pub(crate) fn slot(&self, start: Instant, deadline: Instant) -> Result<queue::Slot<'_>> {
         match self.handle.fifo.enter().wait_until(deadline) {
             Ok(s) => Ok(s),
-            Err(queue::QueueTimeout) => {
-                let holder =
-                    LockFile::read_record(&self.lock_path).map(|r| Box::new(HolderInfo::judge(r)));
-                Err(Error::LockTimeout {
-                    path: self.lock_path.clone(),
-                    waited: start.elapsed(),
-                    holder,
-                })
-            }
+            Err(queue::QueueTimeout) => Err(self.lock_timeout(start)),
         }
     }
 

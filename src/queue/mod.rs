@@ -10,6 +10,16 @@
 //! not 31). The queue's mutex is held only for a few counter updates, never
 //! across the cross-process lock call.
 //!
+//! A waiter is a thread or a task, in one ticket order: a thread blocks on its
+//! condition variable ([`QueueWaiter::wait`]); a task awaits a [`WaitFuture`]
+//! ([`QueueWaiter::wait_async`]) that registers its `Waker` under the queue's
+//! mutex, so no runtime worker blocks while queued, and the releaser wakes
+//! that one waker. Dropping the future while queued abandons its ticket
+//! exactly like a thread that gives up. With an owned queue reference (an
+//! `Arc`, or a cloned registry [`Handle`], see [`enter`]) the waiter, its
+//! future and its slot are `'static`, so a slot won by a task can move into a
+//! blocking thread.
+//!
 //! [`Registry`] maps a key (the canonical store path) to a reference-counted entry
 //! and removes the entry when its last handle is dropped, so drained queues are
 //! freed and the registry never grows without bound. (A `Weak`-based map would do
@@ -21,10 +31,22 @@
 //! next one, cancellation removes only a still-waiting job.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::sync::{self, Arc, Condvar, Mutex};
+
+/// How a queued writer sleeps until its ticket is served.
+enum Sleeper {
+    /// A thread blocked in [`QueueWaiter::wait`] / [`QueueWaiter::wait_until`]
+    /// on its own condition variable.
+    Thread(Arc<Condvar>),
+    /// A task awaiting [`WaitFuture`]: the waker of its latest poll.
+    Task(Waker),
+}
 
 #[derive(Default)]
 struct State {
@@ -34,8 +56,8 @@ struct State {
     serving: u64,
     /// Tickets whose waiters gave up before their turn.
     abandoned: BTreeSet<u64>,
-    /// The condition variable of each waiter sleeping on its ticket.
-    sleepers: BTreeMap<u64, Arc<Condvar>>,
+    /// How each sleeping waiter (thread or task) is woken, by ticket.
+    sleepers: BTreeMap<u64, Sleeper>,
 }
 
 impl std::fmt::Debug for State {
@@ -51,29 +73,87 @@ impl std::fmt::Debug for State {
 
 impl State {
     /// Moves "now serving" past `ticket` and past any abandoned tickets after it,
-    /// and wakes the waiter whose turn it now is (if it sleeps). Called with the
-    /// queue's mutex held, so the waiter cannot miss the notification.
-    fn advance_from(&mut self, ticket: u64) {
+    /// and wakes the waiter whose turn it now is (if it sleeps): a thread is
+    /// notified here, with the queue's mutex held, so it cannot miss the
+    /// notification; a task's waker is taken out and returned, to be woken by
+    /// the caller after it unlocked (the task re-checks "now serving" when
+    /// polled, so it cannot miss its turn either).
+    #[must_use = "the returned waker must be woken"]
+    fn advance_from(&mut self, ticket: u64) -> Option<Waker> {
         debug_assert_eq!(self.serving, ticket);
         self.serving = ticket + 1;
         while self.abandoned.remove(&self.serving) {
             self.serving += 1;
         }
-        if let Some(cv) = self.sleepers.get(&self.serving) {
-            cv.notify_one();
+        let serving = self.serving;
+        match self.sleepers.get(&serving) {
+            Some(Sleeper::Thread(cv)) => {
+                cv.notify_one();
+                None
+            }
+            Some(Sleeper::Task(_)) => match self.sleepers.remove(&serving) {
+                Some(Sleeper::Task(w)) => Some(w),
+                _ => None,
+            },
+            None => None,
         }
     }
 }
 
-/// A strict-FIFO mutual-exclusion queue (ticket lock with cancellation).
+fn wake(w: Option<Waker>) {
+    if let Some(w) = w {
+        w.wake();
+    }
+}
+
+/// A strict-FIFO mutual-exclusion queue (ticket lock with cancellation). Its
+/// waiters may be threads (blocking) and tasks (a future) in any mix: one
+/// ticket order serves both.
 #[derive(Debug, Default)]
 pub struct FifoQueue {
     state: Mutex<State>,
 }
 
-/// Returned by [`Waiter::wait_until`] when the deadline passed first.
+/// Something that owns or borrows a [`FifoQueue`]: `&FifoQueue` (a waiter
+/// borrowing the queue), an `Arc` of a queue-holding value, or a registry
+/// [`Handle`] (an owned, `'static` waiter that keeps the queue registered).
+pub trait HasQueue {
+    /// The queue.
+    fn queue(&self) -> &FifoQueue;
+}
+
+impl HasQueue for FifoQueue {
+    fn queue(&self) -> &FifoQueue {
+        self
+    }
+}
+
+impl<Q: HasQueue + ?Sized> HasQueue for &Q {
+    fn queue(&self) -> &FifoQueue {
+        (**self).queue()
+    }
+}
+
+impl<Q: HasQueue + ?Sized> HasQueue for Arc<Q> {
+    fn queue(&self) -> &FifoQueue {
+        (**self).queue()
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: HasQueue> HasQueue for Handle<'_, K, V> {
+    fn queue(&self) -> &FifoQueue {
+        self.value.queue()
+    }
+}
+
+/// Returned by [`QueueWaiter::wait_until`] when the deadline passed first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueTimeout;
+
+/// A place in a queue borrowed for `'a`, not yet running.
+pub type Waiter<'a> = QueueWaiter<&'a FifoQueue>;
+/// The running turn in a queue borrowed for `'a`.
+pub type Slot<'a> = QueueSlot<&'a FifoQueue>;
 
 impl FifoQueue {
     /// An empty queue.
@@ -84,14 +164,7 @@ impl FifoQueue {
     /// Enters the queue: takes the next ticket. The returned [`Waiter`] must be
     /// waited on to run; dropping it gives the place up.
     pub fn enter(&self) -> Waiter<'_> {
-        let mut st = sync::lock(&self.state);
-        let ticket = st.next;
-        st.next += 1;
-        Waiter {
-            queue: self,
-            ticket,
-            done: false,
-        }
+        enter(self)
     }
 
     /// Enters and waits for the turn (no deadline).
@@ -112,123 +185,217 @@ impl FifoQueue {
     }
 
     fn release(&self, ticket: u64) {
-        sync::lock(&self.state).advance_from(ticket);
+        let w = sync::lock(&self.state).advance_from(ticket);
+        wake(w);
     }
 
     fn abandon(&self, ticket: u64) {
         let mut st = sync::lock(&self.state);
-        if st.serving == ticket {
+        // A task's waker (a thread removes its own condvar before giving up).
+        st.sleepers.remove(&ticket);
+        let w = if st.serving == ticket {
             // Our turn came as we gave up: pass it on.
-            st.advance_from(ticket);
+            st.advance_from(ticket)
         } else {
             st.abandoned.insert(ticket);
-        }
+            None
+        };
+        drop(st);
+        wake(w);
     }
 }
 
-/// A place in a [`FifoQueue`], not yet running. Dropping it gives the place up.
-#[derive(Debug)]
-pub struct Waiter<'a> {
-    queue: &'a FifoQueue,
-    ticket: u64,
-    done: bool,
+/// Enters `owner`'s queue: takes the next ticket. With an owned `owner` (an
+/// `Arc`, a registry [`Handle`]) the waiter, its future and its slot are
+/// `'static` and can move into another thread or task.
+pub fn enter<Q: HasQueue>(owner: Q) -> QueueWaiter<Q> {
+    let ticket = {
+        let mut st = sync::lock(&owner.queue().state);
+        let t = st.next;
+        st.next += 1;
+        t
+    };
+    QueueWaiter {
+        owner: Some(owner),
+        ticket,
+    }
 }
 
-impl<'a> Waiter<'a> {
+/// A place in a [`FifoQueue`], not yet running. Dropping it gives the place up
+/// (the writers behind it are not blocked).
+#[derive(Debug)]
+pub struct QueueWaiter<Q: HasQueue> {
+    /// `None` once turned into a slot.
+    owner: Option<Q>,
+    ticket: u64,
+}
+
+impl<Q: HasQueue> QueueWaiter<Q> {
     /// This waiter's ticket (0-based order of entry).
     pub fn ticket(&self) -> u64 {
         self.ticket
     }
 
-    /// Blocks until every writer that entered earlier has released or given up.
-    pub fn wait(mut self) -> Slot<'a> {
-        let q = self.queue;
-        let mut st = sync::lock(&q.state);
-        if st.serving != self.ticket {
-            let cv = Arc::new(Condvar::new());
-            st.sleepers.insert(self.ticket, cv.clone());
-            while st.serving != self.ticket {
-                st = sync::wait(&cv, st);
-            }
-            st.sleepers.remove(&self.ticket);
-        }
-        drop(st);
-        self.done = true;
-        Slot {
-            queue: q,
-            ticket: self.ticket,
+    fn q(&self) -> &FifoQueue {
+        match &self.owner {
+            Some(o) => o.queue(),
+            None => unreachable!("a waiter is consumed when it becomes a slot"),
         }
     }
 
-    /// Like [`Waiter::wait`] but gives the place up at `deadline`.
-    pub fn wait_until(mut self, deadline: Instant) -> Result<Slot<'a>, QueueTimeout> {
-        let q = self.queue;
-        let mut st = sync::lock(&q.state);
-        if st.serving != self.ticket {
-            let cv = Arc::new(Condvar::new());
-            st.sleepers.insert(self.ticket, cv.clone());
-            while st.serving != self.ticket {
-                let now = Instant::now();
-                if now >= deadline {
-                    st.sleepers.remove(&self.ticket);
-                    drop(st);
-                    return Err(QueueTimeout); // Drop of `self` abandons the ticket.
-                }
-                st = sync::wait_timeout(&cv, st, deadline - now);
-            }
-            st.sleepers.remove(&self.ticket);
+    fn into_slot(mut self) -> QueueSlot<Q> {
+        match self.owner.take() {
+            Some(owner) => QueueSlot {
+                owner,
+                ticket: self.ticket,
+            },
+            None => unreachable!("a waiter is consumed when it becomes a slot"),
         }
-        drop(st);
-        self.done = true;
-        Ok(Slot {
-            queue: q,
-            ticket: self.ticket,
-        })
+    }
+
+    /// Blocks this thread until every writer that entered earlier has released
+    /// or given up.
+    pub fn wait(self) -> QueueSlot<Q> {
+        {
+            let q = self.q();
+            let mut st = sync::lock(&q.state);
+            if st.serving != self.ticket {
+                let cv = Arc::new(Condvar::new());
+                st.sleepers.insert(self.ticket, Sleeper::Thread(cv.clone()));
+                while st.serving != self.ticket {
+                    st = sync::wait(&cv, st);
+                }
+                st.sleepers.remove(&self.ticket);
+            }
+        }
+        self.into_slot()
+    }
+
+    /// Like [`QueueWaiter::wait`] but gives the place up at `deadline`.
+    pub fn wait_until(self, deadline: Instant) -> Result<QueueSlot<Q>, QueueTimeout> {
+        {
+            let q = self.q();
+            let mut st = sync::lock(&q.state);
+            if st.serving != self.ticket {
+                let cv = Arc::new(Condvar::new());
+                st.sleepers.insert(self.ticket, Sleeper::Thread(cv.clone()));
+                while st.serving != self.ticket {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        st.sleepers.remove(&self.ticket);
+                        drop(st);
+                        return Err(QueueTimeout); // Drop of `self` abandons the ticket.
+                    }
+                    st = sync::wait_timeout(&cv, st, deadline - now);
+                }
+                st.sleepers.remove(&self.ticket);
+            }
+        }
+        Ok(self.into_slot())
     }
 
     /// Non-blocking: the slot if it is this waiter's turn now, else the waiter back.
-    pub fn try_now(mut self) -> Result<Slot<'a>, Waiter<'a>> {
-        let st = sync::lock(&self.queue.state);
-        if st.serving == self.ticket {
-            drop(st);
-            self.done = true;
-            Ok(Slot {
-                queue: self.queue,
-                ticket: self.ticket,
-            })
+    pub fn try_now(self) -> Result<QueueSlot<Q>, QueueWaiter<Q>> {
+        let now = sync::lock(&self.q().state).serving == self.ticket;
+        if now {
+            Ok(self.into_slot())
         } else {
-            drop(st);
             Err(self)
         }
     }
+
+    /// Waits as a task: the returned future resolves to the slot when every
+    /// writer that entered earlier has released or given up. While pending it
+    /// blocks no thread (the releaser wakes this task's latest waker). Dropping
+    /// the future before it resolves gives the place up, like dropping the
+    /// waiter.
+    pub fn wait_async(self) -> WaitFuture<Q> {
+        WaitFuture { waiter: Some(self) }
+    }
 }
 
-impl Drop for Waiter<'_> {
+impl<Q: HasQueue> Drop for QueueWaiter<Q> {
     fn drop(&mut self) {
-        if !self.done {
-            self.queue.abandon(self.ticket);
+        if let Some(o) = &self.owner {
+            o.queue().abandon(self.ticket);
         }
     }
 }
 
-/// The running turn in a [`FifoQueue`]; dropping it (also during a panic) lets the
-/// next writer run.
+/// The future of [`QueueWaiter::wait_async`]. Dropping it while pending
+/// abandons the ticket (the writers behind it are not blocked; if its turn
+/// had just come, the turn passes on).
 #[derive(Debug)]
-pub struct Slot<'a> {
-    queue: &'a FifoQueue,
+#[must_use = "a queued writer runs only when awaited"]
+pub struct WaitFuture<Q: HasQueue> {
+    /// `None` once resolved.
+    waiter: Option<QueueWaiter<Q>>,
+}
+
+impl<Q: HasQueue> WaitFuture<Q> {
+    /// The ticket of this waiter, `None` once resolved.
+    pub fn ticket(&self) -> Option<u64> {
+        self.waiter.as_ref().map(|w| w.ticket)
+    }
+}
+
+// The future holds no self-references.
+impl<Q: HasQueue> Unpin for WaitFuture<Q> {}
+
+impl<Q: HasQueue> Future for WaitFuture<Q> {
+    type Output = QueueSlot<Q>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<QueueSlot<Q>> {
+        let Some(w) = self.waiter.as_ref() else {
+            panic!("queue WaitFuture polled after it resolved");
+        };
+        let ticket = w.ticket;
+        {
+            let mut st = sync::lock(&w.q().state);
+            if st.serving != ticket {
+                // Register (or refresh) this task's waker under the mutex the
+                // releaser takes: a release after this point finds it.
+                match st.sleepers.get_mut(&ticket) {
+                    Some(Sleeper::Task(old)) if old.will_wake(cx.waker()) => {}
+                    _ => {
+                        st.sleepers
+                            .insert(ticket, Sleeper::Task(cx.waker().clone()));
+                    }
+                }
+                return Poll::Pending;
+            }
+            st.sleepers.remove(&ticket);
+        }
+        match self.waiter.take() {
+            Some(w) => Poll::Ready(w.into_slot()),
+            None => unreachable!(),
+        }
+    }
+}
+
+/// The running turn in a [`FifoQueue`]; dropping it (also during a panic) lets
+/// the next writer run. Owned (`'static`) when `Q` is.
+#[derive(Debug)]
+pub struct QueueSlot<Q: HasQueue> {
+    owner: Q,
     ticket: u64,
 }
 
-impl Slot<'_> {
+impl<Q: HasQueue> QueueSlot<Q> {
     /// The ticket this slot was granted for.
     pub fn ticket(&self) -> u64 {
         self.ticket
     }
+
+    /// The queue this slot belongs to.
+    pub fn queue(&self) -> &FifoQueue {
+        self.owner.queue()
+    }
 }
 
-impl Drop for Slot<'_> {
+impl<Q: HasQueue> Drop for QueueSlot<Q> {
     fn drop(&mut self) {
-        self.queue.release(self.ticket);
+        self.owner.queue().release(self.ticket);
     }
 }
 
@@ -311,6 +478,22 @@ pub struct Handle<'r, K: Eq + Hash + Clone, V> {
     registry: &'r Registry<K, V>,
     key: K,
     value: Arc<V>,
+}
+
+impl<K: Eq + Hash + Clone, V> Clone for Handle<'_, K, V> {
+    /// Another counted reference to the same entry.
+    fn clone(&self) -> Self {
+        let mut map = sync::lock(&self.registry.map);
+        if let Some(e) = map.get_mut(&self.key) {
+            e.users += 1;
+        }
+        drop(map);
+        Handle {
+            registry: self.registry,
+            key: self.key.clone(),
+            value: self.value.clone(),
+        }
+    }
 }
 
 impl<K: Eq + Hash + Clone, V> Handle<'_, K, V> {
