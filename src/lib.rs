@@ -15,6 +15,7 @@
 //! | `tasks` | [`tasks`]: the task ledger (SQLite) with audit and maintenance |
 //! | `outbox` | [`outbox`]: the delivery outbox (SQLite): at least once, never blindly twice |
 //! | `commitments` | [`commitments`]: the commitments JSON store |
+//! | `tokio` | [`tokio`]: async handles on the task registry and the outbox, and `outbox::worker::run_async` |
 //! | `sidecar` | [`lock::sidecar`]: the `@openclaw/fs-safe` compatible lock protocol |
 //! | `failpoints` | crash-test failpoints for lockstore's own tests; never in release builds |
 //!
@@ -69,6 +70,8 @@ pub mod sqlite;
 mod stores;
 mod sync;
 pub mod timefmt;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod writer;
 
 pub use atomic::{write_atomic, Durability};
