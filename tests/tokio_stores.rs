@@ -190,7 +190,7 @@ async fn async_outbox_from_many_tasks_is_exact() {
     for h in hs {
         h.await.unwrap();
     }
-    let acked = acked.lock().unwrap();
+    let acked = acked.lock().unwrap().clone();
     assert_eq!(acked.len(), 200);
     assert!(acked.values().all(|n| *n == 1), "no message claimed twice");
     let st = ob.stats(SystemTime::now()).await.unwrap();
@@ -281,7 +281,7 @@ async fn run_async_delivers_each_message_once_with_concurrent_sends() {
     .await
     .expect("the barrier of 4 opened (4 sends in flight at once) and every message arrived")
     .unwrap();
-    let sent = sink.sent.lock().unwrap();
+    let sent = sink.sent.lock().unwrap().clone();
     assert_eq!(sent.len(), n);
     assert!(sent.values().all(|c| *c == 1), "each message sent once");
     assert_eq!(sink.calls.load(Ordering::SeqCst), n);
