@@ -2,7 +2,7 @@
 //! same run on the same file system (see docs/performance.md).
 //!
 //! ```text
-//! cargo run --release --example bench [-- --json] [--quick] [--dir DIR] [--only async]
+//! cargo run --release --example bench [-- --json] [--quick] [--dir DIR] [--only async|outbox-async]
 //! ```
 //!
 //! Rows: (1) the physical limit — a bare loop of flock + read + modify + write
@@ -14,12 +14,14 @@
 //! `TaskRegistry` (1 writer; 8 and 32 threads with and without group commit)
 //! against a bare rusqlite BEGIN IMMEDIATE loop writing the same row, and the
 //! outbox end to end (enqueue → claim → deliver to a file adapter → ack,
-//! durability process) with 1 and 4 workers; (7) the peak memory (VmHWM) of
-//! the child process that ran each measurement of rows 5 and 6; (8) async
-//! (`lockstore::tokio`, feature `tokio`): 100 tasks on a 2-worker runtime
-//! updating one store against 100 threads, and the worst stall of a 5 ms
-//! heartbeat task while they run (p99 and max). `--only async` runs rows 1
-//! and 8.
+//! durability process) with 1 and 4 workers, and the async worker
+//! (`run_async`, 4 tasks on a 2-worker runtime) against the sync one on the
+//! same 10,000 messages; (7) the peak memory (VmHWM) of the child process
+//! that ran each measurement of rows 5 and 6; (8) async (`lockstore::tokio`,
+//! feature `tokio`): 100 tasks on a 2-worker runtime updating one store
+//! against 100 threads, and the worst stall of a 5 ms heartbeat task while
+//! they run (p99 and max). `--only async` runs rows 1 and 8, `--only
+//! outbox-async` the async worker row.
 
 use std::io::{BufRead, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -473,6 +475,102 @@ fn outbox_run(dir: &Path, concurrency: usize, secs: f64) -> (f64, f64) {
     (n as f64 / total, n as f64 / enq)
 }
 
+/// Async outbox row: the same `n` messages delivered by the sync worker
+/// (`worker::run_once`, `concurrency` threads) and by `worker::run_async`
+/// (`concurrency` tasks on a 2-worker tokio runtime), both to the file adapter
+/// (the async one through `worker::Blocking`), durability process. Only the
+/// delivery is timed (enqueue excluded). Returns (sync msgs/s, async msgs/s).
+fn outbox_async_cmp(dir: &Path, n: usize, concurrency: usize) -> (f64, f64) {
+    use lockstore::outbox::worker::{
+        self, run_async, AsyncChannelAdapter, Blocking, Delivery, WorkerOptions,
+    };
+    use lockstore::outbox::{adapters::FileAdapter, Entry, NewMessage, Outbox, OutboxOptions};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let oopts = OutboxOptions {
+        sqlite: lockstore::sqlite::SqliteOptions {
+            durability: Durability::Process,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let prepare = |name: &str| -> WorkerOptions {
+        let db = dir.join(format!("outbox-cmp-{name}.sqlite"));
+        let ob = Outbox::open(&db, oopts.clone()).expect("open outbox");
+        for i in 0..n {
+            ob.enqueue(
+                &NewMessage {
+                    channel: "bench".into(),
+                    target: "user".into(),
+                    payload: serde_json::json!({"text": "check in after the interview", "i": i}),
+                    idempotency_key: Some(format!("bench-{i}")),
+                    ..Default::default()
+                },
+                std::time::SystemTime::now(),
+            )
+            .expect("enqueue");
+        }
+        let mut w = WorkerOptions::new(db);
+        w.outbox = oopts.clone();
+        w.concurrency = concurrency;
+        w.batch = 32;
+        w
+    };
+
+    let w = prepare("sync");
+    let adapter = FileAdapter::new(dir.join("sink-cmp-sync.jsonl"));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let start = Instant::now();
+    let rep = worker::run_once(&w, &adapter, &stop).expect("sync worker");
+    let sync = n as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(rep.delivered as usize, n, "sync: every message delivered");
+
+    /// The file sink, counting deliveries; fires `done` at `n`.
+    struct Counting {
+        inner: Blocking<FileAdapter>,
+        sent: AtomicUsize,
+        n: usize,
+        done: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    }
+    impl AsyncChannelAdapter for Counting {
+        async fn deliver(&self, e: &Entry) -> Delivery {
+            let d = self.inner.deliver(e).await;
+            if self.sent.fetch_add(1, Ordering::SeqCst) + 1 == self.n {
+                if let Some(tx) = self.done.lock().expect("done").take() {
+                    let _ = tx.send(());
+                }
+            }
+            d
+        }
+        fn idempotent(&self) -> bool {
+            true
+        }
+    }
+    let w = prepare("async");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let adapter = Arc::new(Counting {
+        inner: Blocking(Arc::new(FileAdapter::new(dir.join("sink-cmp-async.jsonl")))),
+        sent: AtomicUsize::new(0),
+        n,
+        done: Mutex::new(Some(tx)),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let start = Instant::now();
+    let rep = rt
+        .block_on(run_async(&w, adapter, async {
+            let _ = rx.await;
+        }))
+        .expect("async worker");
+    let asy = n as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(rep.delivered as usize, n, "async: every message delivered");
+    (sync, asy)
+}
+
 /// Peak resident set (VmHWM) of this process, in kB.
 fn vm_hwm_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -676,6 +774,24 @@ fn main() {
     let secs = if quick { 0.5 } else { 2.0 };
     let mut rows: Vec<Row> = Vec::new();
     let p = dir.join("bench.json");
+
+    // `--only outbox-async`: just the async-outbox row (sync vs async worker).
+    if args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .is_some_and(|v| v == "outbox-async")
+    {
+        let (sync, asy) = outbox_async_cmp(dir, 10_000, 4);
+        println!(
+            "outbox worker, 10000 msgs -> file sink, 4 threads (sync run_once): {sync:.0} msgs/s"
+        );
+        println!(
+            "outbox worker, 10000 msgs -> file sink, 4 tasks on 2 workers (run_async): {asy:.0} msgs/s ({:.2}x sync)",
+            asy / sync
+        );
+        return;
+    }
 
     // `--only-processes N`: just row 4 with N processes (for tuning the lock wait).
     if let Some(n) = args
@@ -937,6 +1053,24 @@ fn main() {
                 "durability process; enqueue alone {enq:.0}/s{}",
                 if w == 1 { "; target >= 5000 msg/s" } else { "" }
             ),
+        });
+    }
+    {
+        let n = if quick { 2_000 } else { 10_000 };
+        let (sync, asy) = outbox_async_cmp(dir, n, 4);
+        rows.push(Row {
+            name: format!("outbox worker, {n} msgs -> file sink: sync run_once, 4 threads"),
+            value: sync,
+            unit: "msgs/s",
+            ratio: Some(1.0),
+            note: "baseline of the next row; durability process".into(),
+        });
+        rows.push(Row {
+            name: format!("outbox worker, {n} msgs -> file sink: run_async, 4 tasks, 2 workers"),
+            value: asy,
+            unit: "msgs/s",
+            ratio: Some(asy / sync),
+            note: "ratio against the sync worker in this run".into(),
         });
     }
     for t in [8usize, 32] {

@@ -16,7 +16,7 @@
 //! | `outbox` | `lockstore::outbox`: the delivery outbox (SQLite): at least once, never blindly twice |
 //! | `commitments` | `lockstore::commitments`: the commitments JSON store |
 //! | `sidecar` | `lockstore::lock::sidecar`: the `@openclaw/fs-safe` compatible lock protocol |
-//! | `tokio` | `lockstore::tokio`: async `JsonStore` and `run_exclusive` on tokio (the FIFO wait is an `.await`; the section runs on the blocking pool) |
+//! | `tokio` | `lockstore::tokio`: async `JsonStore` and `run_exclusive` (the FIFO wait is an `.await`; the section runs on the blocking pool), async `TaskRegistry` and `Outbox` handles, `outbox::worker::run_async` |
 //! | `failpoints` | crash-test failpoints for lockstore's own tests; never in release builds |
 //!
 //! See docs/lock-protocol.md for the protocol and failure model, and

@@ -729,3 +729,42 @@ fn bad_input_is_a_typed_error_naming_the_file() {
     );
     assert!(from_spec("file:/dev/null", t).is_ok());
 }
+
+#[test]
+fn renew_extends_the_lease_under_the_claim_token_only() {
+    let d = tempfile::tempdir().unwrap();
+    let ob = open(d.path());
+    let id = ob.enqueue(&msg(Some("renew")), at(0)).unwrap().id();
+    let (e, t) = claim_one(&ob, 0);
+    assert_eq!(e.lease_expires_at, Some(60_000));
+    ob.mark_send_started(id, &t, at(1)).unwrap();
+    // Renewed at 50 s: the lease now ends at 110 s, so a rescue at 60 s (when
+    // the original lease would have ended) leaves the claim alone.
+    assert_eq!(
+        ob.renew(id, &t, LEASE, at(50_000)).unwrap(),
+        Outcome::Applied(Status::InFlight)
+    );
+    assert_eq!(ob.get(id).unwrap().unwrap().lease_expires_at, Some(110_000));
+    let r = ob.rescue(at(60_000), false).unwrap();
+    assert_eq!((r.to_pending, r.to_unknown, r.left_alive), (0, 0, 1));
+    // A wrong token renews nothing.
+    assert_eq!(
+        ob.renew(id, "not-the-token", LEASE, at(70_000)).unwrap(),
+        Outcome::Stale(Some(Status::InFlight))
+    );
+    assert_eq!(ob.get(id).unwrap().unwrap().lease_expires_at, Some(110_000));
+    // Once the lease ends the claim is rescued; a late renewal is stale and
+    // does not resurrect it.
+    let r = ob.rescue(at(110_000), false).unwrap();
+    assert_eq!(r.to_unknown, 1);
+    assert_eq!(
+        ob.renew(id, &t, LEASE, at(110_001)).unwrap(),
+        Outcome::Stale(Some(Status::Unknown))
+    );
+    let row = ob.get(id).unwrap().unwrap();
+    assert_eq!((row.status, row.lease_expires_at), (Status::Unknown, None));
+    assert_eq!(
+        ob.renew(9999, "x", LEASE, at(0)).unwrap(),
+        Outcome::Stale(None)
+    );
+}

@@ -1,6 +1,7 @@
-//! Async lockstore on tokio (feature `tokio`): [`JsonStore`] and
-//! [`run_exclusive`] mirror the blocking API the way `tokio::fs` mirrors
-//! `std::fs`.
+//! Async lockstore on tokio (feature `tokio`): [`JsonStore`],
+//! [`run_exclusive`], and (with features `tasks` / `outbox`) `TaskRegistry`
+//! and `Outbox` mirror the blocking API the way `tokio::fs` mirrors
+//! `std::fs`: the same methods, argument types and errors, as `async fn`s.
 //!
 //! What runs where:
 //!
@@ -42,15 +43,18 @@ mod writer;
 pub use json::JsonStore;
 pub use writer::run_exclusive;
 
-// The async task registry and outbox: enabled when the async stores land.
-// #[cfg(feature = "tasks")]
-// mod tasks;
-// #[cfg(feature = "tasks")]
-// pub use tasks::TaskRegistry;
-// #[cfg(feature = "outbox")]
-// mod outbox;
-// #[cfg(feature = "outbox")]
-// pub use outbox::Outbox;
+// The async task registry (an `Arc` of the sync registry, each call on the
+// blocking pool, so group commit still batches concurrent callers) and the
+// async outbox (one connection on a dedicated thread, a command channel):
+// docs/tasks.md and docs/outbox.md, "Async handles".
+#[cfg(feature = "tasks")]
+mod tasks;
+#[cfg(feature = "tasks")]
+pub use tasks::TaskRegistry;
+#[cfg(feature = "outbox")]
+mod outbox;
+#[cfg(feature = "outbox")]
+pub use outbox::Outbox;
 
 use std::path::Path;
 

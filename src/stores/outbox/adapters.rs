@@ -301,4 +301,8 @@ impl ChannelAdapter for ExecAdapter {
     fn idempotent(&self) -> bool {
         false
     }
+
+    fn send_timeout(&self) -> Option<Duration> {
+        Some(self.timeout)
+    }
 }

@@ -54,6 +54,8 @@ mod stats;
 mod status;
 mod store;
 mod transitions;
+#[cfg(feature = "tokio")]
+mod worker_async;
 
 pub use enqueue::NewMessage;
 pub use entry::{Enqueued, Entry, Outcome};

@@ -1,5 +1,5 @@
 //! Claiming and the compare-and-set transitions of a claimed row: `claim`,
-//! `mark_send_started`, `ack`, `fail`, `mark_unknown`, `release`, and the
+//! `mark_send_started`, `renew`, `ack`, `fail`, `mark_unknown`, `release`, and the
 //! operator's `retry`.
 //!
 //! Every transition of a claimed row is a compare-and-set on `(id, status,
@@ -228,6 +228,30 @@ impl Outbox {
                  WHERE id = ?1 AND status = 'in_flight' AND claim_token = ?2",
                 params![id, token, error, now],
                 Status::Unknown,
+            )
+        })
+    }
+
+    /// Renews the lease of the claim (`id`, `token`) to `now + lease` while its
+    /// send is in flight (the async worker does this every third of the
+    /// lease), so [`Outbox::rescue`] does not take away a claim whose worker is
+    /// alive and still sending. A compare-and-set on `(id, status = in_flight,
+    /// claim_token)`: `Applied(InFlight)` if renewed; `Stale(current status)`
+    /// if the claim was lost (rescued, re-claimed, acked, failed, expired) —
+    /// the row is then unchanged and its next transition by this claimer will
+    /// be stale too.
+    ///
+    /// Errors: SQLite errors naming the file.
+    pub fn renew(&self, id: i64, token: &str, lease: Duration, now: SystemTime) -> Result<Outcome> {
+        let lease_end = to_ms(now).saturating_add(duration_ms(lease));
+        self.tx(|tx| {
+            cas(
+                tx,
+                id,
+                "UPDATE entries SET lease_expires_at = ?3
+                 WHERE id = ?1 AND status = 'in_flight' AND claim_token = ?2",
+                params![id, token, lease_end],
+                Status::InFlight,
             )
         })
     }

@@ -22,6 +22,9 @@ use serde::Serialize;
 
 use super::{failpoint, Entry, Failure, Outbox, OutboxOptions, Outcome, Result, Status};
 
+#[cfg(feature = "tokio")]
+pub use super::worker_async::{run_async, AsyncChannelAdapter, Blocking};
+
 /// What an adapter reports for one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -58,6 +61,12 @@ pub trait ChannelAdapter: Send + Sync {
     /// honours the idempotency key): rescue may then replay a claim whose send had
     /// started instead of moving it to `unknown`.
     fn idempotent(&self) -> bool;
+    /// The longest a `deliver` call may take (e.g. the exec timeout), if the
+    /// adapter bounds it. The worker warns when it exceeds
+    /// [`WorkerOptions::lease`]. Default `None` (unbounded or unknown).
+    fn send_timeout(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Worker settings.
@@ -67,9 +76,10 @@ pub struct WorkerOptions {
     pub db: PathBuf,
     /// Store options.
     pub outbox: OutboxOptions,
-    /// Delivery threads (bounded concurrency). Default 4.
+    /// Delivery threads (bounded concurrency); with `run_async`, sends in
+    /// flight at once (tasks). Default 4.
     pub concurrency: usize,
-    /// Entries claimed per thread per round. Default 8.
+    /// Entries claimed per thread per round (`run_async`: per claim). Default 8.
     pub batch: usize,
     /// Claim lease. Default 5 min.
     pub lease: Duration,
@@ -122,30 +132,160 @@ pub struct RunReport {
     pub rescued_pending: u64,
     /// Rescued to `unknown` at start.
     pub rescued_unknown: u64,
+    /// Lease renewals of in-flight sends (`run_async` only).
+    pub renewed: u64,
 }
 
+/// Indices of [`Counters`] (the fields of [`RunReport`]).
+pub(crate) mod count {
+    pub(crate) const CLAIMED: usize = 0;
+    pub(crate) const DELIVERED: usize = 1;
+    pub(crate) const RETRIED: usize = 2;
+    pub(crate) const DEAD: usize = 3;
+    pub(crate) const UNKNOWN: usize = 4;
+    pub(crate) const EXPIRED: usize = 5;
+    pub(crate) const RELEASED: usize = 6;
+    pub(crate) const STALE: usize = 7;
+    pub(crate) const RESCUED_PENDING: usize = 8;
+    pub(crate) const RESCUED_UNKNOWN: usize = 9;
+    pub(crate) const RENEWED: usize = 10;
+}
+
+/// The counters of one run (sync and async worker).
 #[derive(Default)]
-struct Counters {
-    c: [AtomicU64; 10],
+pub(crate) struct Counters {
+    c: [AtomicU64; 11],
 }
 
 impl Counters {
-    fn add(&self, i: usize) {
-        self.c[i].fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn add(&self, i: usize) {
+        self.add_n(i, 1);
     }
-    fn report(&self) -> RunReport {
+    pub(crate) fn add_n(&self, i: usize, n: u64) {
+        self.c[i].fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn report(&self) -> RunReport {
         let g = |i: usize| self.c[i].load(Ordering::Relaxed);
         RunReport {
-            claimed: g(0),
-            delivered: g(1),
-            retried: g(2),
-            dead: g(3),
-            unknown: g(4),
-            expired: g(5),
-            released: g(6),
-            stale: g(7),
-            rescued_pending: g(8),
-            rescued_unknown: g(9),
+            claimed: g(count::CLAIMED),
+            delivered: g(count::DELIVERED),
+            retried: g(count::RETRIED),
+            dead: g(count::DEAD),
+            unknown: g(count::UNKNOWN),
+            expired: g(count::EXPIRED),
+            released: g(count::RELEASED),
+            stale: g(count::STALE),
+            rescued_pending: g(count::RESCUED_PENDING),
+            rescued_unknown: g(count::RESCUED_UNKNOWN),
+            renewed: g(count::RENEWED),
+        }
+    }
+}
+
+/// The worker's decision logic, shared by [`run`] and `run_async`: what the
+/// store must record for an adapter's answer.
+#[derive(Debug, Clone)]
+pub(crate) enum Verdict {
+    /// `ack`.
+    Ack,
+    /// `fail` (retry with backoff, or dead).
+    Fail(Failure),
+    /// `mark_unknown` with this error.
+    Unknown(String),
+}
+
+impl Verdict {
+    /// The transition an adapter's [`Delivery`] calls for.
+    pub(crate) fn of(d: &Delivery) -> Self {
+        match d {
+            Delivery::Delivered => Verdict::Ack,
+            Delivery::Retry { error, retry_after } => Verdict::Fail(Failure {
+                error: error.clone(),
+                permanent: false,
+                retry_after: *retry_after,
+            }),
+            Delivery::Permanent { error } => Verdict::Fail(Failure {
+                error: error.clone(),
+                permanent: true,
+                retry_after: None,
+            }),
+            Delivery::Unknown { error } => Verdict::Unknown(error.clone()),
+        }
+    }
+
+    /// Records it for the claim (`id`, `token`) at `now`.
+    pub(crate) fn apply(
+        &self,
+        ob: &Outbox,
+        id: i64,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<Outcome> {
+        match self {
+            Verdict::Ack => ob.ack(id, token, now),
+            Verdict::Fail(f) => ob.fail(id, token, f, now),
+            Verdict::Unknown(error) => ob.mark_unknown(id, token, error, now),
+        }
+    }
+}
+
+/// Counts the outcome of `mark_send_started`; true if the send may start.
+pub(crate) fn started(out: Outcome, c: &Counters) -> bool {
+    match out {
+        Outcome::Applied(Status::InFlight) => true,
+        Outcome::Applied(_) => {
+            c.add(count::EXPIRED);
+            false
+        }
+        Outcome::Stale(_) => {
+            c.add(count::STALE);
+            false
+        }
+    }
+}
+
+/// Counts the outcome of the terminal transition of entry `id`.
+pub(crate) fn finished(out: Outcome, id: i64, c: &Counters) {
+    match out {
+        Outcome::Applied(Status::Delivered) => {
+            c.add(count::DELIVERED);
+            failpoint("after_ack");
+        }
+        Outcome::Applied(Status::Pending) => c.add(count::RETRIED),
+        Outcome::Applied(Status::Dead) => c.add(count::DEAD),
+        Outcome::Applied(Status::Unknown) => c.add(count::UNKNOWN),
+        Outcome::Applied(_) => {}
+        Outcome::Stale(cur) => {
+            tracing::warn!(id, current = ?cur, "late transition ignored: the claim was taken away");
+            c.add(count::STALE);
+        }
+    }
+}
+
+/// Rescues orphaned claims on `ob` and counts them.
+pub(crate) fn rescue_with(ob: &Outbox, idempotent: bool, c: &Counters) -> Result<()> {
+    let r = ob.rescue(SystemTime::now(), idempotent)?;
+    c.add_n(count::RESCUED_PENDING, r.to_pending);
+    c.add_n(count::RESCUED_UNKNOWN, r.to_unknown);
+    if r.to_pending + r.to_unknown > 0 {
+        tracing::info!(path = %ob.path().display(), to_pending = r.to_pending, to_unknown = r.to_unknown, "rescued orphaned claims");
+    }
+    Ok(())
+}
+
+/// Warns when an adapter's send timeout exceeds the claim lease: a send may
+/// then outlive its lease, and a rescue (by any worker, in any process) would
+/// take the claim away while it is in flight (a resend with an idempotent
+/// adapter, `unknown` otherwise). `renewing`: the worker renews leases while
+/// a send is in flight (`run_async`), which covers a live worker only.
+pub(crate) fn warn_timeout_vs_lease(timeout: Option<Duration>, lease: Duration, renewing: bool) {
+    if let Some(t) = timeout.filter(|t| *t > lease) {
+        if renewing {
+            tracing::warn!(timeout_ms = t.as_millis() as u64, lease_ms = lease.as_millis() as u64,
+                "the adapter's send timeout exceeds the claim lease: the lease is renewed while a send is in flight, but if this worker stalls longer than the lease a rescue takes the claim away mid-send");
+        } else {
+            tracing::warn!(timeout_ms = t.as_millis() as u64, lease_ms = lease.as_millis() as u64,
+                "the adapter's send timeout exceeds the claim lease and this worker does not renew leases: a send longer than the lease can be rescued while in flight (resent by an idempotent adapter, else recorded unknown); raise the lease");
         }
     }
 }
@@ -158,59 +298,14 @@ fn deliver_one(
     token: &str,
     c: &Counters,
 ) -> Result<()> {
-    match ob.mark_send_started(e.id, token, SystemTime::now())? {
-        Outcome::Applied(Status::InFlight) => {}
-        Outcome::Applied(_) => {
-            c.add(5);
-            return Ok(());
-        }
-        Outcome::Stale(_) => {
-            c.add(7);
-            return Ok(());
-        }
+    if !started(ob.mark_send_started(e.id, token, SystemTime::now())?, c) {
+        return Ok(());
     }
     failpoint("after_send_started");
     let r = adapter.deliver(e);
     failpoint("after_send");
-    let now = SystemTime::now();
-    let out = match &r {
-        Delivery::Delivered => ob.ack(e.id, token, now)?,
-        Delivery::Retry { error, retry_after } => ob.fail(
-            e.id,
-            token,
-            &Failure {
-                error: error.clone(),
-                permanent: false,
-                retry_after: *retry_after,
-            },
-            now,
-        )?,
-        Delivery::Permanent { error } => ob.fail(
-            e.id,
-            token,
-            &Failure {
-                error: error.clone(),
-                permanent: true,
-                retry_after: None,
-            },
-            now,
-        )?,
-        Delivery::Unknown { error } => ob.mark_unknown(e.id, token, error, now)?,
-    };
-    match out {
-        Outcome::Applied(Status::Delivered) => {
-            c.add(1);
-            failpoint("after_ack");
-        }
-        Outcome::Applied(Status::Pending) => c.add(2),
-        Outcome::Applied(Status::Dead) => c.add(3),
-        Outcome::Applied(Status::Unknown) => c.add(4),
-        Outcome::Applied(_) => {}
-        Outcome::Stale(cur) => {
-            tracing::warn!(id = e.id, current = ?cur, "late transition ignored: the claim was taken away");
-            c.add(7);
-        }
-    }
+    let out = Verdict::of(&r).apply(ob, e.id, token, SystemTime::now())?;
+    finished(out, e.id, c);
     Ok(())
 }
 
@@ -241,12 +336,12 @@ fn drain_thread(
                         .release(r.id, r.claim_token.as_deref().unwrap_or_default())?
                         .applied()
                     {
-                        c.add(6);
+                        c.add(count::RELEASED);
                     }
                 }
                 return Ok(());
             }
-            c.add(0);
+            c.add(count::CLAIMED);
             deliver_one(&ob, adapter, e, token, c)?;
             if !opts.pacing.is_zero() {
                 std::thread::sleep(opts.pacing);
@@ -280,13 +375,7 @@ fn drain(
 
 fn rescue(opts: &WorkerOptions, adapter: &dyn ChannelAdapter, c: &Counters) -> Result<()> {
     let ob = Outbox::open(&opts.db, opts.outbox.clone())?;
-    let r = ob.rescue(SystemTime::now(), adapter.idempotent())?;
-    c.c[8].fetch_add(r.to_pending, Ordering::Relaxed);
-    c.c[9].fetch_add(r.to_unknown, Ordering::Relaxed);
-    if r.to_pending + r.to_unknown > 0 {
-        tracing::info!(path = %opts.db.display(), to_pending = r.to_pending, to_unknown = r.to_unknown, "rescued orphaned claims");
-    }
-    Ok(())
+    rescue_with(&ob, adapter.idempotent(), c)
 }
 
 /// Rescues, then delivers everything due at the moment of the call (entries
@@ -300,6 +389,7 @@ pub fn run_once(
     stop: &AtomicBool,
 ) -> Result<RunReport> {
     let c = Counters::default();
+    warn_timeout_vs_lease(adapter.send_timeout(), opts.lease, false);
     rescue(opts, adapter, &c)?;
     let start = SystemTime::now();
     drain(opts, adapter, &c, &|| start, &|| {
@@ -321,6 +411,7 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<RunReport> {
     let c = Counters::default();
+    warn_timeout_vs_lease(adapter.send_timeout(), opts.lease, false);
     rescue(opts, adapter, &c)?;
     let start = SystemTime::now();
     let budget_end = Instant::now() + opts.recovery_budget;
