@@ -49,12 +49,10 @@ pub use writer::run_exclusive;
 // docs/tasks.md and docs/outbox.md, "Async handles".
 #[cfg(feature = "tasks")]
 mod tasks;
+#[cfg(feature = "outbox")]
+pub use crate::stores::outbox::AsyncOutbox as Outbox;
 #[cfg(feature = "tasks")]
 pub use tasks::TaskRegistry;
-#[cfg(feature = "outbox")]
-mod outbox;
-#[cfg(feature = "outbox")]
-pub use outbox::Outbox;
 
 use std::path::Path;
 

@@ -42,6 +42,8 @@ pub mod adapters;
 pub mod legacy;
 pub mod worker;
 
+#[cfg(feature = "tokio")]
+mod async_handle;
 mod enqueue;
 mod entry;
 mod error;
@@ -56,6 +58,9 @@ mod store;
 mod transitions;
 #[cfg(feature = "tokio")]
 mod worker_async;
+#[cfg(feature = "tokio")]
+#[doc(hidden)] // public as `lockstore::tokio::Outbox`
+pub use async_handle::Outbox as AsyncOutbox;
 
 pub use enqueue::NewMessage;
 pub use entry::{Enqueued, Entry, Outcome};

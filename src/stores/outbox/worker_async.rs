@@ -18,8 +18,8 @@ use super::worker::{
     count, finished, rescue_with, started, warn_timeout_vs_lease, ChannelAdapter, Counters,
     Delivery, RunReport, Verdict, WorkerOptions,
 };
+use super::AsyncOutbox;
 use super::{failpoint, Entry, Outcome, Result};
-use crate::tokio::Outbox as AsyncOutbox;
 
 /// An async channel the worker delivers to (feature `tokio`), e.g. an HTTP
 /// client of a chat API. Implement `deliver` as an `async fn`:

@@ -20,12 +20,12 @@ use std::time::{Duration, SystemTime};
 
 use ::tokio::sync::oneshot;
 
-use crate::outbox::{
+use super::{
     Enqueued, Entry, Failure, NewMessage, OutboxError, OutboxOptions, OutboxStats, Outcome,
     PruneReport, RescueReport, Result, Retention, Status,
 };
 
-type SyncOutbox = crate::outbox::Outbox;
+type SyncOutbox = super::Outbox;
 type Job = Box<dyn FnOnce(&SyncOutbox) + Send>;
 
 /// The async handle on one outbox connection (features `tokio` and `outbox`):
