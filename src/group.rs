@@ -222,7 +222,6 @@ struct Open<B, D> {
 pub(crate) struct Group<B, D> {
     open: std::sync::Mutex<Option<Open<B, D>>>,
     stats: StatsCounter,
-    global: &'static StatsCounter,
 }
 
 impl<B, D> std::fmt::Debug for Group<B, D> {
@@ -238,12 +237,11 @@ fn relock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl<B: Batch> Group<B, B::Delivery> {
-    /// A group whose committed batches also count in `global` (per store kind).
-    pub(crate) fn new(global: &'static StatsCounter) -> Arc<Self> {
+    /// A group with no open batch and zeroed statistics.
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Group {
             open: std::sync::Mutex::new(None),
             stats: StatsCounter::new(),
-            global,
         })
     }
 
@@ -410,7 +408,6 @@ impl<B: Batch> Group<B, B::Delivery> {
         match &r {
             Ok(_) if committed > 0 => {
                 self.stats.add(committed);
-                self.global.add(committed);
             }
             Ok(_) => {}
             Err(e) if committed > 0 => {

@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::atomic::{self, Durability};
 use crate::error::{Error, Result};
-use crate::group::{Batch, Group, StatsCounter};
+use crate::group::{Batch, Group};
 use crate::lock::LockOptions;
 use crate::writer::{Exclusive, Writer};
 
@@ -87,15 +87,6 @@ impl Default for GroupCommit {
         }
     }
 }
-
-/// Group-commit statistics of every [`JsonStore`] in this process: batches
-/// saved and the updates they held (see [`GroupCommitStats`]).
-#[allow(dead_code)]
-pub(crate) fn group_commit_stats() -> GroupCommitStats {
-    JSON_STATS.get()
-}
-
-static JSON_STATS: StatsCounter = StatsCounter::new();
 
 impl std::fmt::Debug for JsonOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,7 +150,7 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
         Ok(JsonStore {
             writer,
             opts,
-            group: Group::new(&JSON_STATS),
+            group: Group::new(),
             _t: PhantomData,
         })
     }

@@ -19,23 +19,13 @@ use super::index::{apply, Change, View};
 use super::observers::TaskEvent;
 use super::registry::{Core, TaskRegistry};
 use super::TaskError;
-use crate::group::{duplicate, Batch, GroupCommitStats, StatsCounter};
+use crate::group::{duplicate, Batch};
 use crate::writer::Writer;
 
 /// What a mutation's body returns: a SQLite error (the transaction is
 /// retried or fails), or its domain result with the changes to apply to
 /// memory after COMMIT.
 pub(super) type TxResult<T> = rusqlite::Result<Result<T, TaskError>>;
-
-/// Group-commit counters of every task ledger in this process.
-pub(crate) static TASK_STATS: StatsCounter = StatsCounter::new();
-
-/// Group-commit statistics of every task ledger in this process (see
-/// [`GroupCommitStats`]).
-#[allow(dead_code)]
-pub(crate) fn group_commit_stats() -> GroupCommitStats {
-    TASK_STATS.get()
-}
 
 /// Runs a parameterless statement through the statement cache (transaction
 /// control runs once or twice per mutation; re-parsing it showed in profiles).
@@ -459,7 +449,7 @@ mod tests {
         });
         assert_eq!(counter(&r.get(&id).unwrap().unwrap()), 200);
         assert_eq!(durable_counter(&r, &id), 200);
-        let GroupCommitStats {
+        let crate::GroupCommitStats {
             batches: b,
             batched_updates: m,
             ..

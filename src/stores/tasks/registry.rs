@@ -116,7 +116,7 @@ impl TaskRegistry {
             }),
             writer,
             group_opts: opts.group_commit,
-            group: Group::new(&super::batch::TASK_STATS),
+            group: Group::new(),
         };
         {
             let mut inner = reg.core.lock_inner();
