@@ -208,6 +208,19 @@ fn schema_objects(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 /// Refuses a database whose user_version is above `target` (newer than this
 /// binary) or that is foreign (user_version 0 but not empty). Reads only.
 fn check_version(conn: &Connection, path: &Path, target: usize) -> Result<i64> {
+    // One read transaction: user_version and the schema from one snapshot.
+    // Read separately, a concurrent first opener's step 1 could commit in
+    // between (version 0, then its tables) and the database would look foreign.
+    let tx = conn
+        .unchecked_transaction()
+        .map_err(|e| Error::sqlite("begin reading the schema of", path, e))?;
+    let found = check_version_in(&tx, path, target)?;
+    tx.commit()
+        .map_err(|e| Error::sqlite("end reading the schema of", path, e))?;
+    Ok(found)
+}
+
+fn check_version_in(conn: &Connection, path: &Path, target: usize) -> Result<i64> {
     let found = user_version(conn, path)?;
     let supported = target as i64;
     if found > supported {
@@ -413,6 +426,34 @@ mod tests {
         "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);",
         "ALTER TABLE t ADD COLUMN w INTEGER NOT NULL DEFAULT 7; CREATE INDEX t_w ON t(w);",
     ];
+
+    /// Openers racing on a fresh database all succeed: the pre-check reads
+    /// user_version and the schema in one read transaction, so it never sees
+    /// another opener's first step half (version 0 read before its commit,
+    /// its tables after) and calls the database foreign.
+    #[test]
+    fn concurrent_first_opens_never_see_a_foreign_database() {
+        let d = tempfile::tempdir().unwrap();
+        for round in 0..40 {
+            let p = d.path().join(format!("race-{round}.sqlite"));
+            let barrier = std::sync::Barrier::new(6);
+            std::thread::scope(|sc| {
+                let hs: Vec<_> = (0..6)
+                    .map(|_| {
+                        sc.spawn(|| {
+                            barrier.wait();
+                            open(&p, &SqliteOptions::default(), M2).map(|_| ())
+                        })
+                    })
+                    .collect();
+                for h in hs {
+                    if let Err(e) = h.join().unwrap() {
+                        panic!("round {round}: {e}");
+                    }
+                }
+            });
+        }
+    }
 
     fn version(c: &Connection) -> i64 {
         c.query_row("PRAGMA user_version", [], |r| r.get(0))
