@@ -12,6 +12,22 @@
 //! reads through [`read_file`]) refuse one with [`Error::Symlink`]. The directory
 //! may be reached through links: the writer canonicalizes it.
 //!
+//! File types: the store path must be a regular file or absent. A directory,
+//! FIFO, character or block device or socket is refused with
+//! [`Error::NotRegularFile`] before any blocking open (`lstat` first, then
+//! `open(O_NONBLOCK|O_NOFOLLOW)` and `fstat` on the descriptor, so a file
+//! swapped in between is caught too). Reads are bounded by the size `fstat`
+//! reported plus [`READ_SLACK`]; a file that grows past that is refused with
+//! [`Error::FileGrew`] (a FIFO could not hang a reader, `/dev/zero` could not
+//! fill memory).
+//!
+//! Ownership: a save replaces the file by a new inode. When the process runs
+//! as root (euid 0) and the file exists, the temp file gets the old file's
+//! owner, group and permission bits (`fchown` + `fchmod` before the rename), so
+//! `sudo lockstore json set ~alice/x.json ...` leaves the file alice's.
+//! Otherwise a save writes mode 0600 (a non-root process cannot give a file
+//! away).
+//!
 //! Failpoints: for crash tests, setting `LOCKSTORE_FAILPOINT` to
 //! `after_temp_write`, `before_fsync`, `after_rename` or `before_dir_fsync`
 //! makes the process abort at that point (checked once per process).
@@ -65,27 +81,66 @@ fn temp_prefix(name: &std::ffi::OsStr, pid: u32) -> String {
     format!(".{}.{}.", name.to_string_lossy(), pid)
 }
 
-fn refuse_symlink(path: &Path) -> Result<()> {
+/// How far past its `fstat` size a file may grow while [`read_file`] reads it
+/// before the read is refused with [`Error::FileGrew`] (64 KiB).
+pub(crate) const READ_SLACK: u64 = 64 * 1024;
+
+/// What a non-regular file type is, for [`Error::NotRegularFile`].
+pub(crate) fn kind_name(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// `lstat`s `path`: `Ok(None)` if it does not exist, its metadata if it is a
+/// regular file.
+///
+/// Errors: [`Error::Symlink`] for a symbolic link, [`Error::NotRegularFile`]
+/// for a directory, FIFO, device or socket, [`Error::Io`] if `lstat` fails.
+pub(crate) fn regular_or_absent(path: &Path) -> Result<Option<std::fs::Metadata>> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => Err(Error::Symlink {
             path: path.to_path_buf(),
         }),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(m) if !m.file_type().is_file() => Err(Error::NotRegularFile {
+            path: path.to_path_buf(),
+            kind: kind_name(&m.file_type()),
+        }),
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("stat", path, e)),
     }
 }
 
-/// Reads the whole file; `Ok(None)` if it does not exist.
+/// Opens `path` with `opts` plus `O_NOFOLLOW|O_CLOEXEC|O_NONBLOCK` (a FIFO
+/// never blocks the open) and checks with `fstat` that the descriptor is a
+/// regular file. `Ok(None)` if it does not exist (and `opts` does not create).
 ///
-/// Errors: [`Error::Symlink`] if the path is a symbolic link, [`Error::Io`].
-pub(crate) fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
+/// Errors: [`Error::Symlink`] (ELOOP), [`Error::NotRegularFile`],
+/// [`Error::Io`] naming `op`.
+pub(crate) fn open_regular(
+    path: &Path,
+    opts: &mut std::fs::OpenOptions,
+    op: &'static str,
+) -> Result<Option<(std::fs::File, std::fs::Metadata)>> {
     use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+    let f = opts
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
         .open(path);
-    let mut f = match f {
+    let f = match f {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
@@ -93,11 +148,65 @@ pub(crate) fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
                 path: path.to_path_buf(),
             })
         }
-        Err(e) => return Err(Error::io("open", path, e)),
+        Err(e) => return Err(Error::io(op, path, e)),
     };
-    let mut buf = Vec::new();
-    std::io::Read::read_to_end(&mut f, &mut buf).map_err(|e| Error::io("read", path, e))?;
-    Ok(Some(buf))
+    let m = f.metadata().map_err(|e| Error::io("fstat", path, e))?;
+    if !m.file_type().is_file() {
+        return Err(Error::NotRegularFile {
+            path: path.to_path_buf(),
+            kind: kind_name(&m.file_type()),
+        });
+    }
+    Ok(Some((f, m)))
+}
+
+/// Reads at most `size + READ_SLACK` bytes of `f`.
+///
+/// Errors: [`Error::FileGrew`] past that bound, [`Error::Io`].
+pub(crate) fn read_bounded(f: &std::fs::File, size: u64, path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let bound = size.saturating_add(READ_SLACK);
+    let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 26));
+    f.take(bound.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io("read", path, e))?;
+    if buf.len() as u64 > bound {
+        return Err(Error::FileGrew {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
+    Ok(buf)
+}
+
+/// Reads the whole file; `Ok(None)` if it does not exist.
+///
+/// Errors: [`Error::Symlink`] if the path is a symbolic link,
+/// [`Error::NotRegularFile`] for a directory, FIFO, device or socket (never
+/// opened blocking), [`Error::FileGrew`] if it grows past its size while being
+/// read, [`Error::Io`].
+pub(crate) fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
+    if regular_or_absent(path)?.is_none() {
+        return Ok(None);
+    }
+    let Some((f, m)) = open_regular(path, std::fs::OpenOptions::new().read(true), "open")? else {
+        return Ok(None);
+    };
+    read_bounded(&f, m.len(), path).map(Some)
+}
+
+/// As root, gives `tmp` the owner, group and permission bits of `old` (the file
+/// it replaces). Does nothing for any other euid.
+fn keep_ownership(tmp: &std::fs::File, tmp_path: &Path, old: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(tmp, Some(old.uid()), Some(old.gid()))
+        .map_err(|e| Error::io("chown", tmp_path, e))?;
+    // Permission bits only: never carry set-uid/set-gid/sticky to a new inode.
+    tmp.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o777))
+        .map_err(|e| Error::io("chmod", tmp_path, e))
 }
 
 /// fsyncs a directory so a rename inside it is durable.
@@ -109,12 +218,14 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
 
 /// Atomically replaces `path` with `bytes` (see the module docs).
 ///
-/// Errors: [`Error::Symlink`], [`Error::InvalidPath`], [`Error::Io`] (ENOSPC,
-/// EFBIG, ...). On any error the old file is intact and the temp file removed.
+/// Errors: [`Error::Symlink`], [`Error::NotRegularFile`] (the path is a
+/// directory, FIFO, device or socket), [`Error::InvalidPath`], [`Error::Io`]
+/// (ENOSPC, EFBIG, ...). On any error the old file is intact and the temp file
+/// removed.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8], durability: Durability) -> Result<()> {
     let path = path.as_ref();
     let (dir, name) = split(path)?;
-    refuse_symlink(path)?;
+    let old = regular_or_absent(path)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(&temp_prefix(name, std::process::id()))
         .suffix(".tmp")
@@ -125,6 +236,9 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8], durability: Durability
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io("chmod", &tmp_path, e))?;
+    if let Some(old) = &old {
+        keep_ownership(tmp.as_file(), &tmp_path, old)?;
+    }
     // Through the File itself: NamedTempFile's own Write wraps the error in a
     // path-carrying error whose raw_os_error() is None (is_no_space() would lie).
     tmp.as_file_mut()

@@ -65,6 +65,36 @@ pub enum Error {
     #[error("invalid store path {}: {reason}", .path.display())]
     InvalidPath { path: PathBuf, reason: &'static str },
 
+    /// A store or lock path exists but is not a regular file (`kind`: "a
+    /// directory", "a FIFO (named pipe)", "a character device", "a block
+    /// device", "a socket"). Refused before any blocking open, so a FIFO cannot
+    /// hang a reader and a device is never read or written.
+    #[error("{} is {kind}, not a regular file; a store and its lock file must be regular files (or absent)", .path.display())]
+    NotRegularFile { path: PathBuf, kind: &'static str },
+
+    /// A file changed size while it was read: it grew past the size `fstat`
+    /// reported when it was opened (plus a margin). Nothing was parsed.
+    #[error("{} grew past its size ({size} bytes) while being read; refusing to read an unbounded file", .path.display())]
+    FileGrew { path: PathBuf, size: u64 },
+
+    /// The state directory (or a store directory inside it, or a directory
+    /// above it) could be changed by another user: owned by someone other than
+    /// the caller or root, writable by group or others without the sticky bit,
+    /// or (a store directory) a symbolic link. `fix` says what to run. Set
+    /// `LOCKSTORE_INSECURE_STATE_DIR=1` to skip the check (see docs/security.md).
+    #[error("insecure state directory {}: {reason}; fix: {fix} (or set LOCKSTORE_INSECURE_STATE_DIR=1 to skip this check)", .path.display())]
+    InsecureStateDir {
+        path: PathBuf,
+        reason: String,
+        fix: String,
+    },
+
+    /// No state directory can be determined: `LOCKSTORE_STATE_DIR`,
+    /// `XDG_STATE_HOME` and `HOME` are all unset or empty (lockstore never
+    /// falls back to a directory relative to the working directory).
+    #[error("no state directory: LOCKSTORE_STATE_DIR, XDG_STATE_HOME and HOME are all unset or empty; set one of them or pass --state-dir")]
+    NoStateDir,
+
     /// Serializing the document failed; nothing was written.
     #[error("cannot serialize {}: {source}", .path.display())]
     Serialize {
@@ -75,7 +105,7 @@ pub enum Error {
 
     /// A SQLite error, with the operation that failed (feature `sqlite`).
     #[cfg(feature = "sqlite")]
-    #[error("{op} {}: {source}", .path.display())]
+    #[error("{op} {}: {source}{}", .path.display(), crate::sqlite::hint(.source))]
     Sqlite {
         op: &'static str,
         path: PathBuf,
@@ -155,9 +185,11 @@ impl Error {
     }
 
     /// The file this error is about (`None` only for a store error about an
-    /// input rather than a file, e.g. an unknown status name).
+    /// input rather than a file, e.g. an unknown status name, and for
+    /// [`Error::NoStateDir`]).
     pub fn path(&self) -> Option<&std::path::Path> {
         Some(match self {
+            Error::NoStateDir => return None,
             Error::LockTimeout { path, .. }
             | Error::UnsupportedFilesystem { path, .. }
             | Error::LockUnsupported { path, .. }
@@ -165,6 +197,9 @@ impl Error {
             | Error::Corrupt { path, .. }
             | Error::Symlink { path }
             | Error::InvalidPath { path, .. }
+            | Error::NotRegularFile { path, .. }
+            | Error::FileGrew { path, .. }
+            | Error::InsecureStateDir { path, .. }
             | Error::Serialize { path, .. }
             | Error::LockStale { path, .. }
             | Error::LockLost { path }
@@ -261,13 +296,16 @@ impl Error {
     }
 
     /// Whether the store's file is unusable as found: [`Error::Corrupt`]
-    /// (unparsable JSON, missing or unknown version, failed migration) or a
-    /// SQLite database that is malformed or not a database
-    /// (`SQLITE_CORRUPT`, `SQLITE_NOTADB`; feature `sqlite`). The file was
-    /// left untouched; quarantine or repair it.
+    /// (unparsable JSON, missing or unknown version, failed migration, a
+    /// foreign SQLite database), a SQLite database that is malformed or not a
+    /// database (`SQLITE_CORRUPT`, `SQLITE_NOTADB`; feature `sqlite`) or one
+    /// whose schema is newer than this binary ([`Error::SchemaTooNew`]). The
+    /// file was left untouched; quarantine, repair or upgrade.
     pub fn is_corrupt(&self) -> bool {
         match self {
             Error::Corrupt { .. } => true,
+            #[cfg(feature = "sqlite")]
+            Error::SchemaTooNew { .. } => true,
             #[cfg(feature = "sqlite")]
             Error::Sqlite {
                 source: rusqlite::Error::SqliteFailure(f, _),

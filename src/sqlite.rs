@@ -29,6 +29,17 @@
 //!   refused the same way ([`Error::Corrupt`] naming the file and its tables).
 //! * If SQLite cannot open the file, the error names it; there is never a fallback
 //!   to an in-memory database.
+//! * Error classification (docs/failure-model in docs/security.md): a file that
+//!   is not a SQLite database (`SQLITE_NOTADB`), a malformed one
+//!   (`SQLITE_CORRUPT`), a foreign one and one with a newer schema are
+//!   [`Error::is_corrupt`] (the CLI exits 2). When opening fails otherwise
+//!   (`SQLITE_CANTOPEN`, `SQLITE_IOERR`, `SQLITE_READONLY`, `SQLITE_PERM`,
+//!   `SQLITE_FULL`), [`open`] looks at the file system and says why in an
+//!   [`Error::Io`] carrying the errno: a read-only file system (`EROFS`), a
+//!   full one (`ENOSPC`, so [`Error::is_no_space`]), a file or directory this
+//!   user may not read or write (`EACCES`), or a WAL database whose `-wal` /
+//!   `-shm` files are missing and cannot be created. The store path itself
+//!   must be a regular file or absent ([`Error::NotRegularFile`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -79,6 +90,12 @@ fn sidecars(path: &Path) -> [PathBuf; 2] {
 }
 
 fn chmod_0600(p: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // Already 0600: no chmod (it would fail on a read-only file system, where
+    // a healthy database can still be read).
+    if std::fs::symlink_metadata(p).is_ok_and(|m| m.mode() & 0o7777 == 0o600) {
+        return Ok(());
+    }
     match std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -133,17 +150,20 @@ fn open_once(path: &Path, opts: &SqliteOptions, migrations: &[&str]) -> Result<C
     let (dir, _) = crate::atomic::split(path)?;
     crate::lock::ensure_dir(dir)?;
     crate::lock::fs_check::check_dir(dir)?;
-    let existed = path.exists();
+    // A FIFO would hang SQLite's open; a device or directory is no database.
+    let existed = crate::atomic::regular_or_absent(path)?.is_some();
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| Error::sqlite("cannot open SQLite database (check that the directory is writable and the file is a SQLite database)", path, e))?;
-    let q = |e| Error::sqlite("configure", path, e);
+    .map_err(|e| diagnose("cannot open SQLite database", path, e))?;
+    let q = |e| diagnose("configure", path, e);
     conn.busy_timeout(opts.busy_timeout).map_err(q)?;
     // Force creation of the file so its mode can be set before -wal/-shm exist.
     conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
-        .map_err(|e| Error::sqlite("read (is it a SQLite database?)", path, e))?;
+        .map_err(|e| diagnose("read SQLite database", path, e))?;
     if !existed {
         chmod_0600(path)?;
     }
@@ -185,6 +205,91 @@ fn open_once(path: &Path, opts: &SqliteOptions, migrations: &[&str]) -> Result<C
         chmod_0600(&p)?;
     }
     Ok(conn)
+}
+
+/// Turns a SQLite failure while opening `path` into an error that says why:
+/// corrupt / not-a-database stay [`Error::Sqlite`] (`is_corrupt`); for
+/// CANTOPEN, IOERR, READONLY, PERM and FULL the file system is examined and
+/// an [`Error::Io`] with the matching errno is returned (read-only file
+/// system, full disk, permission denied, WAL files missing and not
+/// creatable); otherwise [`Error::Sqlite`] with `op`.
+pub(crate) fn diagnose(op: &'static str, path: &Path, e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode as C;
+    let code = match &e {
+        rusqlite::Error::SqliteFailure(f, _) => f.code,
+        _ => return Error::sqlite(op, path, e),
+    };
+    if !matches!(
+        code,
+        C::CannotOpen | C::SystemIoFailure | C::ReadOnly | C::PermissionDenied | C::DiskFull
+    ) {
+        return Error::sqlite(op, path, e);
+    }
+    let dir = match crate::atomic::split(path) {
+        Ok((d, _)) => d,
+        Err(_) => return Error::sqlite(op, path, e),
+    };
+    let os = std::io::Error::from_raw_os_error;
+    if let Ok(st) = nix::sys::statvfs::statvfs(dir) {
+        if st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+            return Error::io(
+                "open SQLite database (the file system is mounted read-only)",
+                path,
+                os(nix::libc::EROFS),
+            );
+        }
+        if st.blocks_available() == 0 || code == C::DiskFull {
+            return Error::io(
+                "write SQLite database (the file system is full)",
+                path,
+                os(nix::libc::ENOSPC),
+            );
+        }
+    }
+    use nix::unistd::{access, AccessFlags};
+    if path.exists() {
+        if let Err(errno) = access(path, AccessFlags::R_OK | AccessFlags::W_OK) {
+            return Error::io(
+                "open SQLite database (this user may not read and write the file)",
+                path,
+                std::io::Error::from(errno),
+            );
+        }
+    }
+    let missing = sidecars(path).into_iter().find(|p| !p.exists());
+    if let Err(errno) = access(dir, AccessFlags::W_OK | AccessFlags::X_OK) {
+        return match missing {
+            Some(side) => Error::io(
+                "open SQLite database: its WAL file is missing and cannot be created (the directory is not writable by this user)",
+                side,
+                std::io::Error::from(errno),
+            ),
+            None => Error::io(
+                "open SQLite database (its directory is not writable by this user)",
+                dir,
+                std::io::Error::from(errno),
+            ),
+        };
+    }
+    Error::sqlite(op, path, e)
+}
+
+/// A hint for [`Error::Sqlite`]'s message from the SQLite result code alone
+/// (empty when the code speaks for itself).
+pub(crate) fn hint(e: &rusqlite::Error) -> &'static str {
+    use rusqlite::ErrorCode as C;
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            C::NotADatabase => " (not a SQLite database, or its header is damaged)",
+            C::DatabaseCorrupt => " (the database file is corrupt)",
+            C::DiskFull => " (the file system is full; free space and retry)",
+            C::ReadOnly => " (read-only: the file, its directory or the file system cannot be written)",
+            C::PermissionDenied => " (permission denied)",
+            C::CannotOpen => " (check that the file and its directory exist and are readable and writable by this user)",
+            _ => "",
+        },
+        _ => "",
+    }
 }
 
 fn user_version(conn: &Connection, path: &Path) -> Result<i64> {

@@ -59,22 +59,24 @@ fn init_logging(format: &str) {
 }
 
 fn main() {
+    cli::setup::empty_state_dir_env_is_unset();
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let state_dir = cli
-        .state_dir
-        .clone()
-        .unwrap_or_else(lockstore::paths::default_state_dir);
+    if !matches!(cli.cmd, Cmd::Daemon(_)) {
+        cli::setup::exit_quietly_on_broken_stdout();
+    }
+    // Resolved and checked (ownership, modes) only by the subcommands on it.
+    let state_dir = || cli::setup::state_dir(cli.state_dir.as_deref());
     let res = match cli.cmd {
         Cmd::Json(a) => cli::json::run(a),
-        Cmd::Daemon(a) => cli::daemon::run(a, &state_dir),
-        Cmd::Status(a) => cli::status::run(a, &state_dir),
-        Cmd::Commitments(a) => cli::commitments::run(a, &state_dir),
-        Cmd::Tasks(a) => cli::tasks::run(a, &state_dir),
-        Cmd::Lock(a) => cli::lock::run(a, &state_dir),
-        Cmd::Outbox(a) => cli::outbox::run(a, &state_dir),
+        Cmd::Daemon(a) => state_dir().and_then(|s| cli::daemon::run(a, &s)),
+        Cmd::Status(a) => state_dir().and_then(|s| cli::status::run(a, &s)),
+        Cmd::Commitments(a) => state_dir().and_then(|s| cli::commitments::run(a, &s)),
+        Cmd::Tasks(a) => state_dir().and_then(|s| cli::tasks::run(a, &s)),
+        Cmd::Lock(a) => cli::lock::run(a),
+        Cmd::Outbox(a) => state_dir().and_then(|s| cli::outbox::run(a, &s)),
         Cmd::Soak(a) => cli::soak::run(a, cli.state_dir.as_deref()),
-        Cmd::SoakClient(a) => cli::soak_client::run(a, &state_dir),
+        Cmd::SoakClient(a) => state_dir().and_then(|s| cli::soak_client::run(a, &s)),
     };
     match res {
         Ok(()) => {}

@@ -36,6 +36,7 @@ pub use protocol::LockProtocol;
 
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -181,6 +182,38 @@ pub(crate) fn lock_path_for(store: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The store file of a lock file `<store>.lock` (`None` for another name,
+/// e.g. `daemon.lock`'s store `daemon` is returned but a bare `.lock` is not).
+fn store_path_of(lock: &Path) -> Option<PathBuf> {
+    let s = lock.as_os_str().as_encoded_bytes();
+    let stem = s.strip_suffix(b".lock")?;
+    if stem.is_empty() || stem.ends_with(b"/") {
+        return None;
+    }
+    // The bytes came from an OsStr and were cut at an ASCII suffix.
+    let stem = std::ffi::OsStr::from_bytes(stem);
+    Some(PathBuf::from(stem))
+}
+
+/// As root, gives a lock file this process just created to the owner of its
+/// store (if the store exists) or of its directory, so a user whose store root
+/// touched can still open the lock file. Best effort: a failure is logged.
+fn give_to_store_owner(f: &File, path: &Path, store: Option<&Path>, dir: &Path) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let owner = store
+        .and_then(|s| std::fs::symlink_metadata(s).ok())
+        .or_else(|| std::fs::metadata(dir).ok());
+    let Some(m) = owner else { return };
+    if m.uid() == 0 && m.gid() == 0 {
+        return;
+    }
+    if let Err(e) = std::os::unix::fs::fchown(f, Some(m.uid()), Some(m.gid())) {
+        tracing::warn!(path = %path.display(), error = %e, "could not give the new lock file to its store's owner");
+    }
+}
+
 /// Creates `dir` (and parents) with mode 0700 if missing.
 pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
     match std::fs::DirBuilder::new()
@@ -252,15 +285,25 @@ impl LockFile {
     /// cannot be opened (the hand-off is an optimization, never required).
     fn waiters_file(&mut self) -> Option<&File> {
         if self.waiters.is_none() {
-            self.waiters = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-                .open(self.waiters_path())
-                .ok();
+            let wp = self.waiters_path();
+            let existed = std::fs::symlink_metadata(&wp).is_ok();
+            self.waiters = crate::atomic::open_regular(
+                &wp,
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600),
+                "open",
+            )
+            .ok()
+            .flatten()
+            .map(|(f, _)| f);
+            if let (Some(f), false) = (&self.waiters, existed) {
+                let dir = wp.parent().unwrap_or(Path::new("."));
+                give_to_store_owner(f, &wp, store_path_of(&self.path).as_deref(), dir);
+            }
         }
         self.waiters.as_ref()
     }
@@ -302,20 +345,38 @@ impl LockFile {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
+            // The store beside a `<store>.lock` must be a regular file or
+            // absent: `json set /dev/null` must not create `/dev/null.lock`.
+            let store = store_path_of(&self.path);
+            if let Some(store) = &store {
+                crate::atomic::regular_or_absent(store)?;
+            }
             ensure_dir(dir)?;
             if !self.fs_checked {
                 fs_check::check_dir(dir)?;
                 self.fs_checked = true;
             }
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-                .open(&self.path)
-                .map_err(|e| Error::io("open lock file", &self.path, e))?;
+            let existed = crate::atomic::regular_or_absent(&self.path)?.is_some();
+            let (f, _) = crate::atomic::open_regular(
+                &self.path,
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600),
+                "open lock file",
+            )?
+            .ok_or_else(|| {
+                Error::io(
+                    "open lock file",
+                    &self.path,
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                )
+            })?;
+            if !existed {
+                give_to_store_owner(&f, &self.path, store.as_deref(), dir);
+            }
             self.file = Some(f);
         }
         match &self.file {
@@ -338,13 +399,11 @@ impl LockFile {
 
     /// Reads the owner record at the path, without locking (lenient).
     pub fn read_record(path: &Path) -> Option<OwnerRecord> {
+        let (f, _) =
+            crate::atomic::open_regular(path, std::fs::OpenOptions::new().read(true), "open")
+                .ok()??;
         let mut buf = Vec::new();
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(path)
-            .ok()?;
-        f.read_to_end(&mut buf).ok()?;
+        f.take(64 * 1024).read_to_end(&mut buf).ok()?;
         OwnerRecord::parse(&buf)
     }
 
@@ -636,14 +695,14 @@ impl LockFile {
     /// non-blocking lock on a fresh descriptor, releasing at once). Does not create
     /// the file.
     pub fn is_held(path: &Path) -> Result<bool> {
-        let f = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::io("open lock file", path, e)),
+        crate::atomic::regular_or_absent(path)?;
+        let Some((f, _)) = crate::atomic::open_regular(
+            path,
+            std::fs::OpenOptions::new().read(true),
+            "open lock file",
+        )?
+        else {
+            return Ok(false);
         };
         match f.try_lock_shared() {
             Ok(()) => {

@@ -376,9 +376,7 @@ fn row(r: &Commitment) -> String {
 
 /// Replaces control characters (terminal escapes, newlines) with U+FFFD.
 fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect()
+    super::text::clean(s).into_owned()
 }
 
 fn truncate(s: &str, width: usize) -> String {

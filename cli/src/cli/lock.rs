@@ -1,7 +1,9 @@
 //! `lockstore lock status PATH` and `lockstore lock reclaim PATH`: who holds a
 //! store's lock, and removal of a definitely-stale sidecar lock.
 //!
-//! PATH is the store file or its `.lock` file. The protocol is detected from the
+//! PATH is the store file or its `.lock` file. `lock reclaim` on a flock
+//! store removes nothing (the kernel releases a dead holder's flock) and says
+//! so. The protocol is detected from the
 //! lock file: a persistent file holding an owner record is the flock protocol's;
 //! a JSON payload with `createdAt` is a sidecar (fs-safe's or lockstore's).
 
@@ -54,7 +56,7 @@ fn describe(h: &OwnerRecord) -> String {
 }
 
 /// Runs `lockstore lock`.
-pub fn run(a: LockArgs, _state_dir: &Path) -> CliResult {
+pub fn run(a: LockArgs) -> CliResult {
     let stale = Duration::from_millis(a.stale_ms);
     match a.cmd {
         LockCmd::Status { path } => {
@@ -106,6 +108,29 @@ pub fn run(a: LockArgs, _state_dir: &Path) -> CliResult {
         }
         LockCmd::Reclaim { path } => {
             let lp = lock_path(&path);
+            // A flock lock is never removed by hand: the kernel drops it when
+            // its holder exits, and the next writer reclaims the record.
+            if let Some(snap) = SidecarSnapshot::read(&lp)? {
+                if matches!(Payload::parse(&snap.raw), Payload::FlockRecord) {
+                    match lock::inspect(&lp)? {
+                        LockState::Held(h) => println!(
+                            "retained: {}: protocol flock, held by {}; a flock lock is released by the kernel when its holder exits, never removed by hand",
+                            lp.display(),
+                            h.map_or_else(|| "a process without an owner record".into(), |h| describe(&h.record))
+                        ),
+                        LockState::Abandoned(h) => println!(
+                            "free: {}: protocol flock; its last holder ({}) died holding it, the kernel already released the lock and the next writer reclaims it (nothing to remove)",
+                            lp.display(),
+                            describe(&h.record)
+                        ),
+                        _ => println!(
+                            "free: {}: protocol flock; nothing to reclaim",
+                            lp.display()
+                        ),
+                    }
+                    return Ok(());
+                }
+            }
             match sidecar::reclaim_definitely_stale(&lp, stale)? {
                 ReclaimOutcome::Missing => println!("missing: {}", lp.display()),
                 ReclaimOutcome::Removed(r) => println!("removed: {}: {r}", lp.display()),

@@ -5,10 +5,12 @@ pub mod daemon;
 pub mod json;
 pub mod lock;
 pub mod outbox;
+pub mod setup;
 pub mod soak;
 pub mod soak_client;
 pub mod status;
 pub mod tasks;
+pub mod text;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -51,11 +53,15 @@ impl CliError {
 impl From<Error> for CliError {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::Corrupt { .. } => exit::CORRUPT,
+            // Also non-SQLite, malformed, foreign and too-new databases.
+            e if e.is_corrupt() => exit::CORRUPT,
             Error::LockTimeout { .. } => exit::LOCK_TIMEOUT,
-            Error::InvalidPath { .. } | Error::Reentrant { .. } | Error::Symlink { .. } => {
-                exit::USAGE
-            }
+            Error::InvalidPath { .. }
+            | Error::Reentrant { .. }
+            | Error::Symlink { .. }
+            | Error::NotRegularFile { .. }
+            | Error::InsecureStateDir { .. }
+            | Error::NoStateDir => exit::USAGE,
             _ => exit::IO,
         };
         CliError {
@@ -104,7 +110,13 @@ pub fn random_hex(n: usize) -> String {
         .collect()
 }
 
-/// Parses `500ms`, `30s`, `5m`, `2h`, `30d` (a bare number is seconds).
+/// The longest duration [`parse_duration`] accepts: 100 years (36500d), so
+/// `now + duration` fits every Unix-ms field.
+pub const MAX_DURATION_MS: u64 = 36_500 * 86_400_000;
+
+/// Parses `500ms`, `30s`, `5m`, `2h`, `30d` (a bare number is seconds); at
+/// most [`MAX_DURATION_MS`] (a larger value is refused as too large, never
+/// wrapped or saturated).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -124,7 +136,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    Ok(Duration::from_millis(n.saturating_mul(ms)))
+    match n.checked_mul(ms) {
+        Some(total) if total <= MAX_DURATION_MS => Ok(Duration::from_millis(total)),
+        _ => Err(format!(
+            "duration {s:?} is too large: at most 36500d (100 years)"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -143,5 +160,13 @@ mod tests {
         );
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("5y").is_err());
+        assert_eq!(
+            parse_duration("36500d").unwrap().as_millis() as u64,
+            MAX_DURATION_MS
+        );
+        for big in ["999999999999d", "36501d", "18446744073709551615ms"] {
+            let e = parse_duration(big).unwrap_err();
+            assert!(e.contains("too large"), "{big}: {e}");
+        }
     }
 }

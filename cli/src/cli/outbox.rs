@@ -15,6 +15,7 @@ use lockstore::outbox::{
 };
 use lockstore::Durability;
 
+use super::text::clean;
 use super::{exit, parse_duration, CliError, CliResult};
 
 /// Arguments of `lockstore outbox`.
@@ -239,16 +240,16 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
                     "{:>6}  {:<9}  {:<10}  {:<16}  {:>3}  {:<10}  {:<24}  {}",
                     e.id,
                     e.status.as_str(),
-                    e.channel,
-                    e.target,
+                    clean(&e.channel),
+                    clean(&e.target),
                     e.attempt_count,
                     if e.status == Status::Pending {
                         fmt_time(Some(e.next_attempt_at))
                     } else {
                         "-".into()
                     },
-                    e.idempotency_key.as_deref().unwrap_or("-"),
-                    e.last_error.as_deref().unwrap_or("")
+                    clean(e.idempotency_key.as_deref().unwrap_or("-")),
+                    clean(e.last_error.as_deref().unwrap_or(""))
                 );
             }
         }

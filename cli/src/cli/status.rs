@@ -148,7 +148,11 @@ pub fn run(a: StatusArgs, state: &Path) -> CliResult {
 }
 
 fn print_text(v: &Value) {
-    println!("state dir    {}", v["stateDir"].as_str().unwrap_or("?"));
+    use super::text::clean;
+    println!(
+        "state dir    {}",
+        clean(v["stateDir"].as_str().unwrap_or("?"))
+    );
     let d = &v["daemon"];
     if d["running"] == json!(true) {
         println!(
@@ -162,7 +166,7 @@ fn print_text(v: &Value) {
         m.as_object()
             .map(|o| {
                 o.iter()
-                    .map(|(k, n)| format!("{k} {n}"))
+                    .map(|(k, n)| format!("{} {n}", clean(k)))
                     .collect::<Vec<_>>()
                     .join(" · ")
             })
@@ -171,7 +175,7 @@ fn print_text(v: &Value) {
     };
     let c = &v["commitments"];
     match c.get("error") {
-        Some(e) => println!("commitments  error: {}", e.as_str().unwrap_or("?")),
+        Some(e) => println!("commitments  error: {}", clean(e.as_str().unwrap_or("?"))),
         None => println!(
             "commitments  {}{}",
             fmt_counts(&c["byStatus"]),
@@ -184,7 +188,7 @@ fn print_text(v: &Value) {
     }
     let t = &v["tasks"];
     match t.get("error") {
-        Some(e) => println!("tasks        error: {}", e.as_str().unwrap_or("?")),
+        Some(e) => println!("tasks        error: {}", clean(e.as_str().unwrap_or("?"))),
         None => println!(
             "tasks        {} total · queued {} · running {} · audit: {} warnings, {} errors",
             t["total"], t["queued"], t["running"], t["audit"]["warnings"], t["audit"]["errors"]
@@ -192,7 +196,7 @@ fn print_text(v: &Value) {
     }
     let o = &v["outbox"];
     match o.get("error") {
-        Some(e) => println!("outbox       error: {}", e.as_str().unwrap_or("?")),
+        Some(e) => println!("outbox       error: {}", clean(e.as_str().unwrap_or("?"))),
         None => println!(
             "outbox       {} · due now {} · oldest pending {} · dead letters {}",
             fmt_counts(&o["byStatus"]),
@@ -213,6 +217,6 @@ fn print_text(v: &Value) {
         } else {
             "free".into()
         };
-        println!("lock         {name:<12} {line}");
+        println!("lock         {:<12} {}", clean(name), clean(&line));
     }
 }

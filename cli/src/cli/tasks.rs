@@ -198,6 +198,7 @@ fn print_json(v: &impl serde::Serialize) -> CliResult {
 }
 
 fn trunc(s: &str, w: usize) -> String {
+    let s = &*super::text::clean(s);
     let n = s.chars().count();
     if n <= w {
         format!("{s:<w$}")
@@ -291,7 +292,7 @@ fn show_text(t: &TaskRecord) {
         ("version", t.version.to_string()),
     ];
     for (k, v) in lines {
-        println!("{k}: {v}");
+        println!("{k}: {}", super::text::clean(&v));
     }
 }
 

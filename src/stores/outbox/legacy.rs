@@ -27,7 +27,9 @@ pub struct ImportReport {
     pub existing: u64,
     /// Files renamed aside to `.imported`.
     pub renamed: u64,
-    /// Malformed files (path, reason), left in place.
+    /// Malformed files and files whose id another file already claimed (path,
+    /// reason naming the duplicate id and the other file or row), left in
+    /// place.
     pub malformed: Vec<(PathBuf, String)>,
 }
 
@@ -116,6 +118,9 @@ pub fn import_legacy(ob: &Outbox, dir: impl AsRef<Path>, now: SystemTime) -> Res
         dir.to_path_buf()
     };
     let mut rep = ImportReport::default();
+    // Idempotency key → the file of this run that claimed it: a second file
+    // with the same id is a duplicate, reported with both files.
+    let mut seen: std::collections::HashMap<String, PathBuf> = Default::default();
     for (sub, status) in [
         (q.clone(), Status::Pending),
         (q.join("failed"), Status::Dead),
@@ -129,6 +134,17 @@ pub fn import_legacy(ob: &Outbox, dir: impl AsRef<Path>, now: SystemTime) -> Res
                     continue;
                 }
             };
+            if let Some(first) = seen.get(&l.key) {
+                let why = format!(
+                    "duplicate id: {} is also the key of {} (imported first); left in place",
+                    l.key,
+                    first.display()
+                );
+                tracing::warn!(path = %f.display(), reason = %why, "legacy queue file with a duplicate id left in place");
+                rep.malformed.push((f, why));
+                continue;
+            }
+            seen.insert(l.key.clone(), f.clone());
             let next = if l.attempts == 0 {
                 l.queued_at
             } else {
@@ -166,6 +182,20 @@ pub fn import_legacy(ob: &Outbox, dir: impl AsRef<Path>, now: SystemTime) -> Res
             let ok = row
                 .as_ref()
                 .is_some_and(|e| e.channel == l.channel && e.target == l.target && e.id == r.id());
+            if !ok && matches!(r, Enqueued::Existing(_)) {
+                // Imported by an earlier run from another file with the same id.
+                let why = match &row {
+                    Some(e) => format!(
+                        "duplicate id: {} is already the key of row {} (channel {}, target {}) from an earlier import; left in place",
+                        l.key, e.id, e.channel, e.target
+                    ),
+                    None => format!("duplicate id: {} is already taken; left in place", l.key),
+                };
+                tracing::warn!(path = %f.display(), reason = %why, "legacy queue file with a duplicate id left in place");
+                rep.existing -= 1;
+                rep.malformed.push((f, why));
+                continue;
+            }
             if !ok {
                 return Err(OutboxError::LegacyReadBack {
                     path: ob.path().to_path_buf(),
