@@ -336,7 +336,8 @@ fn corrupt_foreign_and_too_new_databases_exit_2_naming_the_file() {
     enqueue(&s, "c", "t", None);
     let db = outbox_file(&s);
     let good = std::fs::read(&db).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    type Make = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Make)> = vec![
         (
             "not a database",
             Box::new(|p: &Path| std::fs::write(p, b"hello, not sqlite\n".repeat(50)).unwrap()),

@@ -46,10 +46,14 @@ pub fn exit_quietly_on_broken_stdout() {
     let previous = std::panic::take_hook();
     let epipe = format!("(os error {})", nix::libc::EPIPE);
     std::panic::set_hook(Box::new(move |info| {
-        if info
-            .payload_as_str()
-            .is_some_and(|m| m.starts_with("failed printing to stdout") && m.ends_with(&epipe))
-        {
+        // A formatted panic message reaches the hook as a String (a
+        // literal one as &str).
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied());
+        if msg.is_some_and(|m| m.starts_with("failed printing to stdout") && m.ends_with(&epipe)) {
             std::process::exit(BROKEN_PIPE_EXIT);
         }
         previous(info)
