@@ -121,9 +121,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 5m, 2h, 30d"))?;
+    let n: u64 = n.parse().map_err(|e: std::num::ParseIntError| {
+        if *e.kind() == std::num::IntErrorKind::PosOverflow {
+            format!("duration {s:?} is too large: at most 36500d (100 years)")
+        } else {
+            format!("invalid duration {s:?}: expected e.g. 30s, 5m, 2h, 30d")
+        }
+    })?;
     let ms = match unit {
         "ms" => 1,
         "" | "s" => 1_000,
@@ -164,7 +168,12 @@ mod tests {
             parse_duration("36500d").unwrap().as_millis() as u64,
             MAX_DURATION_MS
         );
-        for big in ["999999999999d", "36501d", "18446744073709551615ms"] {
+        for big in [
+            "999999999999d",
+            "36501d",
+            "18446744073709551615ms",
+            "99999999999999999999999s",
+        ] {
             let e = parse_duration(big).unwrap_err();
             assert!(e.contains("too large"), "{big}: {e}");
         }
