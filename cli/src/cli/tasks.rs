@@ -750,7 +750,7 @@ fn run_cmd(
     if let Some(sig) = run_signal() {
         return signalled(&id, sig, "the command was not started");
     }
-    let mut child = match spawn_group(&mut Command::new(&cmd[0]).args(&cmd[1..])) {
+    let mut child = match spawn_group(Command::new(&cmd[0]).args(&cmd[1..])) {
         Ok(c) => c,
         Err(e) => {
             let code = match (e.kind(), e.raw_os_error()) {
