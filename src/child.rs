@@ -30,9 +30,13 @@ use nix::unistd::Pid;
 /// child, the deadline and the interruption flag.
 const TICK: Duration = Duration::from_millis(10);
 
+/// How often [`GroupChild::terminate`] looks whether the group is gone (each
+/// look reads `/proc/*/stat`).
+const GROUP_TICK: Duration = Duration::from_millis(50);
+
 /// After the final `SIGKILL`, how long [`GroupChild::terminate`] waits for the
-/// group to be gone (a killed process disappears once the kernel has run its
-/// exit; zombies not reaped by their new parent still count as members).
+/// group's members to be dead (a killed process is gone, or a zombie, once the
+/// kernel has run its exit).
 const KILL_SETTLE: Duration = Duration::from_secs(1);
 
 /// How a child waited for by [`GroupChild::wait`] ended.
@@ -103,10 +107,14 @@ impl GroupChild {
         }
     }
 
-    /// True while some process of the group exists (zombies included).
+    /// True while some process of the group is alive (a zombie does not
+    /// count: it has ended, only its parent has not reaped it).
     fn group_alive(&self) -> bool {
         // EPERM: a member changed its credentials (setuid): still there.
-        !matches!(killpg(self.pgid(), None), Err(Errno::ESRCH))
+        if matches!(killpg(self.pgid(), None), Err(Errno::ESRCH)) {
+            return false;
+        }
+        crate::proc::group_has_live_member(self.child.id()).unwrap_or(true)
     }
 
     /// Reaps the child if it has exited; its status.
@@ -166,7 +174,7 @@ impl GroupChild {
                 if Instant::now() >= until {
                     break;
                 }
-                std::thread::sleep(TICK);
+                std::thread::sleep(GROUP_TICK);
             }
         }
         self.signal_group(Signal::SIGKILL)?;
@@ -180,7 +188,7 @@ impl GroupChild {
         };
         let until = Instant::now() + KILL_SETTLE;
         while self.group_alive() && Instant::now() < until {
-            std::thread::sleep(TICK);
+            std::thread::sleep(GROUP_TICK);
         }
         Ok(status)
     }

@@ -375,8 +375,8 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
                 worker::run_with_progress(&w, a.as_ref(), &STOP, progress_every, &progress)?
             };
             eprintln!(
-                "outbox: claimed {}, delivered {}, retried {}, dead {}, unknown {}, expired {}, released {}, stale {}, rescued {} (+{} unknown)",
-                r.claimed, r.delivered, r.retried, r.dead, r.unknown, r.expired, r.released, r.stale, r.rescued_pending, r.rescued_unknown
+                "outbox: claimed {}, delivered {}, retried {}, dead {}, unknown {}, expired {}, released {}, stale {}, rescued {} (+{} unknown), lease renewals {}",
+                r.claimed, r.delivered, r.retried, r.dead, r.unknown, r.expired, r.released, r.stale, r.rescued_pending, r.rescued_unknown, r.renewed
             );
         }
         OutboxCmd::ImportLegacy { dir } => {

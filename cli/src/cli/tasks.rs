@@ -784,7 +784,8 @@ fn run_cmd(
             });
         }
     };
-    let ended_how = format!("process group ended (SIGTERM, SIGKILL after {kill_after_ms} ms)");
+    let ended_how =
+        format!("process group ended (SIGTERM; SIGKILL after {kill_after_ms} ms if still running)");
     let status = match ended {
         Ended::Exited(s) => s,
         Ended::TimedOut(_) => {
