@@ -352,11 +352,9 @@ fn lockstore_now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// Issue 11 item 13: the sink followed a planted symlink and was created
-/// 0644.
+/// Issue 11 item 13: the sink followed a planted symlink.
 #[test]
-fn file_sink_refuses_a_symlink_and_is_created_private() {
-    use std::os::unix::fs::PermissionsExt;
+fn file_sink_refuses_a_symlink() {
     let d = tempfile::tempdir().unwrap();
     let victim = d.path().join("victim");
     std::fs::write(&victim, "").unwrap();
@@ -377,7 +375,13 @@ fn file_sink_refuses_a_symlink_and_is_created_private() {
         Delivery::Retry { .. }
     ));
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "");
-    // A new sink (and raw log) is private.
+}
+
+/// Issue 11 item 13: the sink (message payloads) was created 0644.
+#[test]
+fn file_sink_is_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
     let sink3 = d.path().join("sink3.jsonl");
     let a = FileAdapter::new(&sink3);
     assert_eq!(a.deliver(&entry(1)), Delivery::Delivered);
