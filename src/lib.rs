@@ -48,6 +48,7 @@
 // Layers, bottom up; a lower layer never imports an upper one.
 // process identity → lock → queue (through the sync shim) → writer → atomic → json → stores.
 mod atomic;
+pub mod child;
 mod error;
 mod failpoint;
 #[cfg(any(loom, shuttle))]

@@ -98,6 +98,34 @@ fn read_stat(pid: u32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
+/// Whether process group `pgid` has a member that is not a zombie, judged
+/// from `/proc/<pid>/stat` (field 3 state, field 5 process group) of every
+/// process; `None` if `/proc` cannot be listed. (`kill(-pgid, 0)` counts
+/// zombies, which an orphan stays until its new parent reaps it — never, under
+/// an init that does not reap.)
+pub(crate) fn group_has_live_member(pgid: u32) -> Option<bool> {
+    let rd = std::fs::read_dir("/proc").ok()?;
+    for de in rd.flatten() {
+        let name = de.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue; // gone meanwhile
+        };
+        let Some(rest) = s.rfind(')').map(|i| &s[i + 1..]) else {
+            continue;
+        };
+        let mut it = rest.split_whitespace();
+        let state = it.next().and_then(|x| x.chars().next());
+        let pgrp = it.nth(1).and_then(|x| x.parse::<u32>().ok());
+        if pgrp == Some(pgid) && !matches!(state, Some('Z' | 'X' | 'x')) {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
 /// Start time (field 22 of `/proc/<pid>/stat`) of `pid`, if readable.
 pub(crate) fn start_time_of(pid: u32) -> Option<u64> {
     read_stat(pid).map(|(_, t)| t)

@@ -229,3 +229,164 @@ fn spent_startup_budget_consumes_no_retry_and_the_loop_keeps_running() {
         .iter()
         .all(|e| e.status == Status::Delivered && e.attempt_count == 0));
 }
+
+/// Polls (bounded) until `pid` is dead or a zombie: a SIGKILLed process
+/// disappears once the kernel has run its exit, and an orphan's zombie waits
+/// for its new parent to reap it.
+fn dead_soon(pid: u32) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if lockstore::ProcessIdentity::of_pid(pid).liveness() == lockstore::Liveness::Dead {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills `pid` when dropped (a failed assertion must not leak a sleeper).
+struct KillOnDrop(Option<u32>);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Issue 11 item 9: the shell was killed on timeout but its child (holding
+/// the stderr pipe) was not, and the adapter waited for that pipe's end.
+#[test]
+fn exec_timeout_kills_the_process_group_and_does_not_wait_on_its_pipes() {
+    let d = tempfile::tempdir().unwrap();
+    let pidf = d.path().join("grandchild.pid");
+    let a = ExecAdapter {
+        // The inner shell execs `sleep 20`: a grandchild holding stderr.
+        command: format!("sh -c 'echo $$ > {}; exec sleep 20'; true", pidf.display()),
+        timeout: Duration::from_secs(2),
+    };
+    let t0 = std::time::Instant::now();
+    let d1 = a.deliver(&entry(1));
+    let took = t0.elapsed();
+    let pid: u32 = std::fs::read_to_string(&pidf)
+        .expect("the command did not start within the 2 s timeout (machine overloaded?)")
+        .trim()
+        .parse()
+        .unwrap();
+    let _guard = KillOnDrop(Some(pid));
+    match d1 {
+        Delivery::Unknown { error } => assert!(error.contains("timed out"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        took < Duration::from_secs(10),
+        "deliver took {took:?}: it waited for the grandchild's pipe"
+    );
+    assert!(dead_soon(pid), "grandchild {pid} survived the exec timeout");
+}
+
+/// An adapter whose send blocks until the test lets it go.
+struct Gate {
+    started: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    go: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl ChannelAdapter for Gate {
+    fn deliver(&self, _: &Entry) -> Delivery {
+        let _ = self.started.lock().unwrap().send(());
+        let _ = self.go.lock().unwrap().recv();
+        Delivery::Delivered
+    }
+    fn idempotent(&self) -> bool {
+        false
+    }
+}
+
+/// Issue 11 item 10: a send longer than the lease, by a live worker, was
+/// rescued by another worker to `unknown` (and the ack came back stale),
+/// although it was delivered exactly once.
+#[test]
+fn sync_worker_renews_the_lease_while_a_send_outlives_it() {
+    let (_d, mut w, ob) = setup(1);
+    w.lease = Duration::from_secs(3);
+    w.batch = 1;
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    let gate = Gate {
+        started: std::sync::Mutex::new(started_tx),
+        go: std::sync::Mutex::new(go_rx),
+    };
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| run_once(&w, &gate, &stop).unwrap());
+        started_rx.recv().unwrap();
+        let lease0 = ob.get(1).unwrap().unwrap().lease_expires_at.unwrap();
+        // Let the claim's first lease end (wall clock: leases are times).
+        while lockstore_now_ms() <= lease0 + 1000 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Another worker's rescue now.
+        let r = ob.rescue(std::time::SystemTime::now(), false).unwrap();
+        go_tx.send(()).unwrap();
+        let rep = worker.join().unwrap();
+        let e = ob.get(1).unwrap().unwrap();
+        assert_eq!(
+            (r.to_unknown, e.status, e.last_error.as_deref()),
+            (0, Status::Delivered, None),
+            "the live worker's claim was rescued mid-send"
+        );
+        assert!(rep.renewed >= 1, "{rep:?}");
+        assert_eq!(rep.delivered, 1);
+    });
+}
+
+fn lockstore_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Issue 11 item 13: the sink followed a planted symlink.
+#[test]
+fn file_sink_refuses_a_symlink() {
+    let d = tempfile::tempdir().unwrap();
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, "").unwrap();
+    let sink = d.path().join("sink.jsonl");
+    std::os::unix::fs::symlink(&victim, &sink).unwrap();
+    match FileAdapter::new(&sink).deliver(&entry(1)) {
+        Delivery::Retry { error, .. } => {
+            assert!(error.contains("symbolic link"), "{error}")
+        }
+        other => panic!("delivered through a symlink: {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "");
+    // The raw log refuses a symlink too.
+    let sink2 = d.path().join("sink2.jsonl");
+    std::os::unix::fs::symlink(&victim, d.path().join("sink2.jsonl.raw")).unwrap();
+    assert!(matches!(
+        FileAdapter::new(&sink2).deliver(&entry(1)),
+        Delivery::Retry { .. }
+    ));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "");
+}
+
+/// Issue 11 item 13: the sink (message payloads) was created 0644.
+#[test]
+fn file_sink_is_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let sink3 = d.path().join("sink3.jsonl");
+    let a = FileAdapter::new(&sink3);
+    assert_eq!(a.deliver(&entry(1)), Delivery::Delivered);
+    for p in [sink3.clone(), a.raw_path().to_path_buf()] {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} mode {mode:o}", p.display());
+    }
+}

@@ -100,6 +100,9 @@ enum OutboxCmd {
         /// Per-call timeout of exec:CMD.
         #[arg(long, value_parser = parse_duration, default_value = "30s")]
         exec_timeout: Duration,
+        /// Without --once: print a progress line to stderr this often (0: never).
+        #[arg(long, value_parser = parse_duration, default_value = "5s")]
+        progress_every: Duration,
     },
     /// Import openclaw's delivery-queue/*.json (pending) and failed/*.json (dead) from DIR.
     ImportLegacy { dir: std::path::PathBuf },
@@ -329,6 +332,7 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
             budget,
             poll,
             exec_timeout,
+            progress_every,
         } => {
             let a = adapters::from_spec(&adapter, exec_timeout)
                 .map_err(|e| CliError::usage(e.to_string()))?;
@@ -342,16 +346,55 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
             install_stop_handler();
             let r = if once {
                 worker::run_once(&w, a.as_ref(), &STOP)?
-            } else {
+            } else if progress_every.is_zero() {
                 worker::run(&w, a.as_ref(), &STOP)?
+            } else {
+                // Its own connection, opened on the progress thread.
+                let stats = std::sync::Mutex::new(None::<Outbox>);
+                let progress = |r: &worker::RunReport| {
+                    let mut g = stats.lock().unwrap_or_else(|p| p.into_inner());
+                    if g.is_none() {
+                        *g = open().ok();
+                    }
+                    let pending = g
+                        .as_ref()
+                        .and_then(|o| o.stats(SystemTime::now()).ok())
+                        .map(|s| {
+                            format!(
+                                "pending {} ({} due now), in flight {}",
+                                s.by_status.get(&Status::Pending).copied().unwrap_or(0),
+                                s.due_now,
+                                s.by_status.get(&Status::InFlight).copied().unwrap_or(0)
+                            )
+                        })
+                        .unwrap_or_else(|| "pending ?".into());
+                    eprintln!(
+                        "outbox: so far delivered {}, retried {}, dead {}, unknown {}; {pending}",
+                        r.delivered, r.retried, r.dead, r.unknown
+                    );
+                };
+                worker::run_with_progress(&w, a.as_ref(), &STOP, progress_every, &progress)?
             };
             eprintln!(
-                "outbox: claimed {}, delivered {}, retried {}, dead {}, unknown {}, expired {}, released {}, stale {}, rescued {} (+{} unknown)",
-                r.claimed, r.delivered, r.retried, r.dead, r.unknown, r.expired, r.released, r.stale, r.rescued_pending, r.rescued_unknown
+                "outbox: claimed {}, delivered {}, retried {}, dead {}, unknown {}, expired {}, released {}, stale {}, rescued {} (+{} unknown), lease renewals {}",
+                r.claimed, r.delivered, r.retried, r.dead, r.unknown, r.expired, r.released, r.stale, r.rescued_pending, r.rescued_unknown, r.renewed
             );
         }
         OutboxCmd::ImportLegacy { dir } => {
-            let r = legacy::import_legacy(&open()?, &dir, SystemTime::now())?;
+            // A progress line at most every 2 s, and one when done.
+            let mut last = std::time::Instant::now();
+            let mut progress = |done: u64, total: u64| {
+                if done == total || last.elapsed() >= Duration::from_secs(2) {
+                    last = std::time::Instant::now();
+                    eprintln!("import-legacy: {done}/{total} files");
+                }
+            };
+            let r = legacy::import_legacy_with_progress(
+                &open()?,
+                &dir,
+                SystemTime::now(),
+                &mut progress,
+            )?;
             println!(
                 "imported {}, already present {}, renamed aside {}, malformed {}",
                 r.imported,

@@ -100,6 +100,9 @@ enum TasksCmd {
         /// Kill the command and record timed_out after this many ms.
         #[arg(long)]
         timeout_ms: Option<u64>,
+        /// On timeout or SIGTERM/SIGINT/SIGHUP: ms between SIGTERM and SIGKILL to the command's process group.
+        #[arg(long, default_value_t = 5000)]
+        kill_after_ms: u64,
         /// Command and arguments (after `--`).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
@@ -306,7 +309,10 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
         lock: cli_lock_options(a.lock_timeout_ms),
         ..Default::default()
     };
-    let reg = TaskRegistry::open_state_dir(state_dir, opts).map_err(cli_err)?;
+    let is_run = matches!(a.cmd, Some(TasksCmd::Run { .. }));
+    let reg = TaskRegistry::open_state_dir(state_dir, opts)
+        .map_err(cli_err)
+        .map_err(|e| if is_run { own_failure(e) } else { e })?;
     let cmd = a.cmd.unwrap_or(TasksCmd::List(a.list));
     match cmd {
         TasksCmd::List(l) => list(&reg, &l),
@@ -352,8 +358,9 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
         TasksCmd::Run {
             label,
             timeout_ms,
+            kill_after_ms,
             cmd,
-        } => run_cmd(&reg, label, timeout_ms, cmd),
+        } => run_cmd(&reg, label, timeout_ms, kill_after_ms, cmd),
         TasksCmd::Create(c) => create_cmd(&reg, c),
         TasksCmd::Start { lookup, json } => {
             let t = reg.lookup(&lookup).map_err(cli_err)?;
@@ -643,12 +650,82 @@ fn create_cmd(reg: &TaskRegistry, c: CreateArgs) -> CliResult {
     }
 }
 
+/// `tasks run`'s exit code for lockstore's own failure (timeout(1), env(1)).
+const RUN_OWN_FAILURE: i32 = 125;
+/// `tasks run`'s exit code on timeout (timeout(1)).
+const RUN_TIMED_OUT: i32 = 124;
+/// `tasks run`'s exit code when the command was found but cannot run.
+const RUN_CANNOT_EXECUTE: i32 = 126;
+/// `tasks run`'s exit code when the command was not found.
+const RUN_NOT_FOUND: i32 = 127;
+
+/// A failure of lockstore itself during `tasks run`: exit 125, whatever the
+/// error (the command's own codes must stay distinguishable from ours).
+fn own_failure(e: CliError) -> CliError {
+    CliError {
+        code: RUN_OWN_FAILURE,
+        msg: e.msg,
+    }
+}
+
+/// The termination signal `tasks run` received (0: none yet).
+static RUN_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_run_signal(sig: nix::libc::c_int) {
+    // The first signal wins; async-signal-safe (one atomic operation).
+    let _ = RUN_SIGNAL.compare_exchange(
+        0,
+        sig,
+        std::sync::atomic::Ordering::SeqCst,
+        std::sync::atomic::Ordering::SeqCst,
+    );
+}
+
+/// SIGTERM, SIGINT and SIGHUP set [`RUN_SIGNAL`] instead of ending lockstore:
+/// `tasks run` then ends the command's process group, records the task and
+/// exits 128+N.
+fn install_run_signal_handlers() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(
+        SigHandler::Handler(on_run_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the handler only performs one atomic compare-exchange.
+        let _ = unsafe { sigaction(s, &act) };
+    }
+}
+
+fn run_signal() -> Option<i32> {
+    match RUN_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+/// `tasks run`: exit codes follow timeout(1) and env(1) — the command's code;
+/// 128+N if it died of signal N; 124 timed out; 125 lockstore's own failure;
+/// 126 found but cannot be executed; 127 not found; 128+N when lockstore
+/// itself got SIGTERM/SIGINT/SIGHUP N (after ending the command's group and
+/// recording the task cancelled).
 fn run_cmd(
     reg: &TaskRegistry,
     label: Option<String>,
     timeout_ms: Option<u64>,
+    kill_after_ms: u64,
     cmd: Vec<String>,
 ) -> CliResult {
+    use lockstore::child::{spawn_group, Ended};
+    use std::os::unix::process::ExitStatusExt;
+
+    install_run_signal_handlers();
     let desc = cmd.join(" ");
     let new = NewTask {
         runtime: Some(Runtime::Cli),
@@ -657,59 +734,92 @@ fn run_cmd(
         owner: Some(lockstore::ProcessIdentity::current()),
         ..Default::default()
     };
-    let (t, _) = reg.create(new, SystemTime::now()).map_err(cli_err)?;
+    let own = |e: TaskError| own_failure(cli_err(e));
+    let (t, _) = reg.create(new, SystemTime::now()).map_err(own)?;
     let id = t.task_id;
-    reg.mark_running(&id, SystemTime::now()).map_err(cli_err)?;
+    reg.mark_running(&id, SystemTime::now()).map_err(own)?;
     println!("{id}");
     let _ = std::io::stdout().flush();
-    let child = Command::new(&cmd[0]).args(&cmd[1..]).spawn();
-    let mut child = match child {
+    let signalled = |id: &str, sig: i32, what: &str| -> CliResult {
+        let msg = format!("lockstore received {}; {what}", signal_name(sig));
+        record_end(reg, id, TaskStatus::Cancelled, Some(msg.clone())).map_err(own_failure)?;
+        Err(CliError {
+            code: 128 + sig,
+            msg: format!("task {id}: {msg}"),
+        })
+    };
+    if let Some(sig) = run_signal() {
+        return signalled(&id, sig, "the command was not started");
+    }
+    let mut child = match spawn_group(Command::new(&cmd[0]).args(&cmd[1..])) {
         Ok(c) => c,
         Err(e) => {
+            let code = match (e.kind(), e.raw_os_error()) {
+                (std::io::ErrorKind::NotFound, _) => RUN_NOT_FOUND,
+                (std::io::ErrorKind::PermissionDenied, _) => RUN_CANNOT_EXECUTE,
+                (_, Some(nix::libc::ENOEXEC | nix::libc::EISDIR | nix::libc::ETXTBSY)) => {
+                    RUN_CANNOT_EXECUTE
+                }
+                _ => RUN_OWN_FAILURE,
+            };
             let msg = format!("cannot start {:?}: {e}", cmd[0]);
-            reg.finish(
-                &id,
-                Finish::new(TaskStatus::Failed).with_error(msg.clone()),
-                SystemTime::now(),
-            )
-            .map_err(cli_err)?;
-            return Err(CliError { code: 127, msg });
+            record_end(reg, &id, TaskStatus::Failed, Some(msg.clone())).map_err(own_failure)?;
+            return Err(CliError { code, msg });
         }
     };
     let pid = child.id();
     eprintln!("lockstore: task {id} running `{desc}` (pid {pid})");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    let waited = match timeout_ms {
-        Some(ms) => rx.recv_timeout(Duration::from_millis(ms)).ok(),
-        None => rx.recv().ok(),
+    let grace = Duration::from_millis(kill_after_ms);
+    let deadline = timeout_ms.map(|ms| std::time::Instant::now() + Duration::from_millis(ms));
+    let ended = match child.wait(deadline, &run_signal, grace) {
+        Ok(e) => e,
+        Err(e) => {
+            // Cannot watch the command any more: end it rather than leave it
+            // running unrecorded.
+            let _ = child.terminate(grace);
+            let msg = format!("waiting for `{desc}` (pid {pid}): {e}; its process group was ended");
+            record_end(reg, &id, TaskStatus::Failed, Some(msg.clone())).map_err(own_failure)?;
+            return Err(CliError {
+                code: RUN_OWN_FAILURE,
+                msg,
+            });
+        }
     };
-    let Some(status) = waited else {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = rx.recv();
-        let msg = format!("timed out after {} ms; killed", timeout_ms.unwrap_or(0));
-        record_end(reg, &id, TaskStatus::TimedOut, Some(msg.clone()))?;
-        return Err(CliError { code: 124, msg });
+    let ended_how =
+        format!("process group ended (SIGTERM; SIGKILL after {kill_after_ms} ms if still running)");
+    let status = match ended {
+        Ended::Exited(s) => s,
+        Ended::TimedOut(_) => {
+            let msg = format!(
+                "timed out after {} ms; {ended_how}",
+                timeout_ms.unwrap_or(0)
+            );
+            record_end(reg, &id, TaskStatus::TimedOut, Some(msg.clone())).map_err(own_failure)?;
+            return Err(CliError {
+                code: RUN_TIMED_OUT,
+                msg: format!("task {id}: {msg}"),
+            });
+        }
+        Ended::Interrupted { signal, .. } => return signalled(&id, signal, &ended_how),
+        other => {
+            let msg = format!("`{desc}` ended in a way lockstore does not know: {other:?}");
+            record_end(reg, &id, TaskStatus::Failed, Some(msg.clone())).map_err(own_failure)?;
+            return Err(CliError {
+                code: RUN_OWN_FAILURE,
+                msg,
+            });
+        }
     };
-    let status = status.map_err(|e| CliError {
-        code: exit::IO,
-        msg: format!("waiting for {desc:?}: {e}"),
-    })?;
-    use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
-        (Some(0), _) => record_end(reg, &id, TaskStatus::Succeeded, None),
+        (Some(0), _) => record_end(reg, &id, TaskStatus::Succeeded, None).map_err(own_failure),
         (Some(c), _) => {
             record_end(
                 reg,
                 &id,
                 TaskStatus::Failed,
                 Some(format!("exited with code {c}")),
-            )?;
+            )
+            .map_err(own_failure)?;
             Err(CliError {
                 code: c,
                 msg: format!("task {id}: `{desc}` exited with code {c}"),
@@ -722,10 +832,11 @@ fn run_cmd(
                 &id,
                 TaskStatus::Failed,
                 Some(format!("killed by signal {s}")),
-            )?;
+            )
+            .map_err(own_failure)?;
             Err(CliError {
                 code: 128 + s,
-                msg: format!("task {id}: `{desc}` killed by signal {s}"),
+                msg: format!("task {id}: `{desc}` killed by {}", signal_name(s)),
             })
         }
     }

@@ -71,6 +71,13 @@ pub fn from_spec(
 ///
 /// Sink line: `{"key", "id", "channel", "target", "account_id", "payload"}`;
 /// raw line: `{"key", "id", "pid"}`.
+///
+/// Both files are opened with `O_NOFOLLOW` (a symbolic link planted at either
+/// path is refused: the delivery fails with [`Error::Symlink`] as a retryable
+/// error) and created mode 0600 (payloads may be private). The sink line is
+/// fsynced (`fdatasync`, plus the directory when the sink is created) before
+/// `deliver` returns, so the worker's ack never commits ahead of the line it
+/// acknowledges. The raw log is not fsynced (it is a diagnostic).
 #[derive(Debug)]
 pub struct FileAdapter {
     path: PathBuf,
@@ -102,30 +109,80 @@ impl FileAdapter {
         &self.raw
     }
 
-    fn append(path: &Path, line: &str) -> Result<(), Error> {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::io("open", path, e))?;
+    /// Appends `line` to `path`: opened with `O_NOFOLLOW` (a symbolic link at
+    /// `path` is refused, [`Error::Symlink`]), created mode 0600 (the sink
+    /// holds message payloads) with its directory fsynced; with `sync`, the
+    /// data is fsynced (`fdatasync`) before returning.
+    fn append(path: &Path, line: &str, sync: bool) -> Result<(), Error> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let open = |create: bool| {
+            std::fs::OpenOptions::new()
+                .create(create)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+                .open(path)
+        };
+        let symlink_or = |e: std::io::Error, what: &'static str| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                Error::Symlink {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                Error::io(what, path, e)
+            }
+        };
+        let mut f = match open(false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let f = open(true).map_err(|e| symlink_or(e, "create"))?;
+                if sync {
+                    let dir = match path.parent() {
+                        Some(d) if !d.as_os_str().is_empty() => d,
+                        _ => Path::new("."),
+                    };
+                    std::fs::File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| Error::io("fsync directory", dir, e))?;
+                }
+                f
+            }
+            Err(e) => return Err(symlink_or(e, "open")),
+        };
         f.write_all(line.as_bytes())
-            .map_err(|e| Error::io("append", path, e))
+            .map_err(|e| Error::io("append", path, e))?;
+        if sync {
+            f.sync_data().map_err(|e| Error::io("fsync", path, e))?;
+        }
+        Ok(())
     }
 
     fn deliver_locked(&self, e: &Entry, key: &str) -> Result<(), Error> {
         let raw = serde_json::json!({"key": key, "id": e.id, "pid": std::process::id()});
-        Self::append(&self.raw, &format!("{raw}\n"))?;
+        Self::append(&self.raw, &format!("{raw}\n"), false)?;
         let mut g = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let (seen, offset) = &mut *g;
         // Read what other processes appended since our last scan.
         let mut tail = Vec::new();
-        match std::fs::File::open(&self.path) {
+        let opened = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+                .open(&self.path)
+        };
+        match opened {
             Ok(mut f) => {
                 f.seek(SeekFrom::Start(*offset))
                     .and_then(|_| f.read_to_end(&mut tail))
                     .map_err(|er| Error::io("read", &self.path, er))?;
             }
             Err(er) if er.kind() == std::io::ErrorKind::NotFound => {}
+            Err(er) if er.raw_os_error() == Some(nix::libc::ELOOP) => {
+                return Err(Error::Symlink {
+                    path: self.path.clone(),
+                })
+            }
             Err(er) => return Err(Error::io("open", &self.path, er)),
         }
         let complete = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
@@ -147,7 +204,7 @@ impl FileAdapter {
         });
         // A torn line (crash mid-append) is terminated so it cannot swallow ours.
         let text = format!("{}{line}\n", if torn { "\n" } else { "" });
-        Self::append(&self.path, &text)?;
+        Self::append(&self.path, &text, true)?;
         *offset += tail.len() as u64 - complete as u64 + text.len() as u64;
         seen.insert(key.to_string());
         Ok(())
@@ -195,13 +252,28 @@ pub(crate) const EXEC_RETRY_PATTERNS: &[&str] = &[
     "service unavailable",
 ];
 
+/// At most this much of an exec command's stderr is kept (the error text).
+const EXEC_STDERR_MAX: usize = 64 * 1024;
+
+/// After an exec command ended (and its group was killed), how long the
+/// adapter waits for the end of its stderr.
+const EXEC_STDERR_DRAIN: Duration = Duration::from_secs(1);
+
 /// Runs `sh -c CMD` per delivery with the payload JSON on stdin and env
 /// `LOCKSTORE_IDEMPOTENCY_KEY` (the [`Entry::delivery_key`]),
 /// `LOCKSTORE_OUTBOX_ID`, `LOCKSTORE_CHANNEL`, `LOCKSTORE_TARGET`,
 /// `LOCKSTORE_ACCOUNT_ID`. Exit 0 = delivered, 75 (EX_TEMPFAIL) = retry, other =
-/// permanent unless stderr reads as transient (`timeout`, `temporarily`, `try again`, `rate limit`, `connection reset`... — docs/outbox.md); killed after the
-/// timeout → `unknown` (the command may have sent). Not idempotent: a claim
-/// whose send started and whose worker died becomes `unknown`.
+/// permanent unless stderr reads as transient (`timeout`, `temporarily`,
+/// `try again`, `rate limit`, `connection reset`... — docs/outbox.md).
+///
+/// The command runs in its own process group ([`crate::child`]). After the
+/// timeout the whole group is killed (`SIGKILL`: the shell and everything it
+/// started) → `unknown` (the command may have sent). When the shell exits,
+/// whatever it left running in its group is killed too, and stderr is read
+/// for at most 1 s more (a process that left the group with `setsid` and holds
+/// the pipe is not waited for); the first 64 KiB of stderr are kept. Not
+/// idempotent: a claim whose send started and whose worker died becomes
+/// `unknown`.
 #[derive(Debug)]
 pub struct ExecAdapter {
     /// The shell command.
@@ -217,8 +289,8 @@ impl ChannelAdapter for ExecAdapter {
             .as_ref()
             .map(|p| p.to_string())
             .unwrap_or_else(|| "null".into());
-        let child = Command::new("sh")
-            .arg("-c")
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
             .arg(&self.command)
             .env("LOCKSTORE_IDEMPOTENCY_KEY", e.delivery_key())
             .env("LOCKSTORE_OUTBOX_ID", e.id.to_string())
@@ -231,9 +303,9 @@ impl ChannelAdapter for ExecAdapter {
             .env_remove("LOCKSTORE_FAILPOINT")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut child = match child {
+            .stderr(Stdio::piped());
+        let deadline = Instant::now() + self.timeout;
+        let mut child = match crate::child::spawn_group(&mut cmd) {
             Ok(c) => c,
             Err(er) => {
                 return Delivery::Retry {
@@ -242,59 +314,78 @@ impl ChannelAdapter for ExecAdapter {
                 }
             }
         };
-        let stdin = child.stdin.take();
-        let writer = std::thread::spawn(move || {
-            if let Some(mut s) = stdin {
+        // The pipes are served by helper threads that are never joined: a
+        // process that left the group (setsid) may hold them open after the
+        // command ended, and the send must not wait for it.
+        if let Some(mut s) = child.child_mut().stdin.take() {
+            std::thread::spawn(move || {
                 let _ = s.write_all(payload.as_bytes());
-            }
-        });
-        let mut stderr = child.stderr.take();
-        let reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(e) = stderr.as_mut() {
-                let _ = e.take(64 * 1024).read_to_string(&mut s);
-            }
-            s
-        });
-        let deadline = Instant::now() + self.timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
+            });
+        }
+        let stderr_text = std::sync::Arc::new(Mutex::new(Vec::<u8>::new()));
+        let (eof_tx, eof_rx) = std::sync::mpsc::channel::<()>();
+        if let Some(mut s) = child.child_mut().stderr.take() {
+            let buf = stderr_text.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match s.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            let mut b = buf.lock().unwrap_or_else(|p| p.into_inner());
+                            let room = EXEC_STDERR_MAX.saturating_sub(b.len());
+                            b.extend_from_slice(&chunk[..n.min(room)]);
+                        }
+                        Err(er) if er.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(_) => break None,
+                let _ = eof_tx.send(());
+            });
+        }
+        let ended = child.wait(Some(deadline), &|| None, Duration::ZERO);
+        // The send is over: end what the command left running in its group
+        // (a background job would otherwise keep the stderr pipe open).
+        let _ = child.signal_group(nix::sys::signal::Signal::SIGKILL);
+        let _ = eof_rx.recv_timeout(EXEC_STDERR_DRAIN);
+        let err = {
+            let b = stderr_text.lock().unwrap_or_else(|p| p.into_inner());
+            String::from_utf8_lossy(&b).trim().to_string()
+        };
+        let status = match ended {
+            Ok(crate::child::Ended::Exited(s)) => s,
+            Ok(_) => {
+                return Delivery::Unknown {
+                    error: format!(
+                        "exec timed out after {} ms; its process group was killed",
+                        self.timeout.as_millis()
+                    ),
+                }
+            }
+            Err(er) => {
+                return Delivery::Unknown {
+                    error: format!("waiting for sh -c {:?}: {er}", self.command),
+                }
             }
         };
-        let _ = writer.join();
-        let err = reader.join().unwrap_or_default();
-        let err = err.trim().to_string();
-        match status {
-            None => Delivery::Unknown {
-                error: format!("exec timed out after {} ms", self.timeout.as_millis()),
-            },
-            Some(s) if s.success() => Delivery::Delivered,
-            Some(s) => {
-                let code = s.code();
-                let error = format!(
-                    "exec exited with {}{}{}",
-                    code.map_or("a signal".to_string(), |c| format!("status {c}")),
-                    if err.is_empty() { "" } else { ": " },
-                    err
-                );
-                let low = err.to_lowercase();
-                if code == Some(75) || EXEC_RETRY_PATTERNS.iter().any(|p| low.contains(p)) {
-                    Delivery::Retry {
-                        error,
-                        retry_after: None,
-                    }
-                } else {
-                    Delivery::Permanent { error }
-                }
+        if status.success() {
+            return Delivery::Delivered;
+        }
+        let code = status.code();
+        let error = format!(
+            "exec exited with {}{}{}",
+            code.map_or("a signal".to_string(), |c| format!("status {c}")),
+            if err.is_empty() { "" } else { ": " },
+            err
+        );
+        let low = err.to_lowercase();
+        if code == Some(75) || EXEC_RETRY_PATTERNS.iter().any(|p| low.contains(p)) {
+            Delivery::Retry {
+                error,
+                retry_after: None,
             }
+        } else {
+            Delivery::Permanent { error }
         }
     }
 

@@ -110,6 +110,20 @@ fn json_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// renaming a file and SQLite errors; [`OutboxError::LegacyReadBack`] if a row
 /// did not read back as written (its file is left in place).
 pub fn import_legacy(ob: &Outbox, dir: impl AsRef<Path>, now: SystemTime) -> Result<ImportReport> {
+    import_legacy_with_progress(ob, dir, now, &mut |_, _| {})
+}
+
+/// [`import_legacy`], calling `progress(done, total)` after each file
+/// (`total`: the `.json` files found when the import began, pending and
+/// failed; `done` counts imported, already present and malformed files).
+///
+/// Errors: as [`import_legacy`].
+pub fn import_legacy_with_progress(
+    ob: &Outbox,
+    dir: impl AsRef<Path>,
+    now: SystemTime,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<ImportReport> {
     let dir = dir.as_ref();
     let now = to_ms(now);
     let q = if dir.join("delivery-queue").is_dir() {
@@ -121,16 +135,21 @@ pub fn import_legacy(ob: &Outbox, dir: impl AsRef<Path>, now: SystemTime) -> Res
     // Idempotency key → the file of this run that claimed it: a second file
     // with the same id is a duplicate, reported with both files.
     let mut seen: std::collections::HashMap<String, PathBuf> = Default::default();
-    for (sub, status) in [
-        (q.clone(), Status::Pending),
-        (q.join("failed"), Status::Dead),
-    ] {
-        for f in json_files(&sub)? {
+    let lists = [
+        (json_files(&q)?, Status::Pending),
+        (json_files(&q.join("failed"))?, Status::Dead),
+    ];
+    let total = (lists[0].0.len() + lists[1].0.len()) as u64;
+    let mut done = 0u64;
+    for (files, status) in lists {
+        for f in files {
+            done += 1;
             let l = match parse(&f) {
                 Ok(l) => l,
                 Err(why) => {
                     tracing::warn!(path = %f.display(), reason = %why, "malformed legacy queue file left in place");
                     rep.malformed.push((f, why));
+                    progress(done, total);
                     continue;
                 }
             };
@@ -142,6 +161,7 @@ pub fn import_legacy(ob: &Outbox, dir: impl AsRef<Path>, now: SystemTime) -> Res
                 );
                 tracing::warn!(path = %f.display(), reason = %why, "legacy queue file with a duplicate id left in place");
                 rep.malformed.push((f, why));
+                progress(done, total);
                 continue;
             }
             seen.insert(l.key.clone(), f.clone());
@@ -206,6 +226,7 @@ pub fn import_legacy(ob: &Outbox, dir: impl AsRef<Path>, now: SystemTime) -> Res
             aside.push(".imported");
             std::fs::rename(&f, &aside).map_err(|e| crate::Error::io("rename aside", &f, e))?;
             rep.renamed += 1;
+            progress(done, total);
         }
     }
     Ok(rep)

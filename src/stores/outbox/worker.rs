@@ -3,7 +3,11 @@
 //!
 //! Per entry: `claim` → `mark_send_started` → `adapter.deliver` → `ack` / `fail`
 //! / `mark_unknown`. Concurrency is bounded by [`WorkerOptions::concurrency`]
-//! threads, each with its own connection. On start the worker rescues orphaned
+//! threads, each with its own connection. A heartbeat thread renews the lease
+//! of every claim a thread holds (claimed, sending, or waiting its turn in the
+//! batch) every third of [`WorkerOptions::lease`], until its terminal
+//! transition: a send longer than the lease is not rescued (moved to `unknown`
+//! or resent) from under a live worker. On start the worker rescues orphaned
 //! claims and drains what is due within [`WorkerOptions::recovery_budget`]
 //! (default 60 s, openclaw's `maxRecoveryMs`); entries left when the budget is
 //! spent are released unstarted, so the budget never consumes a retry (openclaw
@@ -14,8 +18,10 @@
 //! `before_claim_commit`, `after_claim`, `after_send_started`, `after_send`,
 //! `after_ack`; `LOCKSTORE_FAILPOINT_SKIP=N` lets N hits pass first.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -132,7 +138,7 @@ pub struct RunReport {
     pub rescued_pending: u64,
     /// Rescued to `unknown` at start.
     pub rescued_unknown: u64,
-    /// Lease renewals of in-flight sends (`run_async` only).
+    /// Lease renewals of held claims (heartbeat).
     pub renewed: u64,
 }
 
@@ -274,18 +280,109 @@ pub(crate) fn rescue_with(ob: &Outbox, idempotent: bool, c: &Counters) -> Result
 }
 
 /// Warns when an adapter's send timeout exceeds the claim lease: a send may
-/// then outlive its lease, and a rescue (by any worker, in any process) would
-/// take the claim away while it is in flight (a resend with an idempotent
-/// adapter, `unknown` otherwise). `renewing`: the worker renews leases while
-/// a send is in flight (`run_async`), which covers a live worker only.
-pub(crate) fn warn_timeout_vs_lease(timeout: Option<Duration>, lease: Duration, renewing: bool) {
+/// then outlive its lease. Both workers renew the leases of the claims they
+/// hold (every third of the lease), which covers a live worker only: if it
+/// stalls longer than the lease, a rescue (by any worker, in any process)
+/// takes the claim away mid-send (a resend with an idempotent adapter,
+/// `unknown` otherwise).
+pub(crate) fn warn_timeout_vs_lease(timeout: Option<Duration>, lease: Duration) {
     if let Some(t) = timeout.filter(|t| *t > lease) {
-        if renewing {
-            tracing::warn!(timeout_ms = t.as_millis() as u64, lease_ms = lease.as_millis() as u64,
-                "the adapter's send timeout exceeds the claim lease: the lease is renewed while a send is in flight, but if this worker stalls longer than the lease a rescue takes the claim away mid-send");
-        } else {
-            tracing::warn!(timeout_ms = t.as_millis() as u64, lease_ms = lease.as_millis() as u64,
-                "the adapter's send timeout exceeds the claim lease and this worker does not renew leases: a send longer than the lease can be rescued while in flight (resent by an idempotent adapter, else recorded unknown); raise the lease");
+        tracing::warn!(timeout_ms = t.as_millis() as u64, lease_ms = lease.as_millis() as u64,
+            "the adapter's send timeout exceeds the claim lease: the lease is renewed every third of it while a send is in flight, but if this worker stalls longer than the lease a rescue takes the claim away mid-send (recorded unknown, or resent by an idempotent adapter); raise the lease above the timeout");
+    }
+}
+
+/// The claims held by the threads of one drain (id → claim token), whose
+/// leases the heartbeat renews; and the heartbeat's stop flag.
+#[derive(Default)]
+struct Held {
+    claims: Mutex<HashMap<i64, String>>,
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Held {
+    fn add(&self, batch: &[Entry]) {
+        let mut g = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        for e in batch {
+            g.insert(e.id, e.claim_token.clone().unwrap_or_default());
+        }
+    }
+
+    fn remove(&self, id: i64) {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    fn holds(&self, id: i64, token: &str) -> bool {
+        self.claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|t| t == token)
+    }
+
+    fn snapshot(&self) -> Vec<(i64, String)> {
+        let g = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().map(|(i, t)| (*i, t.clone())).collect()
+    }
+
+    fn stop(&self) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    /// Sleeps `d` or until stopped; true when stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        let g = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, d, |done| !*done)
+            .unwrap_or_else(|p| p.into_inner());
+        *g
+    }
+}
+
+/// The heartbeat of one drain: every third of the lease, renews the lease of
+/// each held claim ([`Outbox::renew`], on its own connection, opened when
+/// first needed) until [`Held::stop`]. A stale renewal of a claim still held
+/// (a rescue took it: this worker stalled longer than the lease) is logged;
+/// the send goes on and its transition will be stale.
+fn heartbeat(opts: &WorkerOptions, held: &Held, c: &Counters) {
+    let every = (opts.lease / 3).max(Duration::from_millis(1));
+    let mut ob: Option<Outbox> = None;
+    while !held.sleep(every) {
+        let claims = held.snapshot();
+        if claims.is_empty() {
+            continue;
+        }
+        if ob.is_none() {
+            match Outbox::open(&opts.db, opts.outbox.clone()) {
+                Ok(o) => ob = Some(o),
+                Err(er) => {
+                    tracing::warn!(path = %opts.db.display(), error = %er, "lease renewal: cannot open the outbox; retrying at the next tick");
+                    continue;
+                }
+            }
+        }
+        let Some(o) = ob.as_ref() else { continue };
+        for (id, token) in claims {
+            match o.renew(id, &token, opts.lease, SystemTime::now()) {
+                Ok(Outcome::Applied(_)) => c.add(count::RENEWED),
+                Ok(Outcome::Stale(cur)) => {
+                    // Finished meanwhile (no longer held): nothing to say.
+                    if held.holds(id, &token) {
+                        held.remove(id);
+                        tracing::warn!(path = %opts.db.display(), id, current = ?cur,
+                            "the claim was taken away while this worker held it (lease not renewed in time?); its outcome will be recorded as stale");
+                    }
+                }
+                Err(er) => {
+                    tracing::warn!(path = %opts.db.display(), id, error = %er, "lease renewal failed; retrying at the next tick")
+                }
+            }
         }
     }
 }
@@ -297,13 +394,18 @@ fn deliver_one(
     e: &Entry,
     token: &str,
     c: &Counters,
+    held: &Held,
 ) -> Result<()> {
     if !started(ob.mark_send_started(e.id, token, SystemTime::now())?, c) {
+        held.remove(e.id);
         return Ok(());
     }
     failpoint("after_send_started");
     let r = adapter.deliver(e);
     failpoint("after_send");
+    // No renewal once the outcome is known (a renewal racing the terminal
+    // transition would only come back stale).
+    held.remove(e.id);
     let out = Verdict::of(&r).apply(ob, e.id, token, SystemTime::now())?;
     finished(out, e.id, c);
     Ok(())
@@ -317,6 +419,7 @@ fn drain_thread(
     c: &Counters,
     due_at: &dyn Fn() -> SystemTime,
     stop: &dyn Fn() -> bool,
+    held: &Held,
 ) -> Result<()> {
     let ob = Outbox::open(&opts.db, opts.outbox.clone())?;
     loop {
@@ -327,27 +430,50 @@ fn drain_thread(
         if batch.is_empty() {
             return Ok(());
         }
-        failpoint("after_claim");
-        for (i, e) in batch.iter().enumerate() {
-            let token = e.claim_token.as_deref().unwrap_or_default();
-            if stop() {
-                for r in &batch[i..] {
-                    if ob
-                        .release(r.id, r.claim_token.as_deref().unwrap_or_default())?
-                        .applied()
-                    {
-                        c.add(count::RELEASED);
-                    }
-                }
-                return Ok(());
-            }
-            c.add(count::CLAIMED);
-            deliver_one(&ob, adapter, e, token, c)?;
-            if !opts.pacing.is_zero() {
-                std::thread::sleep(opts.pacing);
-            }
+        held.add(&batch);
+        let r = deliver_batch(&ob, opts, adapter, c, stop, held, &batch);
+        for e in &batch {
+            held.remove(e.id);
+        }
+        if !r? {
+            return Ok(());
         }
     }
+}
+
+/// Delivers a claimed batch in order; on stop, releases the claims not
+/// started and returns false.
+fn deliver_batch(
+    ob: &Outbox,
+    opts: &WorkerOptions,
+    adapter: &dyn ChannelAdapter,
+    c: &Counters,
+    stop: &dyn Fn() -> bool,
+    held: &Held,
+    batch: &[Entry],
+) -> Result<bool> {
+    failpoint("after_claim");
+    for (i, e) in batch.iter().enumerate() {
+        let token = e.claim_token.as_deref().unwrap_or_default();
+        if stop() {
+            for r in &batch[i..] {
+                held.remove(r.id);
+                if ob
+                    .release(r.id, r.claim_token.as_deref().unwrap_or_default())?
+                    .applied()
+                {
+                    c.add(count::RELEASED);
+                }
+            }
+            return Ok(false);
+        }
+        c.add(count::CLAIMED);
+        deliver_one(ob, adapter, e, token, c, held)?;
+        if !opts.pacing.is_zero() {
+            std::thread::sleep(opts.pacing);
+        }
+    }
+    Ok(true)
 }
 
 fn drain(
@@ -358,16 +484,25 @@ fn drain(
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<()> {
     let n = opts.concurrency.max(1);
+    let held = Held::default();
     std::thread::scope(|s| {
+        let beat = s.spawn(|| heartbeat(opts, &held, c));
         let hs: Vec<_> = (0..n)
-            .map(|_| s.spawn(|| drain_thread(opts, adapter, c, due_at, stop)))
+            .map(|_| s.spawn(|| drain_thread(opts, adapter, c, due_at, stop, &held)))
             .collect();
         let mut first = Ok(());
+        let mut panicked = None;
         for h in hs {
-            let r = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            if first.is_ok() {
-                first = r;
+            match h.join() {
+                Ok(r) if first.is_ok() => first = r,
+                Ok(_) => {}
+                Err(p) => panicked = panicked.or(Some(p)),
             }
+        }
+        held.stop();
+        let _ = beat.join();
+        if let Some(p) = panicked {
+            std::panic::resume_unwind(p);
         }
         first
     })
@@ -389,7 +524,7 @@ pub fn run_once(
     stop: &AtomicBool,
 ) -> Result<RunReport> {
     let c = Counters::default();
-    warn_timeout_vs_lease(adapter.send_timeout(), opts.lease, false);
+    warn_timeout_vs_lease(adapter.send_timeout(), opts.lease);
     rescue(opts, adapter, &c)?;
     let start = SystemTime::now();
     drain(opts, adapter, &c, &|| start, &|| {
@@ -402,7 +537,9 @@ pub fn run_once(
 /// [`WorkerOptions::recovery_budget`] (released unstarted when the budget ends —
 /// no retry consumed); then loop: rescue, drain due entries, sleep
 /// [`WorkerOptions::poll`]. On stop, in-progress deliveries finish and unstarted
-/// claims are released.
+/// claims are released. Held claims' leases are renewed every third of
+/// [`WorkerOptions::lease`] (see the module docs); a warning is logged at
+/// start when the adapter's [`ChannelAdapter::send_timeout`] exceeds the lease.
 ///
 /// Errors: store errors (SQLite, naming the file).
 pub fn run(
@@ -410,22 +547,71 @@ pub fn run(
     adapter: &dyn ChannelAdapter,
     stop: &AtomicBool,
 ) -> Result<RunReport> {
+    run_inner(opts, adapter, stop, None)
+}
+
+/// [`run`], calling `progress` with the counters so far every `every` (from
+/// another thread, while the worker runs; not after it returned). For an
+/// operator's progress line (`lockstore outbox deliver` prints one to stderr).
+///
+/// Errors: as [`run`].
+pub fn run_with_progress(
+    opts: &WorkerOptions,
+    adapter: &dyn ChannelAdapter,
+    stop: &AtomicBool,
+    every: Duration,
+    progress: &(dyn Fn(&RunReport) + Sync),
+) -> Result<RunReport> {
+    run_inner(opts, adapter, stop, Some((every, progress)))
+}
+
+type Progress<'a> = (Duration, &'a (dyn Fn(&RunReport) + Sync));
+
+fn run_inner(
+    opts: &WorkerOptions,
+    adapter: &dyn ChannelAdapter,
+    stop: &AtomicBool,
+    progress: Option<Progress<'_>>,
+) -> Result<RunReport> {
     let c = Counters::default();
-    warn_timeout_vs_lease(adapter.send_timeout(), opts.lease, false);
-    rescue(opts, adapter, &c)?;
+    let ticker = Held::default();
+    std::thread::scope(|s| {
+        if let Some((every, f)) = progress {
+            let (c, ticker) = (&c, &ticker);
+            s.spawn(move || {
+                while !ticker.sleep(every.max(Duration::from_millis(1))) {
+                    f(&c.report());
+                }
+            });
+        }
+        let r = run_loop(opts, adapter, stop, &c);
+        ticker.stop();
+        r
+    })?;
+    Ok(c.report())
+}
+
+fn run_loop(
+    opts: &WorkerOptions,
+    adapter: &dyn ChannelAdapter,
+    stop: &AtomicBool,
+    c: &Counters,
+) -> Result<()> {
+    warn_timeout_vs_lease(adapter.send_timeout(), opts.lease);
+    rescue(opts, adapter, c)?;
     let start = SystemTime::now();
     let budget_end = Instant::now() + opts.recovery_budget;
-    drain(opts, adapter, &c, &|| start, &|| {
+    drain(opts, adapter, c, &|| start, &|| {
         stop.load(Ordering::SeqCst) || Instant::now() >= budget_end
     })?;
     let stopped = || stop.load(Ordering::SeqCst);
     while !stopped() {
-        rescue(opts, adapter, &c)?;
-        drain(opts, adapter, &c, &SystemTime::now, &stopped)?;
+        rescue(opts, adapter, c)?;
+        drain(opts, adapter, c, &SystemTime::now, &stopped)?;
         let until = Instant::now() + opts.poll;
         while !stopped() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(20).min(opts.poll));
         }
     }
-    Ok(c.report())
+    Ok(())
 }

@@ -348,7 +348,7 @@ pub async fn run_async<A: AsyncChannelAdapter + 'static>(
         fut: shutdown,
         done: false,
     };
-    warn_timeout_vs_lease(adapter.send_timeout(), opts.lease, true);
+    warn_timeout_vs_lease(adapter.send_timeout(), opts.lease);
     let ob = AsyncOutbox::open(&opts.db, opts.outbox.clone()).await?;
     let rescue = |ob: &AsyncOutbox| {
         let (c, idem) = (c.clone(), adapter.idempotent());
