@@ -131,13 +131,6 @@ struct Peek {
     version: Option<serde_json::Value>,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a, T> {
-    version: u64,
-    #[serde(flatten)]
-    doc: &'a T,
-}
-
 /// Outcome of [`JsonStore::load_with_state`].
 #[derive(Debug)]
 pub struct Loaded<T> {
@@ -513,11 +506,23 @@ fn encode_doc<T: Serialize>(opts: &JsonOptions, path: &Path, doc: &T) -> Result<
         path: path.to_path_buf(),
         source: e,
     };
-    let mut out = match (opts.version, opts.compact) {
-        (Some(version), false) => serde_json::to_vec_pretty(&Envelope { version, doc }),
-        (Some(version), true) => serde_json::to_vec(&Envelope { version, doc }),
-        (None, false) => serde_json::to_vec_pretty(doc),
-        (None, true) => serde_json::to_vec(doc),
+    let mut out = match opts.version {
+        // The envelope is built on the document's own JSON text (values keep
+        // their text), so a document that carries a "version" member (a
+        // `Value` or `JsonDocument` read from an envelope) does not write it
+        // twice next to the envelope's.
+        Some(version) => {
+            let inner = serde_json::to_string(doc).map_err(ser)?;
+            let env = crate::json_doc::envelope(&inner, version)
+                .map_err(|e| ser(serde::ser::Error::custom(e)))?;
+            if opts.compact {
+                serde_json::to_vec(&env)
+            } else {
+                serde_json::to_vec_pretty(&env)
+            }
+        }
+        None if opts.compact => serde_json::to_vec(doc),
+        None => serde_json::to_vec_pretty(doc),
     }
     .map_err(ser)?;
     out.push(b'\n');

@@ -668,6 +668,26 @@ fn add(text: &str, by: i64, ptr: &JsonPointer) -> Result<String, DocumentError> 
         .ok_or_else(overflow)
 }
 
+/// The envelope of a versioned store: `{"version": N, ...members of the
+/// document}` from the document's JSON text (an object), its own `version`
+/// member (which a `Value` or `JsonDocument` read from an envelope carries)
+/// replaced rather than written twice. Values keep their text.
+pub(crate) fn envelope(doc_json: &str, version: u64) -> Result<JsonDocument, String> {
+    let doc = JsonDocument::parse(doc_json).map_err(|e| e.to_string())?;
+    let Node::Object(members) = doc.root else {
+        return Err(format!(
+            "a versioned document must be an object, not {}",
+            doc.root.kind()
+        ));
+    };
+    let mut out = Vec::with_capacity(members.len() + 1);
+    out.push(("version".to_string(), literal(version.to_string())));
+    out.extend(members.into_iter().filter(|(k, _)| k != "version"));
+    Ok(JsonDocument {
+        root: Node::Object(out),
+    })
+}
+
 /// The deepest nesting of arrays/objects in JSON text (0 for a scalar); the
 /// text is assumed to be valid JSON (strings are skipped with their escapes).
 pub(crate) fn nesting_depth(bytes: &[u8]) -> usize {
