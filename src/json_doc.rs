@@ -1,29 +1,7 @@
 //! Untyped JSON documents that keep what an edit does not touch, and JSON
 //! Pointers (RFC 6901) to edit them.
 //!
-//! [`JsonDocument`] is the document type of `lockstore json` (use it as
-//! `JsonStore<JsonDocument>`). Unlike `serde_json::Value` (without the
-//! `arbitrary_precision` and `preserve_order` features, which lockstore does
-//! not turn on because feature unification would change `serde_json` for every
-//! crate in an adopter's build):
-//!
-//! - every number, string, `true`/`false`/`null` keeps its exact text
-//!   (`123456789012345678901234567890` and `9007199254740993.0` are not rounded
-//!   to an `f64`; `"\u00e9"` keeps its escape) — each is held as a
-//!   `serde_json::value::RawValue`;
-//! - object members keep their order, and new members are appended;
-//! - an object with a duplicate key does not decode (the error names the key
-//!   and the pointer of the object): a `Value` would silently keep the last one;
-//! - a number that does not fit an `f64` (`1e400`) does not decode, as with
-//!   `Value`;
-//! - nesting is limited to [`JsonDocument::MAX_DEPTH`] arrays/objects, what `serde_json`'s
-//!   reader accepts: [`JsonDocument::set`] and [`JsonDocument::incr`] refuse an
-//!   edit that would go deeper, so every document written can be read back.
-//!
-//! The document is re-serialized through `serde_json`'s pretty printer, so the
-//! layout (indentation, spaces) is lockstore's; only the values' text is kept.
-//! Decoding re-reads each object and array once per level above it (a
-//! document of `n` bytes nested `d` deep costs `O(n·d)`, `d ≤` [`JsonDocument::MAX_DEPTH`]).
+//! See [`JsonDocument`] and docs/json.md.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -354,13 +332,46 @@ fn parse_node(raw: Box<RawValue>, at: &str, level: usize) -> Result<Node, String
 }
 
 /// An untyped JSON document that keeps the text of its values and the order
-/// of its members (see the module docs of `lockstore::JsonDocument`'s source:
-/// numbers exact, duplicate keys refused, nesting at most [`JsonDocument::MAX_DEPTH`]).
+/// of its members.
+///
+/// [`JsonDocument`] is the document type of `lockstore json` (use it as
+/// `JsonStore<JsonDocument>`). Unlike `serde_json::Value` (without the
+/// `arbitrary_precision` and `preserve_order` features, which lockstore does
+/// not turn on because feature unification would change `serde_json` for every
+/// crate in an adopter's build):
+///
+/// - every number, string, `true`/`false`/`null` keeps its exact text
+///   (`123456789012345678901234567890` and `9007199254740993.0` are not rounded
+///   to an `f64`; `"\u00e9"` keeps its escape) — each is held as a
+///   `serde_json::value::RawValue`;
+/// - object members keep their order, and new members are appended;
+/// - an object with a duplicate key does not decode (the error names the key
+///   and the pointer of the object): a `Value` would silently keep the last one;
+/// - a number that does not fit an `f64` (`1e400`) does not decode, as with
+///   `Value`;
+/// - nesting is limited to [`JsonDocument::MAX_DEPTH`] arrays/objects, what `serde_json`'s
+///   reader accepts: [`JsonDocument::set`] and [`JsonDocument::incr`] refuse an
+///   edit that would go deeper, so every document written can be read back.
+///
+/// The document is re-serialized through `serde_json`'s pretty printer, so the
+/// layout (indentation, spaces) is lockstore's; only the values' text is kept.
+/// Decoding re-reads each object and array once per level above it (a
+/// document of `n` bytes nested `d` deep costs `O(n·d)`, `d ≤` [`JsonDocument::MAX_DEPTH`]).
 ///
 /// `Default` is `null` (a missing file). It (de)serializes only through
 /// `serde_json` (its scalars are `RawValue`s); decoding errors name the pointer
 /// of the offending value and become [`crate::Error::Corrupt`] in a
-/// [`crate::JsonStore`].
+/// [`crate::JsonStore`]. In a versioned store the document is the envelope
+/// object, `"version"` included (the save writes the envelope's version).
+///
+/// ```
+/// use lockstore::{JsonDocument, JsonPointer};
+/// let mut d = JsonDocument::parse(r#"{"id": 123456789012345678901234567890, "b": 1.50}"#)?;
+/// d.set(&JsonPointer::parse("/a")?, JsonDocument::parse("true")?)?;
+/// assert_eq!(d.to_string(), r#"{"id":123456789012345678901234567890,"b":1.50,"a":true}"#);
+/// assert!(JsonDocument::parse(r#"{"k": 1, "k": 2}"#).is_err());
+/// # Ok::<_, lockstore::DocumentError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct JsonDocument {
     root: Node,
@@ -777,13 +788,8 @@ mod tests {
         }
         assert!(d.set(&p("/s/x"), JsonDocument::default()).is_err());
         assert!(d.set(&p("/a/01"), JsonDocument::default()).is_err());
-        assert_eq!(
-            d.delete(&p("/a/01"))
-                .unwrap_err()
-                .to_string()
-                .contains("\"01\""),
-            true
-        );
+        let e = d.delete(&p("/a/01")).unwrap_err();
+        assert!(e.to_string().contains("\"01\""), "{e}");
         // "/n/m/s/x" creates parents: the only edit that succeeded.
         assert_eq!(
             d.to_string(),

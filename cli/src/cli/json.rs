@@ -159,7 +159,7 @@ pub fn run(a: JsonArgs) -> CliResult {
                 JsonStore::<JsonDocument>::open(&file, opts)?.load()?
             };
             let v = doc.get(&ptr).map_err(bad)?.unwrap_or_default();
-            print_line(&format!("{v:#}"));
+            println!("{v:#}");
             Ok(())
         }
         JsonCmd::Quarantine { force, .. } => {
@@ -230,15 +230,11 @@ pub fn run(a: JsonArgs) -> CliResult {
                     .map(|p| Ok(doc.get(p)?.unwrap_or_default().to_string()))
                     .collect::<Result<Vec<_>, DocumentError>>()
                     .map_err(bad)?;
-                print_line(&vals.join(" "));
+                println!("{}", vals.join(" "));
             }
             Ok(())
         }
     }
-}
-
-fn print_line(line: &str) {
-    println!("{line}");
 }
 
 /// Whether `file`'s parent directory is missing (then so is the file).
