@@ -224,12 +224,12 @@ pub fn run(a: JsonArgs) -> CliResult {
             edit(&store, &op, a.repeat, a.threads, &name)?;
             if let Op::Incr(ps, _) = &op {
                 // Print the values as they are after this process's cycles.
+                // (A "-" pointer appended a new item; it has no value to show.)
                 let doc = store.load()?;
-                let vals = ps
+                let vals: Vec<String> = ps
                     .iter()
-                    .map(|p| Ok(doc.get(p)?.unwrap_or_default().to_string()))
-                    .collect::<Result<Vec<_>, DocumentError>>()
-                    .map_err(bad)?;
+                    .map(|p| doc.get(p).ok().flatten().unwrap_or_default().to_string())
+                    .collect();
                 println!("{}", vals.join(" "));
             }
             Ok(())
