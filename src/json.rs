@@ -11,8 +11,15 @@
 //! [`JsonOptions::migrate`], a higher one is refused. A file that does not parse,
 //! lacks the version or has an unknown version is [`Error::Corrupt`] — never
 //! treated as empty and overwritten (openclaw's JSON stores lost data exactly
-//! this way: unparsable JSON read as `{}`). [`JsonStore::quarantine`] moves such a
-//! file aside to `<file>.corrupt-<unix ms>` and lets the store start fresh.
+//! this way: unparsable JSON read as `{}`). [`JsonStore::quarantine_corrupt`]
+//! moves such a file aside to `<file>.corrupt-<unix ms>` (`-1`, `-2`, ...
+//! appended when the name is taken; nothing is ever replaced) and lets the
+//! store start fresh.
+//!
+//! Depth: a document nests at most [`crate::JsonDocument::MAX_DEPTH`] arrays/objects
+//! (what `serde_json`'s reader reads); a save of a deeper one fails with
+//! [`Error::Serialize`] and writes nothing. For untyped documents that keep
+//! their numbers' text and key order, use [`crate::JsonDocument`] as `T`.
 //!
 //! Formatting: lockstore writes 2-space pretty JSON with a trailing newline (as
 //! openclaw did). A no-op update writes nothing when the file is in that
@@ -122,13 +129,6 @@ impl<T> std::fmt::Debug for JsonStore<T> {
 #[derive(serde::Deserialize)]
 struct Peek {
     version: Option<serde_json::Value>,
-}
-
-#[derive(Serialize)]
-struct Envelope<'a, T> {
-    version: u64,
-    #[serde(flatten)]
-    doc: &'a T,
 }
 
 /// Outcome of [`JsonStore::load_with_state`].
@@ -342,8 +342,12 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
     }
 
     /// Moves the current file aside to `<file>.corrupt-<unix ms>` (inside the
-    /// exclusive section) so the store starts fresh; logs at error. Returns the
-    /// new path, or `None` if there was no file.
+    /// exclusive section) so the store starts fresh, whether or not it is
+    /// corrupt; logs at warn. The name is taken without replacing anything:
+    /// when it exists (several quarantines in one millisecond, or a clock
+    /// stepped back), `-1`, `-2`, ... is appended. Returns the new path, or
+    /// `None` if there was no file. See [`JsonStore::quarantine_corrupt`] for
+    /// the form that moves only a corrupt file.
     ///
     /// Errors: lock errors, [`Error::Io`].
     pub fn quarantine(&self) -> Result<Option<PathBuf>> {
@@ -352,16 +356,102 @@ impl<T: Serialize + DeserializeOwned + Default + Clone + Send + 'static> JsonSto
             if std::fs::symlink_metadata(path).is_err() {
                 return Ok(None);
             }
-            let mut aside = path.as_os_str().to_os_string();
-            aside.push(format!(".corrupt-{}", crate::proc::now_ms()));
-            let aside = PathBuf::from(aside);
-            std::fs::rename(path, &aside).map_err(|e| Error::io("quarantine (rename)", path, e))?;
-            let (dir, _) = atomic::split(path)?;
-            atomic::fsync_dir(dir)?;
-            tracing::error!(path = %path.display(), moved_to = %aside.display(), "quarantined corrupt store; starting fresh");
-            Ok(Some(aside))
+            self.move_aside(path, "moved aside on request").map(Some)
         })
     }
+
+    /// Moves the file aside like [`JsonStore::quarantine`], but only if it
+    /// is corrupt (does not decode with this store's options); decides and
+    /// moves inside one exclusive section.
+    ///
+    /// Errors: lock errors, [`Error::Symlink`], [`Error::Io`].
+    pub fn quarantine_corrupt(&self) -> Result<QuarantineOutcome> {
+        self.writer.run(|_| {
+            let path = self.writer.path();
+            let reason = match self.load_with_state() {
+                Ok(Loaded { raw: None, .. }) => return Ok(QuarantineOutcome::NoFile),
+                Ok(Loaded { raw: Some(_), .. }) => return Ok(QuarantineOutcome::NotCorrupt),
+                Err(Error::Corrupt { reason, .. }) => reason,
+                Err(e) => return Err(e),
+            };
+            let to = self.move_aside(path, &reason)?;
+            Ok(QuarantineOutcome::Moved { to, reason })
+        })
+    }
+
+    /// Renames `path` to a fresh `<path>.corrupt-<unix ms>[-n]`, fsyncs the
+    /// directory and logs at warn.
+    fn move_aside(&self, path: &Path, reason: &str) -> Result<PathBuf> {
+        let aside = rename_unique(path, &format!(".corrupt-{}", crate::proc::now_ms()), "")?;
+        let (dir, _) = atomic::split(path)?;
+        atomic::fsync_dir(dir)?;
+        tracing::warn!(path = %path.display(), moved_to = %aside.display(), reason, "quarantined store; starting fresh");
+        Ok(aside)
+    }
+}
+
+/// Outcome of [`JsonStore::quarantine_corrupt`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QuarantineOutcome {
+    /// The corrupt file was moved to `to`.
+    Moved {
+        /// `<file>.corrupt-<unix ms>` (with `-n` appended if that was taken).
+        to: PathBuf,
+        /// Why the file does not decode.
+        reason: String,
+    },
+    /// There was no file.
+    NoFile,
+    /// The file decodes; nothing was moved.
+    NotCorrupt,
+}
+
+/// The first of `<path><tag><suffix>`, `<path><tag>-1<suffix>`, ... that does
+/// not exist: `try_at` is called with each candidate until it does not fail
+/// with `AlreadyExists` (it must create the name exclusively).
+pub(crate) fn unique_name<R>(
+    path: &Path,
+    tag: &str,
+    suffix: &str,
+    mut try_at: impl FnMut(&Path) -> std::io::Result<R>,
+) -> Result<(PathBuf, R)> {
+    for n in 0u32.. {
+        let mut name = path.as_os_str().to_os_string();
+        match n {
+            0 => name.push(format!("{tag}{suffix}")),
+            n => name.push(format!("{tag}-{n}{suffix}")),
+        }
+        let candidate = PathBuf::from(name);
+        match try_at(&candidate) {
+            Ok(r) => return Ok((candidate, r)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100_000 => continue,
+            Err(e) => return Err(Error::io("move aside (exclusive create)", &candidate, e)),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Renames `path` to a fresh name beside it (see [`unique_name`]) without
+/// replacing anything: `renameat2(RENAME_NOREPLACE)` where the kernel and file
+/// system have it, else a hard link (fails if the name exists) and an unlink.
+pub(crate) fn rename_unique(path: &Path, tag: &str, suffix: &str) -> Result<PathBuf> {
+    let (to, ()) = unique_name(path, tag, suffix, |to| rename_noreplace(path, to))?;
+    Ok(to)
+}
+
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
 }
 
 fn decode_doc<T: DeserializeOwned>(opts: &JsonOptions, path: &Path, raw: &[u8]) -> Result<T> {
@@ -416,11 +506,23 @@ fn encode_doc<T: Serialize>(opts: &JsonOptions, path: &Path, doc: &T) -> Result<
         path: path.to_path_buf(),
         source: e,
     };
-    let mut out = match (opts.version, opts.compact) {
-        (Some(version), false) => serde_json::to_vec_pretty(&Envelope { version, doc }),
-        (Some(version), true) => serde_json::to_vec(&Envelope { version, doc }),
-        (None, false) => serde_json::to_vec_pretty(doc),
-        (None, true) => serde_json::to_vec(doc),
+    let mut out = match opts.version {
+        // The envelope is built on the document's own JSON text (values keep
+        // their text), so a document that carries a "version" member (a
+        // `Value` or `JsonDocument` read from an envelope) does not write it
+        // twice next to the envelope's.
+        Some(version) => {
+            let inner = serde_json::to_string(doc).map_err(ser)?;
+            let env = crate::json_doc::envelope(&inner, version)
+                .map_err(|e| ser(serde::ser::Error::custom(e)))?;
+            if opts.compact {
+                serde_json::to_vec(&env)
+            } else {
+                serde_json::to_vec_pretty(&env)
+            }
+        }
+        None if opts.compact => serde_json::to_vec(doc),
+        None => serde_json::to_vec_pretty(doc),
     }
     .map_err(ser)?;
     out.push(b'\n');
@@ -434,6 +536,17 @@ fn save_doc<T: Serialize>(
     previous: Option<&[u8]>,
 ) -> Result<bool> {
     let bytes = encode_doc(opts, path, doc)?;
+    // What is written must read back: serde_json's reader stops at 128 levels.
+    let depth = crate::json_doc::nesting_depth(&bytes);
+    if depth > crate::json_doc::MAX_DEPTH {
+        return Err(Error::Serialize {
+            path: path.to_path_buf(),
+            source: serde::ser::Error::custom(format!(
+                "the document nests {depth} arrays/objects deep; lockstore reads (and so writes) at most {}",
+                crate::json_doc::MAX_DEPTH
+            )),
+        });
+    }
     if previous == Some(&bytes[..]) {
         return Ok(false);
     }

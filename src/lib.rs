@@ -57,6 +57,7 @@ pub mod group;
 #[cfg(not(any(loom, shuttle)))]
 mod group;
 mod json;
+mod json_doc;
 pub mod lock;
 pub mod paths;
 mod proc;
@@ -78,7 +79,8 @@ mod writer;
 pub use atomic::{write_atomic, Durability};
 pub use error::{Error, Result};
 pub use group::GroupCommitStats;
-pub use json::{GroupCommit, JsonOptions, JsonStore, Migrate};
+pub use json::{GroupCommit, JsonOptions, JsonStore, Migrate, QuarantineOutcome};
+pub use json_doc::{DocumentError, JsonDocument, JsonPointer};
 pub use lock::{HolderInfo, LockOptions, LockProtocol, OwnerRecord, WaitCallback};
 pub use proc::{Liveness, ProcessIdentity};
 pub use writer::{run_exclusive, Exclusive, Writer};

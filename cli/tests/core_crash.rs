@@ -109,13 +109,13 @@ fn crash_window_leaves_store_whole(
 ) {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("s.json");
-    let st = lockstore(["json", "set"])
+    let st = lockstore(["json", "set", "--string"])
         .arg(&store)
         .args(["/v", "old"])
         .status()
         .unwrap();
     assert!(st.success());
-    let mut crash = lockstore(["json", "set"]);
+    let mut crash = lockstore(["json", "set", "--string"]);
     crash
         .arg(&store)
         .args(["/v", "new"])
@@ -221,7 +221,7 @@ fn efbig_during_save_keeps_old_file(#[values("full", "process")] durability: &st
     seed_old(&store);
     let old = std::fs::read(&store).unwrap();
     let big = "x".repeat(64 * 1024);
-    let mut c = lockstore(["json", "set", "--durability", durability]);
+    let mut c = lockstore(["json", "set", "--string", "--durability", durability]);
     c.arg(&store).args(["/big", &big]);
     // SAFETY: setrlimit and signal are async-signal-safe.
     unsafe {

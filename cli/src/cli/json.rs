@@ -1,19 +1,26 @@
 //! `lockstore json`: concurrency-safe, jq-style edits of one JSON file.
 //!
 //! Every edit is one locked load → modify → save cycle through
-//! [`lockstore::JsonStore`] (unversioned document). Paths are JSON Pointers
-//! (RFC 6901): `""` is the whole document, `/a/0/b` a nested member, `~1` and
-//! `~0` escape `/` and `~`; in `set`, `-` appends to an array. Missing parent
-//! objects are created by `set` and `incr`.
+//! [`lockstore::JsonStore`] of a [`lockstore::JsonDocument`] (unversioned):
+//! values an edit does not touch keep their exact text (numbers are not
+//! rounded) and members their order; a duplicate key makes the file corrupt
+//! (exit 2, untouched); nesting is limited to `JsonDocument::MAX_DEPTH`. Paths
+//! are JSON Pointers (RFC 6901): `""` is the whole document, `/a/0/b` a nested
+//! member, `~1` and `~0` escape `/` and `~`; an array index is `0` or digits
+//! without a leading zero; in `set`, `-` appends to an array. Missing parent
+//! objects are created by `set` and `incr`. See docs/json.md.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::{Args, Subcommand};
-use serde_json::Value;
 
-use lockstore::{Durability, Error, JsonOptions, JsonStore};
+use lockstore::{
+    DocumentError, Durability, Error, JsonDocument, JsonOptions, JsonPointer, JsonStore,
+    QuarantineOutcome,
+};
 
-use super::{cli_lock_options, CliError, CliResult};
+use super::{cli_lock_options, exit, CliError, CliResult};
 
 /// Arguments of `lockstore json`.
 #[derive(Args, Debug)]
@@ -48,139 +55,54 @@ pub struct JsonArgs {
 enum JsonCmd {
     /// Print the value at POINTER (default: the whole document; missing → null).
     Get {
+        /// The JSON file (nothing is created when it is missing).
         file: PathBuf,
+        /// JSON Pointer (RFC 6901) of the value to print; default "" (the whole document).
         pointer: Option<String>,
     },
-    /// Set the value at POINTER to VALUE (JSON; a bare word is taken as a string).
+    /// Set the value at POINTER to VALUE (a JSON value; --string for text).
     Set {
+        /// Store VALUE as a JSON string, as is (no JSON parsing).
+        #[arg(long)]
+        string: bool,
+        /// The JSON file (created with its parent directories if missing).
         file: PathBuf,
+        /// JSON Pointer (RFC 6901) of the value to set; missing parents are created, "-" appends.
         pointer: String,
+        /// The new value: JSON text (e.g. 3, "text", {"a": 1}), or any text with --string.
         value: String,
     },
     /// Delete the value at POINTER (no-op if missing).
-    Del { file: PathBuf, pointer: String },
+    Del {
+        /// The JSON file.
+        file: PathBuf,
+        /// JSON Pointer (RFC 6901) of the value to delete ("" empties the document to null).
+        pointer: String,
+    },
     /// Add N (default 1) to the numbers at each POINTER in one cycle (missing → 0); prints the new values.
     Incr {
+        /// The JSON file (created if missing).
         file: PathBuf,
+        /// JSON Pointers (RFC 6901) of the numbers to increment, all in one cycle.
         #[arg(required = true)]
         pointers: Vec<String>,
+        /// Amount to add (may be negative); integers stay exact integers.
         #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
         by: i64,
     },
-    /// Move a corrupt FILE aside to FILE.corrupt-<unix ms> so it can start fresh.
-    Quarantine { file: PathBuf },
-}
-
-fn tokens(ptr: &str) -> Result<Vec<String>, String> {
-    if ptr.is_empty() {
-        return Ok(Vec::new());
-    }
-    if !ptr.starts_with('/') {
-        return Err(format!(
-            "invalid JSON Pointer {ptr:?}: must be empty or start with '/'"
-        ));
-    }
-    ptr[1..]
-        .split('/')
-        .map(|t| {
-            if t.contains('~') {
-                let bad = t
-                    .match_indices('~')
-                    .any(|(i, _)| !matches!(t.as_bytes().get(i + 1), Some(b'0') | Some(b'1')));
-                if bad {
-                    return Err(format!(
-                        "invalid JSON Pointer {ptr:?}: '~' must be followed by 0 or 1"
-                    ));
-                }
-            }
-            Ok(t.replace("~1", "/").replace("~0", "~"))
-        })
-        .collect()
-}
-
-/// The slot at `toks` in `root`, creating objects on the way.
-fn slot_mut<'a>(root: &'a mut Value, toks: &[String], ptr: &str) -> Result<&'a mut Value, String> {
-    let mut cur = root;
-    for t in toks {
-        if cur.is_null() {
-            *cur = Value::Object(Default::default());
-        }
-        cur = match cur {
-            Value::Object(m) => m.entry(t.clone()).or_insert(Value::Null),
-            Value::Array(a) => {
-                if t == "-" {
-                    a.push(Value::Null);
-                    let n = a.len() - 1;
-                    &mut a[n]
-                } else {
-                    let i: usize = t
-                        .parse()
-                        .map_err(|_| format!("invalid array index {t:?} in {ptr:?}"))?;
-                    let len = a.len();
-                    a.get_mut(i).ok_or_else(|| {
-                        format!("array index {i} out of range (length {len}) in {ptr:?}")
-                    })?
-                }
-            }
-            other => {
-                return Err(format!(
-                    "cannot descend into {} at {t:?} in {ptr:?}",
-                    kind(other)
-                ))
-            }
-        };
-    }
-    Ok(cur)
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn delete(root: &mut Value, toks: &[String]) {
-    let Some((last, parent)) = toks.split_last() else {
-        *root = Value::Null;
-        return;
-    };
-    let mut cur = root;
-    for t in parent {
-        cur = match cur {
-            Value::Object(m) => match m.get_mut(t) {
-                Some(v) => v,
-                None => return,
-            },
-            Value::Array(a) => match t.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
-                Some(v) => v,
-                None => return,
-            },
-            _ => return,
-        };
-    }
-    match cur {
-        Value::Object(m) => {
-            m.remove(last);
-        }
-        Value::Array(a) => {
-            if let Ok(i) = last.parse::<usize>() {
-                if i < a.len() {
-                    a.remove(i);
-                }
-            }
-        }
-        _ => {}
-    }
+    /// Move a corrupt FILE aside to FILE.corrupt-<unix ms>[-n] so it can start fresh.
+    Quarantine {
+        /// Also move a file that is not corrupt.
+        #[arg(long)]
+        force: bool,
+        /// The JSON file.
+        file: PathBuf,
+    },
 }
 
 /// Error of one edit: bad input (exit 1) or a store error.
 enum EditError {
-    Bad(String),
+    Bad(DocumentError),
     Store(Error),
 }
 
@@ -190,22 +112,17 @@ impl From<Error> for EditError {
     }
 }
 
-fn add(v: &Value, by: i64, ptr: &str) -> Result<Value, String> {
-    match v {
-        Value::Null => Ok(Value::from(by)),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.checked_add(by)
-                    .map(Value::from)
-                    .ok_or_else(|| format!("integer overflow at {ptr:?}"))
-            } else if let Some(f) = n.as_f64() {
-                Ok(Value::from(f + by as f64))
-            } else {
-                Err(format!("value at {ptr:?} is not a number"))
-            }
-        }
-        other => Err(format!("value at {ptr:?} is {}, not a number", kind(other))),
+impl From<DocumentError> for EditError {
+    fn from(e: DocumentError) -> Self {
+        EditError::Bad(e)
     }
+}
+
+/// The validated edit, run once per cycle.
+enum Op {
+    Set(JsonPointer, JsonDocument),
+    Del(JsonPointer),
+    Incr(Vec<JsonPointer>, i64),
 }
 
 /// Runs `lockstore json`.
@@ -226,110 +143,92 @@ pub fn run(a: JsonArgs) -> CliResult {
         | JsonCmd::Set { file, .. }
         | JsonCmd::Del { file, .. }
         | JsonCmd::Incr { file, .. }
-        | JsonCmd::Quarantine { file } => file.clone(),
+        | JsonCmd::Quarantine { file, .. } => file.clone(),
     };
     let name = file.display().to_string();
-    let bad = |m: String| CliError::usage(format!("{name}: {m}"));
-    let store: JsonStore<Value> = JsonStore::open(&file, opts)?;
+    let bad = |e: DocumentError| CliError::usage(format!("{name}: {e}"));
+    let pointer = |p: &str| JsonPointer::parse(p).map_err(bad);
     match &a.cmd {
-        JsonCmd::Get { pointer, .. } => {
-            let toks = tokens(pointer.as_deref().unwrap_or("")).map_err(bad)?;
-            let doc = store.load()?;
-            let mut cur = &doc;
-            for t in &toks {
-                cur = match cur {
-                    Value::Object(m) => m.get(t).unwrap_or(&Value::Null),
-                    Value::Array(v) => t
-                        .parse::<usize>()
-                        .ok()
-                        .and_then(|i| v.get(i))
-                        .unwrap_or(&Value::Null),
-                    _ => &Value::Null,
-                };
-            }
-            println!("{}", serde_json::to_string_pretty(cur).unwrap_or_default());
+        JsonCmd::Get { pointer: p, .. } => {
+            let ptr = pointer(p.as_deref().unwrap_or(""))?;
+            // A read creates nothing: opening the store would create the
+            // parent directory, and a missing directory holds no file.
+            let doc = if parent_missing(&file) {
+                JsonDocument::default()
+            } else {
+                JsonStore::<JsonDocument>::open(&file, opts)?.load()?
+            };
+            let v = doc.get(&ptr).map_err(bad)?.unwrap_or_default();
+            println!("{v:#}");
             Ok(())
         }
-        JsonCmd::Quarantine { .. } => {
-            match store.quarantine()? {
-                Some(p) => println!("moved {} to {}", store.path().display(), p.display()),
-                None => println!("{}: no file", store.path().display()),
+        JsonCmd::Quarantine { force, .. } => {
+            if parent_missing(&file) {
+                println!("{name}: no file");
+                return Ok(());
+            }
+            let store: JsonStore<JsonDocument> = JsonStore::open(&file, opts)?;
+            let shown = store.path().display().to_string();
+            if *force {
+                match store.quarantine()? {
+                    Some(p) => println!("moved {shown} to {}", p.display()),
+                    None => println!("{shown}: no file"),
+                }
+                return Ok(());
+            }
+            match store.quarantine_corrupt()? {
+                QuarantineOutcome::Moved { to, reason } => {
+                    println!("moved {shown} to {} ({reason})", to.display())
+                }
+                QuarantineOutcome::NoFile => println!("{shown}: no file"),
+                _ => {
+                    return Err(CliError::usage(format!(
+                        "{shown} is not corrupt (it reads as a JSON document); nothing moved (pass --force to move it aside anyway)"
+                    )))
+                }
             }
             Ok(())
         }
         cmd => {
             // Validate input once, before any cycle.
-            enum Op {
-                Set(Vec<String>, Value),
-                Del(Vec<String>),
-                Incr(Vec<(String, Vec<String>)>, i64),
-            }
             let op = match cmd {
-                JsonCmd::Set { pointer, value, .. } => {
-                    let v = serde_json::from_str(value)
-                        .unwrap_or_else(|_| Value::String(value.clone()));
-                    Op::Set(tokens(pointer).map_err(bad)?, v)
+                JsonCmd::Set {
+                    pointer: p,
+                    value,
+                    string,
+                    ..
+                } => {
+                    let ptr = pointer(p)?;
+                    let v = if *string {
+                        JsonDocument::string(value)
+                    } else {
+                        JsonDocument::parse(value).map_err(|e| {
+                            CliError::usage(format!(
+                                "{name}: value {value:?} is not JSON: {e} (pass --string to store text as is)"
+                            ))
+                        })?
+                    };
+                    Op::Set(ptr, v)
                 }
-                JsonCmd::Del { pointer, .. } => Op::Del(tokens(pointer).map_err(bad)?),
+                JsonCmd::Del { pointer: p, .. } => Op::Del(pointer(p)?),
                 JsonCmd::Incr { pointers, by, .. } => Op::Incr(
                     pointers
                         .iter()
-                        .map(|p| Ok((p.clone(), tokens(p)?)))
-                        .collect::<Result<_, String>>()
-                        .map_err(bad)?,
+                        .map(|p| pointer(p))
+                        .collect::<Result<_, _>>()?,
                     *by,
                 ),
                 _ => unreachable!("handled above"),
             };
-            let cycle = |store: &JsonStore<Value>| -> Result<(), EditError> {
-                store.try_update(|doc| match &op {
-                    Op::Set(t, v) => {
-                        *slot_mut(doc, t, "").map_err(EditError::Bad)? = v.clone();
-                        Ok(())
-                    }
-                    Op::Del(t) => {
-                        delete(doc, t);
-                        Ok(())
-                    }
-                    Op::Incr(ps, by) => {
-                        for (p, t) in ps {
-                            let s = slot_mut(doc, t, p).map_err(EditError::Bad)?;
-                            *s = add(s, *by, p).map_err(EditError::Bad)?;
-                        }
-                        Ok(())
-                    }
-                })
-            };
-            let map_err = |e: EditError| match e {
-                EditError::Bad(m) => CliError::usage(format!("{name}: {m}")),
-                EditError::Store(e) => CliError::from(e),
-            };
-            let run_cycles = || -> CliResult {
-                for _ in 0..a.repeat {
-                    cycle(&store).map_err(map_err)?;
-                }
-                Ok(())
-            };
-            if a.threads <= 1 {
-                run_cycles()?;
-            } else {
-                let results: Vec<CliResult> = std::thread::scope(|s| {
-                    let hs: Vec<_> = (0..a.threads).map(|_| s.spawn(run_cycles)).collect();
-                    hs.into_iter()
-                        .map(|h| {
-                            h.join()
-                                .unwrap_or_else(|_| Err(CliError::usage("worker thread panicked")))
-                        })
-                        .collect()
-                });
-                results.into_iter().collect::<CliResult>()?;
-            }
+            let store: JsonStore<JsonDocument> = JsonStore::open(&file, opts)?;
+            edit(&store, &op, a.repeat, a.threads, &name)?;
             if let Op::Incr(ps, _) = &op {
                 // Print the values as they are after this process's cycles.
+                // (A "-" pointer appended a new item; it has no value to show.)
                 let doc = store.load()?;
                 let vals: Vec<String> = ps
                     .iter()
-                    .map(|(p, _)| doc.pointer(p).cloned().unwrap_or(Value::Null).to_string())
+                    .map(|p| doc.get(p).ok().flatten().unwrap_or_default().to_string())
                     .collect();
                 println!("{}", vals.join(" "));
             }
@@ -338,26 +237,125 @@ pub fn run(a: JsonArgs) -> CliResult {
     }
 }
 
+/// Whether `file`'s parent directory is missing (then so is the file).
+fn parent_missing(file: &Path) -> bool {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::symlink_metadata(dir).is_err(),
+        _ => false,
+    }
+}
+
+/// Runs `repeat` cycles of `op` on each of `threads` threads. A thread that
+/// cannot be started (e.g. RLIMIT_NPROC) stops the spawning; the started
+/// threads finish, and the error says how many cycles were done.
+fn edit(
+    store: &JsonStore<JsonDocument>,
+    op: &Op,
+    repeat: u64,
+    threads: u64,
+    name: &str,
+) -> CliResult {
+    let done = AtomicU64::new(0);
+    let cycle = || -> Result<(), EditError> {
+        store.try_update(|doc| -> Result<(), EditError> {
+            match op {
+                Op::Set(p, v) => doc.set(p, v.clone())?,
+                Op::Del(p) => {
+                    doc.delete(p)?;
+                }
+                Op::Incr(ps, by) => {
+                    for p in ps {
+                        doc.incr(p, *by)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        done.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    };
+    let map_err = |e: EditError| match e {
+        EditError::Bad(e) => CliError::usage(format!("{name}: {e}")),
+        EditError::Store(e) => CliError::from(e),
+    };
+    let run_cycles = || -> CliResult {
+        for _ in 0..repeat {
+            cycle().map_err(map_err)?;
+        }
+        Ok(())
+    };
+    if threads <= 1 {
+        return run_cycles();
+    }
+    let (results, spawn_error) = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        let mut spawn_error = None;
+        for i in 0..threads {
+            match std::thread::Builder::new()
+                .name(format!("json-{i}"))
+                .spawn_scoped(s, run_cycles)
+            {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    spawn_error = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let results: Vec<CliResult> = handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(CliError {
+                        code: exit::IO,
+                        msg: format!("{name}: a worker thread panicked"),
+                    })
+                })
+            })
+            .collect();
+        (results, spawn_error)
+    });
+    results.into_iter().collect::<CliResult>()?;
+    if let Some((started, e)) = spawn_error {
+        let total = threads.saturating_mul(repeat);
+        return Err(CliError {
+            code: exit::IO,
+            msg: format!(
+                "{name}: could not start thread {} of {threads} ({e}); the {started} started thread(s) finished: {} of {total} {} done",
+                started + 1,
+                done.load(Ordering::Relaxed),
+                match op {
+                    Op::Incr(..) => "increments",
+                    _ => "edits",
+                }
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Command;
 
+    /// Every option and argument of every `json` subcommand has a help line.
     #[test]
-    fn pointer_tokens() {
-        assert_eq!(tokens("").unwrap(), Vec::<String>::new());
-        assert_eq!(tokens("/a~1b/c~0d").unwrap(), vec!["a/b", "c~d"]);
-        assert!(tokens("a").is_err());
-        assert!(tokens("/a~2").is_err());
-    }
-
-    #[test]
-    fn set_creates_parents_and_incr_checks_type() {
-        let mut v = Value::Null;
-        *slot_mut(&mut v, &tokens("/a/b").unwrap(), "/a/b").unwrap() = Value::from(1);
-        assert_eq!(v, serde_json::json!({"a": {"b": 1}}));
-        assert!(add(&Value::from("x"), 1, "/a").is_err());
-        assert_eq!(add(&Value::from(2), 3, "/a").unwrap(), Value::from(5));
-        delete(&mut v, &tokens("/a/b").unwrap());
-        assert_eq!(v, serde_json::json!({"a": {}}));
+    fn every_json_argument_has_help() {
+        let cmd = JsonArgs::augment_args(Command::new("json"));
+        let mut missing = Vec::new();
+        for arg in cmd.get_arguments() {
+            if arg.get_help().is_none() && arg.get_id() != "help" {
+                missing.push(format!("json {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if arg.get_help().is_none() && arg.get_id() != "help" {
+                    missing.push(format!("json {} {}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
     }
 }
