@@ -51,7 +51,8 @@ impl CliError {
 impl From<Error> for CliError {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::Corrupt { .. } => exit::CORRUPT,
+            Error::Corrupt { .. } | Error::SchemaTooNew { .. } => exit::CORRUPT,
+            e if e.is_corrupt() => exit::CORRUPT,
             Error::LockTimeout { .. } => exit::LOCK_TIMEOUT,
             Error::InvalidPath { .. } | Error::Reentrant { .. } | Error::Symlink { .. } => {
                 exit::USAGE
