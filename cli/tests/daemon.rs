@@ -38,8 +38,34 @@ fn ok(state: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// A daemon child, killed on drop if still running (a failing test leaves no
+/// daemon behind).
+struct DaemonChild(Child);
+
+impl std::ops::Deref for DaemonChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for DaemonChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for DaemonChild {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts a daemon and waits for its "daemon started" line.
-fn start_daemon(state: &Path, extra: &[&str]) -> Child {
+fn start_daemon(state: &Path, extra: &[&str]) -> DaemonChild {
     start_daemon_with(state, extra, &[]).0
 }
 
@@ -48,7 +74,7 @@ type Log = Arc<Mutex<Vec<String>>>;
 
 /// Starts a daemon with `--tick 50ms` (unless `extra` has a `--tick`), `extra` arguments and `env`; waits for
 /// its "daemon started" line; returns it and its stderr lines.
-fn start_daemon_with(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Child, Log) {
+fn start_daemon_with(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> (DaemonChild, Log) {
     let mut c = Command::new(bin());
     c.arg("--state-dir")
         .arg(state)
@@ -67,7 +93,7 @@ fn start_daemon_with(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Chi
     for (k, v) in env {
         c.env(k, v);
     }
-    let mut child = c.spawn().expect("spawn daemon");
+    let mut child = DaemonChild(c.spawn().expect("spawn daemon"));
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     loop {
@@ -132,7 +158,7 @@ fn delivered(state: &Path) -> usize {
     sink_keys(&state.join("deliveries.jsonl")).len()
 }
 
-fn kill_term(child: &mut Child) -> std::process::ExitStatus {
+fn kill_term(child: &mut DaemonChild) -> std::process::ExitStatus {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -547,9 +573,23 @@ fn startup_line_at_the_default_log_level() {
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = lines.next().expect("a startup line").unwrap();
+    let mut child = DaemonChild(c.spawn().unwrap());
+    // Lines through a channel, so that a missing line fails the test after a
+    // deadline instead of blocking it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("a log line at the default level within 30 s")
+    };
+    let first = next();
     assert!(first.contains("daemon started"), "{first}");
     assert!(first.contains(&format!("pid={}", child.id())), "{first}");
     assert!(first.contains(&state.display().to_string()), "{first}");
@@ -557,12 +597,11 @@ fn startup_line_at_the_default_log_level() {
     assert!(first.contains("tick_ms=50"), "{first}");
     let mut started = Vec::new();
     while started.len() < 4 {
-        let l = lines.next().expect("component start lines").unwrap();
+        let l = next();
         if l.contains("component started") {
             started.push(l);
         }
     }
-    std::thread::spawn(move || lines.for_each(drop));
     assert!(kill_term(&mut child).success());
     let help = ok(state, &["daemon", "--help"]);
     assert!(help.contains("file:<state-dir>/deliveries.jsonl"), "{help}");
