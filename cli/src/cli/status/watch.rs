@@ -208,7 +208,7 @@ pub fn screen(v: &Value, rate: Option<f64>, interval: Duration) -> Vec<String> {
             errors.push((now, format!("  {store:<19} now: {}", clean(e))));
         }
     }
-    errors.sort_by(|a, b| b.0.cmp(&a.0));
+    errors.sort_by_key(|e| std::cmp::Reverse(e.0));
     if errors.is_empty() {
         l.push("  none".into());
     }
