@@ -535,7 +535,17 @@ fn daemon_exits_when_its_state_dir_is_deleted() {
     let state = state.as_path();
     let (mut first, log) = start_daemon_with(state, &["--tick", "200ms"], &[]);
     let gone = Instant::now();
-    std::fs::remove_dir_all(state).unwrap();
+    // The daemon may create a file while the dir is being deleted (ENOTEMPTY):
+    // delete again until it is gone.
+    poll_until(
+        10,
+        "the state dir deleted",
+        || match std::fs::remove_dir_all(state) {
+            Ok(()) => Some(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(()),
+            Err(_) => None,
+        },
+    );
     // Any CLI recreates the dir; a second daemon starts on it.
     enqueue(state, 1);
     let (mut second, _) = start_daemon_with(state, &[], &[]);
@@ -641,4 +651,56 @@ fn status_json_keys_are_snake_case() {
     walk(&st, "", &mut bad);
     assert!(bad.is_empty(), "keys not in snake_case: {bad:?}\n{st}");
     assert!(kill_term(&mut daemon).success());
+}
+
+/// The report carries a timestamp: a daemon that holds its lock but stopped
+/// reporting (stuck, SIGSTOPped) is shown as such, never as "running". The
+/// test holds `daemon.lock` itself and writes an old report under its pid.
+#[test]
+fn stale_report_is_not_shown_as_running() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path();
+    let opts = lockstore::lock::LockOptions {
+        max_retries: Some(0),
+        ..Default::default()
+    };
+    let _held =
+        lockstore::lock::HeldLock::acquire(lockstore::paths::daemon_lock(state), &opts).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let component = |name: &str| {
+        serde_json::json!({"name": name, "health": "running", "since_ms": now - 60_000,
+            "restarts": 0, "consecutive_failures": 0, "last_error": null,
+            "last_error_at_ms": null, "next_attempt_at_ms": null})
+    };
+    let report = serde_json::json!({
+        "version": 1, "pid": std::process::id(), "started_at_ms": now - 60_000,
+        "updated_at_ms": now - 30_000, "stale_after_ms": 10_000, "tick_ms": 1000,
+        "adapter": "file:x", "components": [component("delivery"), component("commitments")],
+    });
+    std::fs::write(
+        state.join("daemon-status.json"),
+        serde_json::to_vec(&report).unwrap(),
+    )
+    .unwrap();
+    let st = status_json(state);
+    assert_eq!(st["daemon"]["running"], true, "{st}");
+    assert_eq!(st["daemon"]["state"], "not_reporting", "{st}");
+    assert_eq!(st["daemon"]["report"]["stale"], true, "{st}");
+    let text = ok(state, &["status"]);
+    assert!(
+        text.contains("daemon       NOT REPORTING (last report 30 s ago)"),
+        "{text}"
+    );
+    // The same report, fresh: running.
+    let mut fresh = report.clone();
+    fresh["updated_at_ms"] = now.into();
+    std::fs::write(
+        state.join("daemon-status.json"),
+        serde_json::to_vec(&fresh).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status_json(state)["daemon"]["state"], "running");
 }

@@ -304,8 +304,9 @@ pub(crate) fn daemon_line(d: &Value) -> String {
     format!("{what} · {pid}{up}")
 }
 
-/// One line per component: health, restarts, last error.
-pub(crate) fn component_lines(d: &Value, now: i64) -> Vec<String> {
+/// One line per component: health, restarts, next try, last error (its
+/// text too if `with_error`).
+pub(crate) fn component_lines(d: &Value, now: i64, with_error: bool) -> Vec<String> {
     let mut out = Vec::new();
     for (name, c) in d["components"].as_object().into_iter().flatten() {
         let mut l = format!(
@@ -322,7 +323,11 @@ pub(crate) fn component_lines(d: &Value, now: i64) -> Vec<String> {
                 .as_i64()
                 .map(|t| format!(" ({} ago)", human_ms(now - t)))
                 .unwrap_or_default();
-            l.push_str(&format!(" · last error{ago}: {}", clean(e)));
+            if with_error {
+                l.push_str(&format!(" · last error{ago}: {}", clean(e)));
+            } else {
+                l.push_str(&format!(" · last error{ago}"));
+            }
         }
         out.push(l);
     }
@@ -337,7 +342,7 @@ fn text_lines(v: &Value) -> Vec<String> {
     if let Some(e) = d["report_error"].as_str() {
         out.push(format!("daemon       report: {}", clean(e)));
     }
-    for l in component_lines(d, now) {
+    for l in component_lines(d, now, true) {
         out.push(format!("component    {l}"));
     }
     let c = &v["commitments"];

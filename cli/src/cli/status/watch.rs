@@ -131,7 +131,7 @@ pub fn screen(v: &Value, rate: Option<f64>, interval: Duration) -> Vec<String> {
     }
     l.push(String::new());
     l.push("COMPONENTS".into());
-    let comps = component_lines(d, now);
+    let comps = component_lines(d, now, false);
     if comps.is_empty() {
         l.push("  (no report from a running daemon)".into());
     }
