@@ -503,6 +503,30 @@ fn corrupt_outbox_fails_only_its_components() {
     let db = lockstore::paths::outbox_db(state);
     std::fs::create_dir_all(db.parent().unwrap()).unwrap();
     std::fs::write(&db, vec![b'x'; 8192]).unwrap();
+    outbox_failure_stays_local(state, "not a database");
+    // The store was left untouched.
+    assert_eq!(std::fs::read(&db).unwrap(), vec![b'x'; 8192]);
+}
+
+/// Same for an outbox of a newer schema version than this binary knows.
+#[test]
+fn future_version_outbox_fails_only_its_components() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path();
+    let db = lockstore::paths::outbox_db(state);
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    let c = lockstore::rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch("CREATE TABLE future(x); PRAGMA user_version = 999;")
+        .unwrap();
+    drop(c);
+    outbox_failure_stays_local(state, "newer than");
+}
+
+/// A daemon on `state` whose outbox cannot be used: delivery and
+/// outbox_maintenance end `failed` with an error naming the file and
+/// containing `want`; tasks_maintenance runs; the daemon stays up.
+fn outbox_failure_stays_local(state: &Path, want: &str) {
+    let db = lockstore::paths::outbox_db(state);
     let (mut daemon, _log) = start_daemon_with(state, &[], &[]);
     let st = poll_until(30, "delivery failed on the corrupt outbox", || {
         let st = status_json(state);
@@ -513,14 +537,13 @@ fn corrupt_outbox_fails_only_its_components() {
     let comps = &st["daemon"]["components"];
     let err = comps["delivery"]["last_error"].as_str().unwrap();
     assert!(err.contains(&db.display().to_string()), "{st}");
+    assert!(err.contains(want), "{st}");
     assert_eq!(comps["outbox_maintenance"]["health"], "failed", "{st}");
     assert_eq!(st["daemon"]["state"], "degraded", "{st}");
     assert!(
         daemon.try_wait().unwrap().is_none(),
         "the daemon keeps running"
     );
-    // The store was left untouched.
-    assert_eq!(std::fs::read(&db).unwrap(), vec![b'x'; 8192]);
     assert!(kill_term(&mut daemon).success());
 }
 
