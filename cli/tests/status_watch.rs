@@ -215,7 +215,10 @@ fn watch_redraws_in_place_and_quits_on_q() {
     ] {
         assert!(screen.contains(want), "{want:?} missing from:\n{screen}");
     }
-    println!("--- status --watch in tmux (120x40) ---\n{screen}--- end ---");
+    println!(
+        "--- status --watch in tmux (120x40) ---\n{}\n--- end ---",
+        screen.trim_end()
+    );
 
     // q ends it; the shell then runs, on the restored main screen.
     let o = tmux.run(&["send-keys", "-t", "watch", "q"]);
