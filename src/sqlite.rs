@@ -459,6 +459,14 @@ where
     let mut attempt: u32 = 0;
     loop {
         let r = (|| {
+            if crate::failpoint::fails("sqlite_full") {
+                // A full disk as SQLite reports it (tests of the daemon's
+                // supervision; feature `failpoints` only).
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                    None,
+                ));
+            }
             let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
             let v = f(&tx)?;
             tx.commit()?;

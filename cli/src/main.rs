@@ -14,7 +14,7 @@ struct Cli {
     #[arg(long, global = true, env = "LOCKSTORE_STATE_DIR")]
     state_dir: Option<PathBuf>,
 
-    /// Log format on stderr (filter with RUST_LOG, default warn).
+    /// Log format on stderr (filter with RUST_LOG, default warn; the daemon also logs its startup and its components' lifecycle at info).
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 
@@ -45,9 +45,10 @@ enum Cmd {
     SoakClient(cli::soak_client::SoakClientArgs),
 }
 
-fn init_logging(format: &str) {
+fn init_logging(format: &str, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -61,7 +62,11 @@ fn init_logging(format: &str) {
 fn main() {
     cli::setup::empty_state_dir_env_is_unset();
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    let default_filter = match cli.cmd {
+        Cmd::Daemon(_) => cli::daemon::DEFAULT_LOG_FILTER,
+        _ => "warn",
+    };
+    init_logging(&cli.log_format, default_filter);
     if !matches!(cli.cmd, Cmd::Daemon(_)) {
         cli::setup::exit_quietly_on_broken_stdout();
     }
