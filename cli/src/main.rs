@@ -26,6 +26,8 @@ struct Cli {
 enum Cmd {
     /// Concurrency-safe edits of a JSON file (jq-style, JSON Pointer paths).
     Json(cli::json::JsonArgs),
+    /// A typed keyed collection in one SQLite file: import, get, set, incr, del, list, export.
+    Kv(cli::kv::KvArgs),
     /// Run the daemon on the state dir (one per state dir) until SIGINT/SIGTERM.
     Daemon(cli::daemon::DaemonArgs),
     /// One screen for an operator: daemon, commitments, tasks, outbox, lock holders.
@@ -67,6 +69,7 @@ fn main() {
         .unwrap_or_else(lockstore::paths::default_state_dir);
     let res = match cli.cmd {
         Cmd::Json(a) => cli::json::run(a),
+        Cmd::Kv(a) => cli::kv::run(a),
         Cmd::Daemon(a) => cli::daemon::run(a, &state_dir),
         Cmd::Status(a) => cli::status::run(a, &state_dir),
         Cmd::Commitments(a) => cli::commitments::run(a, &state_dir),

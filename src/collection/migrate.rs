@@ -147,8 +147,21 @@ impl<V: Serialize + DeserializeOwned> Collection<V> {
         Ok(n)
     }
 
+    /// The document [`Collection::export_json`] writes, as a string (for a
+    /// pipe or a caller that stores it elsewhere).
+    ///
+    /// Errors: as [`Collection::export_json`], without the save.
+    pub fn export_json_string(&self) -> Result<String> {
+        let (bytes, _) = self.export_bytes()?;
+        // Built from `String`s and serde_json output only.
+        String::from_utf8(bytes).map_err(|e| Error::Corrupt {
+            path: self.core.path.clone(),
+            reason: format!("export produced invalid UTF-8: {e}"),
+        })
+    }
+
     /// The document of [`Collection::export_json`] and its record count.
-    pub(crate) fn export_bytes(&self) -> Result<(Vec<u8>, u64)> {
+    fn export_bytes(&self) -> Result<(Vec<u8>, u64)> {
         let core = &self.core;
         let path = &core.path;
         let sql = |e| Error::sqlite("export", path, e);

@@ -1,0 +1,354 @@
+//! `lockstore kv`: a typed keyed collection ([`lockstore::Collection`] of
+//! JSON values) in one SQLite file, for scripts and tests.
+//!
+//! Every write is one transaction through the collection's writer (FIFO
+//! queue, `flock` on `FILE.lock`, `BEGIN IMMEDIATE`). POINTERs are JSON
+//! Pointers (RFC 6901) into one record's value: `""` is the whole value,
+//! `/a/0/b` a nested member; `set` and `incr` create missing parent objects.
+//! Exit codes: 0 ok, 1 bad input or missing key, 2 corrupt record or
+//! foreign / too-new / non-SQLite database (left untouched), 3 lock timeout,
+//! 4 other I/O or database error.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use lockstore::{Collection, CollectionOptions, Durability, Error};
+
+use super::{cli_lock_options, exit, CliError, CliResult};
+
+/// Arguments of `lockstore kv`.
+#[derive(Args, Debug)]
+pub struct KvArgs {
+    #[command(subcommand)]
+    cmd: KvCmd,
+    /// fsync policy: full (survives power loss) or process (survives a crash).
+    #[arg(long, global = true, default_value = "full")]
+    durability: Durability,
+    /// Give up waiting for the lock after this many ms (default 60000).
+    #[arg(long, global = true)]
+    lock_timeout_ms: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCmd {
+    /// Import the records of a JSON document (idempotent; the document is never changed).
+    Import {
+        /// The collection's SQLite file.
+        file: PathBuf,
+        /// The JSON document to import.
+        #[arg(long = "from")]
+        from: PathBuf,
+        /// JSON Pointer to the records: an object keyed by id, or an array of objects.
+        #[arg(long, default_value = "")]
+        pointer: String,
+        /// Field holding the id of each object of an array.
+        #[arg(long, default_value = "id")]
+        id_field: String,
+    },
+    /// Print the record KEY, or the value at POINTER inside it (missing pointer → null).
+    Get {
+        file: PathBuf,
+        key: String,
+        pointer: Option<String>,
+    },
+    /// Set the record KEY (or the value at POINTER inside it) to VALUE (JSON; a bare word is a string).
+    Set {
+        file: PathBuf,
+        key: String,
+        /// `[POINTER] VALUE`.
+        #[arg(num_args = 1..=2, required = true, allow_hyphen_values = true)]
+        rest: Vec<String>,
+    },
+    /// Add N (default 1) to the number at POINTER of record KEY (missing → 0), K times,
+    /// one transaction each; prints the new value after each.
+    Incr {
+        file: PathBuf,
+        key: String,
+        pointer: String,
+        #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+        by: i64,
+        #[arg(long, default_value_t = 1)]
+        repeat: u64,
+    },
+    /// Remove the record KEY (exit 1 if there is none).
+    Del { file: PathBuf, key: String },
+    /// List the keys (with --json: one JSON array of {key, version, updated_ms, value}).
+    List {
+        file: PathBuf,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every record as one JSON object keyed by key (atomically to --out, or to stdout).
+    Export {
+        file: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// The exit code of a library error under the shared table: corrupt records,
+/// foreign, non-SQLite and too-new databases are 2.
+fn store_err(e: Error) -> CliError {
+    let corrupt = e.is_corrupt() || matches!(e, Error::SchemaTooNew { .. });
+    let mut c = CliError::from(e);
+    if corrupt {
+        c.code = exit::CORRUPT;
+    }
+    c
+}
+
+/// Error of one edit: bad input (exit 1) or a store error.
+enum EditError {
+    Bad(String),
+    Store(Error),
+}
+
+impl From<Error> for EditError {
+    fn from(e: Error) -> Self {
+        EditError::Store(e)
+    }
+}
+
+fn tokens(ptr: &str) -> Result<Vec<String>, String> {
+    if ptr.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(rest) = ptr.strip_prefix('/') else {
+        return Err(format!(
+            "invalid JSON Pointer {ptr:?}: must be empty or start with '/'"
+        ));
+    };
+    rest.split('/')
+        .map(|t| {
+            let bad = t
+                .match_indices('~')
+                .any(|(i, _)| !matches!(t.as_bytes().get(i + 1), Some(b'0') | Some(b'1')));
+            if bad {
+                return Err(format!(
+                    "invalid JSON Pointer {ptr:?}: '~' must be followed by 0 or 1"
+                ));
+            }
+            Ok(t.replace("~1", "/").replace("~0", "~"))
+        })
+        .collect()
+}
+
+/// The slot at `toks` in `root`, creating objects on the way (objects only:
+/// an array index must exist).
+fn slot_mut<'a>(root: &'a mut Value, toks: &[String], ptr: &str) -> Result<&'a mut Value, String> {
+    let mut cur = root;
+    for t in toks {
+        if cur.is_null() {
+            *cur = Value::Object(Default::default());
+        }
+        cur = match cur {
+            Value::Object(m) => m.entry(t.clone()).or_insert(Value::Null),
+            Value::Array(a) => {
+                let len = a.len();
+                t.parse::<usize>()
+                    .ok()
+                    .and_then(|i| a.get_mut(i))
+                    .ok_or_else(|| format!("no array element {t:?} (length {len}) in {ptr:?}"))?
+            }
+            _ => return Err(format!("cannot descend into a scalar at {t:?} in {ptr:?}")),
+        };
+    }
+    Ok(cur)
+}
+
+fn add(v: &Value, by: i64, ptr: &str) -> Result<Value, String> {
+    match v {
+        Value::Null => Ok(Value::from(by)),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i
+                .checked_add(by)
+                .map(Value::from)
+                .ok_or_else(|| format!("integer overflow at {ptr:?}")),
+            (None, Some(f)) => Ok(Value::from(f + by as f64)),
+            _ => Err(format!("value at {ptr:?} is not a number")),
+        },
+        _ => Err(format!("value at {ptr:?} is not a number")),
+    }
+}
+
+/// Replaces control characters for human-readable output.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
+}
+
+/// Runs `lockstore kv`.
+pub fn run(a: KvArgs) -> CliResult {
+    let mut opts = CollectionOptions {
+        lock: cli_lock_options(a.lock_timeout_ms),
+        ..Default::default()
+    };
+    opts.sqlite.durability = a.durability;
+    let file = match &a.cmd {
+        KvCmd::Import { file, .. }
+        | KvCmd::Get { file, .. }
+        | KvCmd::Set { file, .. }
+        | KvCmd::Incr { file, .. }
+        | KvCmd::Del { file, .. }
+        | KvCmd::List { file, .. }
+        | KvCmd::Export { file, .. } => file.clone(),
+    };
+    let name = file.display().to_string();
+    let bad = |m: String| CliError::usage(format!("{name}: {m}"));
+    let edit_err = |e: EditError| match e {
+        EditError::Bad(m) => CliError::usage(format!("{name}: {m}")),
+        EditError::Store(e) => store_err(e),
+    };
+    // Validate the input before opening (creating) the file.
+    let toks = match &a.cmd {
+        KvCmd::Get {
+            pointer: Some(p), ..
+        }
+        | KvCmd::Incr { pointer: p, .. } => tokens(p).map_err(bad)?,
+        KvCmd::Set { rest, .. } if rest.len() == 2 => tokens(&rest[0]).map_err(bad)?,
+        _ => Vec::new(),
+    };
+    let c: Collection<Value> = Collection::open(&file, opts).map_err(store_err)?;
+    let mut out = std::io::stdout().lock();
+    let io = |e: std::io::Error| CliError {
+        code: exit::IO,
+        msg: format!("write to stdout: {e}"),
+    };
+    match a.cmd {
+        KvCmd::Import {
+            from,
+            pointer,
+            id_field,
+            ..
+        } => {
+            let r = c
+                .import_json(&from, &pointer, &id_field)
+                .map_err(store_err)?;
+            writeln!(
+                out,
+                "imported {} records from {} ({} already present and equal, {} already present and different: kept)",
+                r.inserted,
+                from.display(),
+                r.unchanged,
+                r.kept
+            )
+            .map_err(io)?;
+        }
+        KvCmd::Get { key, .. } => {
+            let v = c
+                .get(&key)
+                .map_err(store_err)?
+                .ok_or_else(|| bad(format!("no record {key:?}")))?;
+            let mut cur = &v;
+            for t in &toks {
+                cur = match cur {
+                    Value::Object(m) => m.get(t).unwrap_or(&Value::Null),
+                    Value::Array(a) => t
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| a.get(i))
+                        .unwrap_or(&Value::Null),
+                    _ => &Value::Null,
+                };
+            }
+            writeln!(out, "{}", serde_json::to_string_pretty(cur).unwrap_or_default())
+                .map_err(io)?;
+        }
+        KvCmd::Set { key, rest, .. } => {
+            let raw = rest.last().cloned().unwrap_or_default();
+            let value = serde_json::from_str(&raw).unwrap_or(Value::String(raw));
+            c.transaction(|tx| {
+                let mut rec = if toks.is_empty() {
+                    Value::Null
+                } else {
+                    tx.get(&key)?.unwrap_or(Value::Null)
+                };
+                *slot_mut(&mut rec, &toks, &rest[0]).map_err(EditError::Bad)? = value;
+                tx.insert(&key, &rec)?;
+                Ok::<_, EditError>(())
+            })
+            .map_err(edit_err)?;
+        }
+        KvCmd::Incr {
+            key,
+            pointer,
+            by,
+            repeat,
+            ..
+        } => {
+            for _ in 0..repeat {
+                let n = c
+                    .transaction(|tx| {
+                        let mut rec = tx.get(&key)?.unwrap_or(Value::Null);
+                        let s = slot_mut(&mut rec, &toks, &pointer).map_err(EditError::Bad)?;
+                        *s = add(s, by, &pointer).map_err(EditError::Bad)?;
+                        let n = s.clone();
+                        tx.insert(&key, &rec)?;
+                        Ok::<_, EditError>(n)
+                    })
+                    .map_err(edit_err)?;
+                // Printed only after the COMMIT: an acknowledged update.
+                writeln!(out, "{n}").map_err(io)?;
+                out.flush().map_err(io)?;
+            }
+        }
+        KvCmd::Del { key, .. } => {
+            if !c.remove(&key).map_err(store_err)? {
+                return Err(bad(format!("no record {key:?}")));
+            }
+        }
+        KvCmd::List { prefix, json, .. } => {
+            let mut first = true;
+            if json {
+                write!(out, "[").map_err(io)?;
+            }
+            for r in c.scan_prefix(&prefix) {
+                let r = r.map_err(store_err)?;
+                if json {
+                    let doc = serde_json::json!({
+                        "key": r.key, "version": r.version, "updated_ms": r.updated_ms, "value": r.value,
+                    });
+                    write!(out, "{}\n  {doc}", if first { "" } else { "," }).map_err(io)?;
+                } else {
+                    writeln!(out, "{}", printable(&r.key)).map_err(io)?;
+                }
+                first = false;
+            }
+            if json {
+                writeln!(out, "{}]", if first { "" } else { "\n" }).map_err(io)?;
+            }
+        }
+        KvCmd::Export { out: to, .. } => match to {
+            Some(p) => {
+                let n = c.export_json(&p).map_err(store_err)?;
+                eprintln!("exported {n} records to {}", p.display());
+            }
+            None => {
+                let doc = c.export_json_string().map_err(store_err)?;
+                out.write_all(doc.as_bytes()).map_err(io)?;
+            }
+        },
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_and_incr_helpers() {
+        let mut v = Value::Null;
+        *slot_mut(&mut v, &tokens("/a/b").unwrap(), "/a/b").unwrap() = Value::from(1);
+        assert_eq!(v, serde_json::json!({"a": {"b": 1}}));
+        assert_eq!(add(&Value::from(2), 3, "/a").unwrap(), Value::from(5));
+        assert!(add(&Value::from("x"), 1, "/a").is_err());
+        assert!(tokens("a").is_err());
+    }
+}
