@@ -191,6 +191,14 @@ impl<V: Serialize + DeserializeOwned> Collection<V> {
         &self.opts
     }
 
+    /// Test hook (feature `testing`): writers of this process queued on the
+    /// collection's file (the slot holder and the waiters).
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
+    pub fn queued_writers(&self) -> usize {
+        self.writer.queued()
+    }
+
     /// Group-commit statistics of this handle (see [`GroupCommitStats`]).
     pub fn group_commit_stats(&self) -> GroupCommitStats {
         self.group.stats()
