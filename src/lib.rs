@@ -77,11 +77,11 @@ pub mod tokio;
 mod writer;
 
 pub use atomic::{write_atomic, Durability};
-#[cfg(feature = "sqlite")]
-pub use collection::{CollectionOptions, Encoding, ImportReport, Record, Scan, Tx};
 /// A typed keyed collection in one SQLite file (feature `sqlite`).
 #[cfg(feature = "sqlite")]
 pub use collection::Collection;
+#[cfg(feature = "sqlite")]
+pub use collection::{CollectionOptions, Encoding, ImportReport, Record, Scan, Tx};
 pub use error::{Error, Result};
 pub use group::GroupCommitStats;
 pub use json::{GroupCommit, JsonOptions, JsonStore, Migrate};

@@ -86,7 +86,11 @@ fn transaction_commits_all_or_nothing() {
         .transaction(|tx| {
             tx.update("a", |v| v.unwrap().turns -= 3)?;
             tx.insert("b", &s(3))?;
-            assert_eq!(tx.get("b")?, Some(s(3)), "a transaction reads its own writes");
+            assert_eq!(
+                tx.get("b")?,
+                Some(s(3)),
+                "a transaction reads its own writes"
+            );
             Err::<(), _>(Error::Corrupt {
                 path: p.clone(),
                 reason: "caller gave up".into(),
@@ -101,7 +105,10 @@ fn transaction_commits_all_or_nothing() {
         tx.insert("b", &s(3))
     })
     .unwrap();
-    assert_eq!((c.get("a").unwrap(), c.get("b").unwrap()), (Some(s(7)), Some(s(3))));
+    assert_eq!(
+        (c.get("a").unwrap(), c.get("b").unwrap()),
+        (Some(s(7)), Some(s(3)))
+    );
 }
 
 #[test]
@@ -119,10 +126,7 @@ fn scans_by_prefix_and_range_across_pages_in_key_order() {
         Ok::<_, Error>(())
     })
     .unwrap();
-    let keys: Vec<String> = c
-        .scan_prefix("agent:")
-        .map(|r| r.unwrap().key)
-        .collect();
+    let keys: Vec<String> = c.scan_prefix("agent:").map(|r| r.unwrap().key).collect();
     assert_eq!(keys.len(), 600);
     assert!(keys.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(keys[0], "agent:0000");
@@ -232,7 +236,10 @@ fn queued_writers_share_one_commit_and_fail_alone() {
     });
     let after = c.group_commit_stats();
     assert_eq!(
-        (after.batches - before.batches, after.batched_updates - before.batched_updates),
+        (
+            after.batches - before.batches,
+            after.batched_updates - before.batched_updates
+        ),
         (1, 4),
         "one COMMIT for the head and the three members that succeeded"
     );
@@ -248,13 +255,19 @@ fn corrupt_record_is_an_error_naming_file_and_key_and_is_left_untouched() {
         c.insert(k, &s(1)).unwrap();
     }
     let raw = Connection::open(&p).unwrap();
-    raw.execute("UPDATE records SET value = '{\"turns\": \"x\"' WHERE key = 'b'", [])
-        .unwrap();
+    raw.execute(
+        "UPDATE records SET value = '{\"turns\": \"x\"' WHERE key = 'b'",
+        [],
+    )
+    .unwrap();
     let row = raw_row(&p, "b");
     let check_key = |e: Error, key: &str| {
         assert!(e.is_corrupt(), "{e}");
         let m = e.to_string();
-        assert!(m.contains("c.sqlite") && m.contains(&format!("{key:?}")), "{m}");
+        assert!(
+            m.contains("c.sqlite") && m.contains(&format!("{key:?}")),
+            "{m}"
+        );
     };
     let check = |e: Error| check_key(e, "b");
     check(c.get("b").unwrap_err());
@@ -282,8 +295,10 @@ fn foreign_and_newer_databases_are_refused_untouched() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("other.db");
     let c = Connection::open(&p).unwrap();
-    c.execute_batch("CREATE TABLE records(key TEXT, value TEXT); INSERT INTO records VALUES ('a', '{}');")
-        .unwrap();
+    c.execute_batch(
+        "CREATE TABLE records(key TEXT, value TEXT); INSERT INTO records VALUES ('a', '{}');",
+    )
+    .unwrap();
     drop(c);
     let before = std::fs::read(&p).unwrap();
     let e = Collection::<Session>::open(&p, opts()).unwrap_err();
@@ -292,7 +307,10 @@ fn foreign_and_newer_databases_are_refused_untouched() {
 
     let p = d.path().join("newer.db");
     drop(open(&p));
-    Connection::open(&p).unwrap().execute_batch("PRAGMA user_version = 7").unwrap();
+    Connection::open(&p)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 7")
+        .unwrap();
     let before = std::fs::read(&p).unwrap();
     let e = Collection::<Session>::open(&p, opts()).unwrap_err();
     assert!(matches!(e, Error::SchemaTooNew { found: 7, .. }), "{e}");
@@ -349,8 +367,14 @@ fn jsonb_and_text_files_read_alike() {
     assert_eq!(b.get("t").unwrap(), Some(s(7)));
     let kinds: Vec<String> = {
         let c = Connection::open(&p).unwrap();
-        let mut st = c.prepare("SELECT typeof(value) FROM records ORDER BY key").unwrap();
-        let v = st.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect();
+        let mut st = c
+            .prepare("SELECT typeof(value) FROM records ORDER BY key")
+            .unwrap();
+        let v = st
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
         v
     };
     assert_eq!(kinds, vec!["blob", "text"]);
@@ -387,10 +411,17 @@ fn import_is_idempotent_keeps_newer_values_and_never_touches_the_source() {
     assert_eq!(c2.import_json(&arr, "", "id").unwrap().inserted, 2);
     assert_eq!(c2.get("7").unwrap().unwrap().turns, 2);
     let bad = d.path().join("bad.json");
-    std::fs::write(&bad, r#"{"x": {"turns": 1, "label": "x"}, "y": {"turns": "no"}}"#).unwrap();
+    std::fs::write(
+        &bad,
+        r#"{"x": {"turns": 1, "label": "x"}, "y": {"turns": "no"}}"#,
+    )
+    .unwrap();
     let c3 = open(&d.path().join("c3.sqlite"));
     let e = c3.import_json(&bad, "", "id").unwrap_err();
-    assert!(e.to_string().contains("bad.json") && e.to_string().contains("\"y\""), "{e}");
+    assert!(
+        e.to_string().contains("bad.json") && e.to_string().contains("\"y\""),
+        "{e}"
+    );
     assert!(c3.is_empty().unwrap());
     assert!(c3.import_json(&bad, "/nope", "id").is_err());
 }
@@ -406,7 +437,10 @@ fn export_roundtrips_through_import() {
     assert_eq!(c.export_json(&out).unwrap(), 50);
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(doc["k07"]["turns"], 7);
-    assert_eq!(c.export_json_string().unwrap(), std::fs::read_to_string(&out).unwrap());
+    assert_eq!(
+        c.export_json_string().unwrap(),
+        std::fs::read_to_string(&out).unwrap()
+    );
     let c2 = open(&d.path().join("c2.sqlite"));
     assert_eq!(c2.import_json(&out, "", "id").unwrap().inserted, 50);
     assert_eq!(c2.get("k49").unwrap(), Some(s(49)));

@@ -50,7 +50,10 @@ fn sigkill_during_updates_keeps_every_acknowledged_update() {
     let store = d.path().join("c.sqlite");
     let keys = ["own:0", "own:1", "own:2", "shared", "shared"];
     for (round, durability) in ["full", "process", "full"].iter().enumerate() {
-        let children: Vec<Child> = keys.iter().map(|k| spawn_incr(&store, k, durability)).collect();
+        let children: Vec<Child> = keys
+            .iter()
+            .map(|k| spawn_incr(&store, k, durability))
+            .collect();
         // One reader thread per child: every line it printed (acknowledged).
         let (tx, rx) = mpsc::channel::<(usize, i64)>();
         let mut readers = Vec::new();
@@ -99,15 +102,28 @@ fn sigkill_during_updates_keeps_every_acknowledged_update() {
             );
         }
         let shared_max = lasts[3].max(lasts[4]).unwrap();
-        assert!(stored(&store, "shared") >= shared_max, "round {round}: shared");
+        assert!(
+            stored(&store, "shared") >= shared_max,
+            "round {round}: shared"
+        );
         let c = Connection::open(&store).unwrap();
-        let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        let ok: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(ok, "ok", "round {round}");
     }
     // Still usable.
     let before = stored(&store, "shared");
-    let out = lockstore(["kv", "incr"]).arg(&store).args(["shared", "/n"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lockstore(["kv", "incr"])
+        .arg(&store)
+        .args(["shared", "/n"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stored(&store, "shared"), before + 1);
 }
 
@@ -118,7 +134,11 @@ fn corrupt_record_is_refused_untouched() {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("c.sqlite");
     for k in ["a", "b"] {
-        let st = lockstore(["kv", "set"]).arg(&store).args([k, "/n", "1"]).status().unwrap();
+        let st = lockstore(["kv", "set"])
+            .arg(&store)
+            .args([k, "/n", "1"])
+            .status()
+            .unwrap();
         assert!(st.success());
     }
     let c = Connection::open(&store).unwrap();
@@ -141,16 +161,29 @@ fn corrupt_record_is_refused_untouched() {
         vec!["export", "FILE"],
     ] {
         let out = lockstore(["kv"])
-            .args(args.iter().map(|a| if *a == "FILE" { store.as_os_str() } else { a.as_ref() }))
+            .args(args.iter().map(|a| {
+                if *a == "FILE" {
+                    store.as_os_str()
+                } else {
+                    a.as_ref()
+                }
+            }))
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains("c.sqlite") && err.contains("\"b\""), "{args:?}: {err}");
+        assert!(
+            err.contains("c.sqlite") && err.contains("\"b\""),
+            "{args:?}: {err}"
+        );
     }
     assert_eq!(row(), before, "the corrupt record was changed");
     // The other record is still served.
-    let out = lockstore(["kv", "get"]).arg(&store).args(["a", "/n"]).output().unwrap();
+    let out = lockstore(["kv", "get"])
+        .arg(&store)
+        .args(["a", "/n"])
+        .output()
+        .unwrap();
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), 1);
 }
 
@@ -162,16 +195,31 @@ fn foreign_database_and_non_database_are_refused_untouched() {
     let foreign = d.path().join("app.db");
     Connection::open(&foreign)
         .unwrap()
-        .execute_batch("CREATE TABLE users(id INTEGER PRIMARY KEY); INSERT INTO users DEFAULT VALUES;")
+        .execute_batch(
+            "CREATE TABLE users(id INTEGER PRIMARY KEY); INSERT INTO users DEFAULT VALUES;",
+        )
         .unwrap();
     let junk = d.path().join("junk.db");
     std::fs::write(&junk, vec![b'x'; 8192]).unwrap();
     for f in [&foreign, &junk] {
         let before = std::fs::read(f).unwrap();
-        for args in [vec!["get", "k"], vec!["set", "k", "1"], vec!["incr", "k", "/n"]] {
-            let out = lockstore(["kv", args[0]]).arg(f).args(&args[1..]).output().unwrap();
+        for args in [
+            vec!["get", "k"],
+            vec!["set", "k", "1"],
+            vec!["incr", "k", "/n"],
+        ] {
+            let out = lockstore(["kv", args[0]])
+                .arg(f)
+                .args(&args[1..])
+                .output()
+                .unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(2), "{} {args:?}: {err}", f.display());
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{} {args:?}: {err}",
+                f.display()
+            );
             let name = f.file_name().unwrap().to_string_lossy();
             assert!(err.contains(name.as_ref()), "{err}");
         }
@@ -184,7 +232,11 @@ fn foreign_database_and_non_database_are_refused_untouched() {
 fn bad_input_and_missing_keys_exit_1() {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("c.sqlite");
-    let st = lockstore(["kv", "set"]).arg(&store).args(["k", "/s", "text"]).status().unwrap();
+    let st = lockstore(["kv", "set"])
+        .arg(&store)
+        .args(["k", "/s", "text"])
+        .status()
+        .unwrap();
     assert!(st.success());
     for args in [
         vec!["get", "nope"],
@@ -192,7 +244,11 @@ fn bad_input_and_missing_keys_exit_1() {
         vec!["incr", "k", "/s"],
         vec!["incr", "k", "no-slash"],
     ] {
-        let out = lockstore(["kv", args[0]]).arg(&store).args(&args[1..]).output().unwrap();
+        let out = lockstore(["kv", args[0]])
+            .arg(&store)
+            .args(&args[1..])
+            .output()
+            .unwrap();
         assert_eq!(
             out.status.code(),
             Some(1),

@@ -15,7 +15,14 @@ use common::*;
 fn incr(store: &Path, key: &str, m: usize, durability: &str) -> Child {
     lockstore(["kv", "incr"])
         .arg(store)
-        .args([key, "/n", "--repeat", &m.to_string(), "--durability", durability])
+        .args([
+            key,
+            "/n",
+            "--repeat",
+            &m.to_string(),
+            "--durability",
+            durability,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -23,7 +30,11 @@ fn incr(store: &Path, key: &str, m: usize, durability: &str) -> Child {
 }
 
 fn get(store: &Path, key: &str) -> Value {
-    let out = lockstore(["kv", "get"]).arg(store).args([key, "/n"]).output().unwrap();
+    let out = lockstore(["kv", "get"])
+        .arg(store)
+        .args([key, "/n"])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "kv get {key}: {}",
@@ -49,10 +60,18 @@ fn wait_all(children: Vec<Child>) {
 #[case::p2(2, 100, "full")]
 #[case::p8(8, 40, "process")]
 #[case::p16(16, 20, "process")]
-fn processes_on_one_key_count_exactly(#[case] n: usize, #[case] m: usize, #[case] durability: &str) {
+fn processes_on_one_key_count_exactly(
+    #[case] n: usize,
+    #[case] m: usize,
+    #[case] durability: &str,
+) {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("c.sqlite");
-    wait_all((0..n).map(|_| incr(&store, "shared", m, durability)).collect());
+    wait_all(
+        (0..n)
+            .map(|_| incr(&store, "shared", m, durability))
+            .collect(),
+    );
     assert_eq!(get(&store, "shared"), Value::from(n * m), "lost updates");
 }
 

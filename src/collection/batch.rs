@@ -235,7 +235,8 @@ impl<V: Serialize + DeserializeOwned> Collection<V> {
         self.writer.run(|_ctx| {
             let mut b = self.begin_batch()?;
             let undo = b.savepoint(0)?;
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.member(&mut b, f)));
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.member(&mut b, f)));
             if matches!(r, Ok(Ok(_))) {
                 b.keep(undo, 0);
             } else {

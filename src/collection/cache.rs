@@ -49,7 +49,10 @@ impl Cache {
     pub(crate) fn validate(&mut self, dv: i64) {
         if self.data_version != Some(dv) {
             if !self.map.is_empty() {
-                tracing::debug!(entries = self.map.len(), "collection cache dropped: another connection committed");
+                tracing::debug!(
+                    entries = self.map.len(),
+                    "collection cache dropped: another connection committed"
+                );
             }
             self.map.clear();
             self.data_version = Some(dv);

@@ -33,7 +33,12 @@ fn bad_source(path: &Path, reason: String) -> Error {
 }
 
 /// The `(key, value)` pairs of the document part at `pointer`.
-fn entries(path: &Path, part: Value, pointer: &str, id_field: &str) -> Result<Vec<(String, Value)>> {
+fn entries(
+    path: &Path,
+    part: Value,
+    pointer: &str,
+    id_field: &str,
+) -> Result<Vec<(String, Value)>> {
     match part {
         Value::Object(m) => Ok(m.into_iter().collect()),
         Value::Array(items) => items
@@ -105,9 +110,8 @@ impl<V: Serialize + DeserializeOwned> Collection<V> {
         drop(doc);
         let mut records = Vec::new();
         for (key, value) in entries(src, part, pointer, id_field)? {
-            let v: V = serde_json::from_value(value).map_err(|e| {
-                bad_source(src, format!("record {key:?} does not decode: {e}"))
-            })?;
+            let v: V = serde_json::from_value(value)
+                .map_err(|e| bad_source(src, format!("record {key:?} does not decode: {e}")))?;
             let text = encode(self.path(), &v)?;
             records.push((key, text));
         }

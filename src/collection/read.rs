@@ -20,7 +20,11 @@ impl<V: Serialize + DeserializeOwned> Collection<V> {
             .prepare_cached("SELECT value, version, updated_ms FROM records WHERE key = ?1")
             .and_then(|mut st| {
                 st.query_row([key], |r| {
-                    Ok((r.get::<_, rusqlite::types::Value>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    Ok((
+                        r.get::<_, rusqlite::types::Value>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
                 })
                 .optional()
             })

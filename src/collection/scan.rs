@@ -130,10 +130,19 @@ impl<V: DeserializeOwned> Scan<V> {
             .map_err(|e| Error::sqlite("scan", &core.path, e))?;
         let mut n = 0;
         let mut last = None;
-        while let Some(r) = rows.next().map_err(|e| Error::sqlite("scan", &core.path, e))? {
+        while let Some(r) = rows
+            .next()
+            .map_err(|e| Error::sqlite("scan", &core.path, e))?
+        {
             n += 1;
             let key: String = r.get(0).map_err(|e| Error::sqlite("scan", &core.path, e))?;
-            let text = cell_text(&conn, &core.path, &key, r.get_ref(1).map_err(|e| Error::sqlite("scan", &core.path, e))?)?;
+            let text = cell_text(
+                &conn,
+                &core.path,
+                &key,
+                r.get_ref(1)
+                    .map_err(|e| Error::sqlite("scan", &core.path, e))?,
+            )?;
             let value = decode(&core.path, &key, &text)?;
             let version = r.get(2).map_err(|e| Error::sqlite("scan", &core.path, e))?;
             let updated_ms = r.get(3).map_err(|e| Error::sqlite("scan", &core.path, e))?;

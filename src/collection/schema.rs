@@ -55,7 +55,10 @@ pub(crate) fn cell_text(
         other => Err(corrupt(
             path,
             key,
-            format!("its value is {:?}, not JSON text or JSONB", other.data_type()),
+            format!(
+                "its value is {:?}, not JSON text or JSONB",
+                other.data_type()
+            ),
         )),
     }
 }
@@ -64,7 +67,8 @@ pub(crate) fn cell_text(
 ///
 /// Errors: [`Error::Corrupt`] naming the file and the key.
 pub(crate) fn decode<V: DeserializeOwned>(path: &Path, key: &str, text: &str) -> Result<V, Error> {
-    serde_json::from_str(text).map_err(|e| corrupt(path, key, format!("its value does not decode: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| corrupt(path, key, format!("its value does not decode: {e}")))
 }
 
 /// Encodes `v` as compact JSON text.

@@ -73,7 +73,8 @@ impl<V: Serialize + DeserializeOwned> Tx<'_, V> {
         if let Err(e) = r {
             return Err(self.sql("write record to", e));
         }
-        self.changes.push(Change::Put(key.to_string(), Arc::from(text)));
+        self.changes
+            .push(Change::Put(key.to_string(), Arc::from(text)));
         Ok(())
     }
 
@@ -121,7 +122,11 @@ impl<V: Serialize + DeserializeOwned> Tx<'_, V> {
     ///
     /// Errors: [`Error::Corrupt`] (the stored value does not decode; nothing
     /// written), [`Error::Serialize`], [`Error::Sqlite`].
-    pub fn update<R>(&mut self, key: &str, f: impl FnOnce(Option<&mut V>) -> R) -> Result<R, Error> {
+    pub fn update<R>(
+        &mut self,
+        key: &str,
+        f: impl FnOnce(Option<&mut V>) -> R,
+    ) -> Result<R, Error> {
         match self.raw(key)? {
             None => Ok(f(None)),
             Some(old) => {

@@ -257,8 +257,12 @@ pub fn run(a: KvArgs) -> CliResult {
                     _ => &Value::Null,
                 };
             }
-            writeln!(out, "{}", serde_json::to_string_pretty(cur).unwrap_or_default())
-                .map_err(io)?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(cur).unwrap_or_default()
+            )
+            .map_err(io)?;
         }
         KvCmd::Set { key, rest, .. } => {
             let raw = rest.last().cloned().unwrap_or_default();
