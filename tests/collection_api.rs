@@ -447,3 +447,25 @@ fn export_roundtrips_through_import() {
     let empty = open(&d.path().join("e.sqlite"));
     assert_eq!(empty.export_json_string().unwrap(), "{}\n");
 }
+
+/// Inside a transaction closure: reads of the handle (cached or not) see the
+/// committed state and do not deadlock; a nested write is `Reentrant`.
+#[test]
+fn reads_and_writes_of_the_handle_inside_a_transaction() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("c.sqlite");
+    let mut o = opts();
+    o.cache = Some(10);
+    let c: Collection<Session> = Collection::open(&p, o).unwrap();
+    c.insert("a", &s(1)).unwrap();
+    c.transaction(|tx| {
+        tx.insert("a", &s(2))?;
+        assert_eq!(c.get("a")?, Some(s(1)), "the committed value");
+        assert_eq!(tx.get("a")?, Some(s(2)), "the transaction's own value");
+        let e = c.insert("b", &s(0)).unwrap_err();
+        assert!(matches!(e, Error::Reentrant { .. }), "{e}");
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(c.get("a").unwrap(), Some(s(2)));
+}

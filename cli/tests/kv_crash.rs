@@ -238,6 +238,14 @@ fn bad_input_and_missing_keys_exit_1() {
         .status()
         .unwrap();
     assert!(st.success());
+    let missing = d.path().join("missing.sqlite");
+    let out = lockstore(["kv", "get"])
+        .arg(&missing)
+        .arg("k")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!missing.exists(), "a read created the file");
     for args in [
         vec!["get", "nope"],
         vec!["del", "nope"],

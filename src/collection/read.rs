@@ -40,12 +40,21 @@ impl<V: Serialize + DeserializeOwned> Collection<V> {
 
     /// The record `key`, or `None`: the last committed value (another
     /// process's commit included), through the cache when there is one.
+    /// Inside a [`Collection::transaction`] closure this still reads the last
+    /// committed value; use [`super::Tx::get`] to see the transaction's own
+    /// changes.
     ///
     /// Errors: [`Error::Corrupt`] naming the file and the key when the
     /// stored value does not decode as `V`; [`Error::Sqlite`].
     pub fn get(&self, key: &str) -> Result<Option<V>> {
         let core = &self.core;
-        let Some(cache) = &core.cache else {
+        // Inside this collection's transaction closure this thread holds the
+        // write connection (the cache's data_version check): read uncached.
+        let cache = core
+            .cache
+            .as_ref()
+            .filter(|_| !self.writer.held_by_this_thread());
+        let Some(cache) = cache else {
             return match self.read_raw(key)? {
                 Some((t, _, _)) => decode(&core.path, key, &t).map(Some),
                 None => Ok(None),

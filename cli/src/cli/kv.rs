@@ -214,6 +214,14 @@ pub fn run(a: KvArgs) -> CliResult {
         KvCmd::Set { rest, .. } if rest.len() == 2 => tokens(&rest[0]).map_err(bad)?,
         _ => Vec::new(),
     };
+    // Reading commands never create the file.
+    let reads = matches!(
+        a.cmd,
+        KvCmd::Get { .. } | KvCmd::Del { .. } | KvCmd::List { .. } | KvCmd::Export { .. }
+    );
+    if reads && std::fs::symlink_metadata(&file).is_err() {
+        return Err(bad("no such collection file".into()));
+    }
     let c: Collection<Value> = Collection::open(&file, opts).map_err(store_err)?;
     let mut out = std::io::stdout().lock();
     let io = |e: std::io::Error| CliError {
