@@ -193,7 +193,7 @@ impl<V: Serialize + DeserializeOwned> Collection<V> {
             conn: &conn,
             path: &core.path,
             encoding: core.encoding,
-            now_ms: crate::proc::now_ms() as i64,
+            now_ms: crate::proc::now_ms(),
             changes: Vec::new(),
             last_error: None,
             _v: PhantomData,
