@@ -96,3 +96,28 @@ impl Cache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A miss read before a commit of this handle was applied is not put
+    /// back (it could be older than the commit); a drop on another
+    /// connection's commit empties the cache.
+    #[test]
+    fn stale_fill_is_ignored_and_foreign_commit_drops_all() {
+        let mut c = Cache::new(10);
+        c.validate(1);
+        let g = c.generation();
+        c.apply(vec![Change::Put("k".into(), Arc::from("2"))]);
+        c.fill(g, "k", Some(Arc::from("1")));
+        assert_eq!(c.get("k"), Some(Some(Arc::from("2"))));
+        let g = c.generation();
+        c.fill(g, "m", None);
+        assert_eq!(c.get("m"), Some(None));
+        c.validate(1);
+        assert!(c.get("k").is_some());
+        c.validate(2);
+        assert_eq!((c.get("k"), c.get("m")), (None, None));
+    }
+}
