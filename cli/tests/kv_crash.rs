@@ -265,3 +265,36 @@ fn bad_input_and_missing_keys_exit_1() {
         );
     }
 }
+
+/// `kv list` into a pipe whose reader is gone ends quietly with 141.
+#[test]
+fn broken_pipe_exits_141_quietly() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("c.sqlite");
+    let st = lockstore(["kv", "set"])
+        .arg(&store)
+        .args(["k0", "1"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // A pipe whose read end is closed before the child starts.
+    let (r, w) = nix::unistd::pipe().unwrap();
+    drop(r);
+    let out = lockstore(["kv", "list"])
+        .arg(&store)
+        .stdout(Stdio::from(w))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(141),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -224,9 +224,16 @@ pub fn run(a: KvArgs) -> CliResult {
     }
     let c: Collection<Value> = Collection::open(&file, opts).map_err(store_err)?;
     let mut out = std::io::stdout().lock();
-    let io = |e: std::io::Error| CliError {
-        code: exit::IO,
-        msg: format!("write to stdout: {e}"),
+    let io = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            // The reader of a pipeline went away: end quietly, as a shell
+            // reports a pipeline member killed by SIGPIPE (128 + 13).
+            std::process::exit(141);
+        }
+        CliError {
+            code: exit::IO,
+            msg: format!("write to stdout: {e}"),
+        }
     };
     match a.cmd {
         KvCmd::Import {
