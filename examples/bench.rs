@@ -2,7 +2,7 @@
 //! same run on the same file system (see docs/performance.md).
 //!
 //! ```text
-//! cargo run --release --example bench [-- --json] [--quick] [--dir DIR] [--only async|outbox-async]
+//! cargo run --release --example bench [-- --json] [--quick] [--dir DIR] [--only async|outbox-async|collections]
 //! ```
 //!
 //! Rows: (1) the physical limit — a bare loop of flock + read + modify + write
@@ -21,7 +21,13 @@
 //! feature `tokio`): 100 tasks on a 2-worker runtime updating one store
 //! against 100 threads, and the worst stall of a 5 ms heartbeat task while
 //! they run (p99 and max). `--only async` runs rows 1 and 8, `--only
-//! outbox-async` the async worker row.
+//! outbox-async` the async worker row. (9) collections (`lockstore::Collection`,
+//! `--only collections` runs rows 1 and 9): one-record update p50/p99 in
+//! collections of 1k, 100k and 1M records (override with
+//! `LOCKSTORE_BENCH_KV_SIZES=1000,20000`) against `JsonStore` at 100k (or the
+//! middle size), 4 processes updating disjoint keys against the physical
+//! per-save loop, and the peak RSS of a child process scanning the smallest and
+//! the largest collection.
 
 use std::io::{BufRead, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -753,6 +759,10 @@ fn main() {
         );
         return;
     }
+    if args.len() >= 3 && args[1] == "--child-kv" {
+        child_kv(&args[2..]);
+        return;
+    }
     if args.len() >= 5 && args[1] == "--child-ledger" {
         child_ledger(
             Path::new(&args[2]),
@@ -829,6 +839,13 @@ fn main() {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    if only.is_none() || only.as_deref() == Some("collections") {
+        collection_rows(dir, phys, quick, &mut rows);
+    }
+    if only.as_deref() == Some("collections") {
+        print_rows(&rows, json);
+        return;
+    }
     if only.is_none() || only.as_deref() == Some("async") {
         let per = if quick { 10 } else { 30 };
         let (t_ops, a_ops, mean, p99, max, beats, idle_max) = async_vs_threads(&p, per);
@@ -1129,6 +1146,255 @@ fn print_rows(rows: &[Row], json: bool) {
                 "{:<66} {:>12.2} {:<10} {:>8}  {}",
                 r.name, r.value, r.unit, ratio, r.note
             );
+        }
+    }
+}
+
+// Row 9: collections (lockstore::Collection).
+
+fn kv_open(path: &Path) -> lockstore::Collection<Rec> {
+    lockstore::Collection::open(path, lockstore::CollectionOptions::default())
+        .expect("open collection")
+}
+
+fn kv_key(i: usize) -> String {
+    format!("cm_{i:08}")
+}
+
+/// Seeds `n` records (the rows 5 records) in transactions of 10,000.
+fn kv_seed(path: &Path, n: usize) {
+    let c = kv_open(path);
+    let mut i = 0;
+    while i < n {
+        let end = (i + 10_000).min(n);
+        c.transaction(|tx| {
+            for (j, r) in records(end - i).into_iter().enumerate() {
+                tx.insert(&kv_key(i + j), &r)?;
+            }
+            Ok::<_, Error>(())
+        })
+        .expect("seed collection");
+        i = end;
+    }
+}
+
+/// `k` one-record updates of random keys (durability full); latencies in ms.
+fn kv_update_latencies(path: &Path, n: usize, k: usize) -> Vec<f64> {
+    let c = kv_open(path);
+    for _ in 0..5 {
+        c.update(&kv_key(fastrand::usize(..n)), |r| {
+            if let Some(r) = r {
+                r.attempts += 1
+            }
+        })
+        .expect("update");
+    }
+    (0..k)
+        .map(|_| {
+            let key = kv_key(fastrand::usize(..n));
+            let t = Instant::now();
+            c.update(&key, |r| {
+                if let Some(r) = r {
+                    r.attempts += 1
+                }
+            })
+            .expect("update");
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect()
+}
+
+/// Children of row 9: `procs PATH IDX MS` (updates its own key for MS ms
+/// after "go" on stdin, prints the count) and `scan PATH` (scans every
+/// record, prints "<records> <VmHWM kB>").
+fn child_kv(args: &[String]) {
+    match args.first().map(String::as_str) {
+        Some("procs") if args.len() >= 4 => {
+            let c = kv_open(Path::new(&args[1]));
+            let key = kv_key(args[2].parse().unwrap_or(0));
+            let ms: u64 = args[3].parse().unwrap_or(1000);
+            println!("ready");
+            std::io::stdout().flush().ok();
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).ok();
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < Duration::from_millis(ms) {
+                c.update(&key, |r| {
+                    if let Some(r) = r {
+                        r.attempts += 1
+                    }
+                })
+                .expect("update");
+                n += 1;
+            }
+            println!("{n}");
+        }
+        Some("scan") if args.len() >= 2 => {
+            let c = kv_open(Path::new(&args[1]));
+            let mut n = 0u64;
+            for r in c.scan_prefix("") {
+                r.expect("scan");
+                n += 1;
+            }
+            println!("{n} {}", vm_hwm_kb());
+        }
+        _ => eprintln!("child-kv: bad arguments {args:?}"),
+    }
+}
+
+/// Row 9: one-record updates by collection size, against JsonStore; 4
+/// processes on disjoint keys against the physical loop; peak RSS of a scan.
+fn collection_rows(dir: &Path, phys: f64, quick: bool, rows: &mut Vec<Row>) {
+    let sizes: Vec<usize> = std::env::var("LOCKSTORE_BENCH_KV_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![1_000, 100_000, 1_000_000]);
+    let k = if quick { 100 } else { 400 };
+    let mut p50s = Vec::new();
+    for &n in &sizes {
+        let p = dir.join(format!("kv-{n}.sqlite"));
+        let t = Instant::now();
+        kv_seed(&p, n);
+        let seeded = t.elapsed().as_secs_f64();
+        let mut lat = kv_update_latencies(&p, n, k);
+        let (p50, p99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
+        p50s.push((n, p50));
+        rows.push(Row {
+            name: format!("Collection one-record update, {n} records"),
+            value: p50,
+            unit: "ms p50",
+            ratio: None,
+            note: format!(
+                "p99 {p99:.3} ms; {k} updates of random keys, durability full; seeded in {seeded:.1} s"
+            ),
+        });
+    }
+    let (n0, small) = p50s[0];
+    let (nl, large) = p50s[p50s.len() - 1];
+    rows.push(Row {
+        name: format!("Collection update p50: {nl} vs {n0} records"),
+        value: large / small,
+        unit: "x",
+        ratio: None,
+        note: "target <= 1.5".into(),
+    });
+    // JsonStore at 100k (or the middle size).
+    let jn = if sizes.contains(&100_000) {
+        100_000
+    } else {
+        sizes[sizes.len() / 2]
+    };
+    let jp = dir.join("kv-json.json");
+    seed(&jp, jn);
+    let js = store(&jp, Durability::Full, true);
+    let jk = if quick { 5 } else { 15 };
+    let mut jlat: Vec<f64> = (0..jk)
+        .map(|_| {
+            let t = Instant::now();
+            bump(&js);
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    let jp50 = percentile(&mut jlat, 0.5);
+    let kv_at = p50s
+        .iter()
+        .find(|(n, _)| *n == jn)
+        .map(|(_, v)| *v)
+        .unwrap_or(small);
+    rows.push(Row {
+        name: format!("JsonStore one update, {jn} records (baseline of the row below)"),
+        value: jp50,
+        unit: "ms p50",
+        ratio: None,
+        note: format!("p99 {:.1} ms; {jk} updates", percentile(&mut jlat, 0.99)),
+    });
+    rows.push(Row {
+        name: format!("Collection vs JsonStore, one update at {jn} records"),
+        value: jp50 / kv_at,
+        unit: "x faster",
+        ratio: None,
+        note: "target >= 50".into(),
+    });
+    drop(js);
+    let _ = std::fs::remove_file(&jp);
+
+    // 4 processes, disjoint keys, against the physical per-save loop.
+    let pp = dir.join(format!("kv-{n0}.sqlite"));
+    let ms = if quick { 500 } else { 2000 };
+    let exe = std::env::current_exe().expect("exe");
+    let mut kids: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new(&exe)
+                .args([
+                    "--child-kv",
+                    "procs",
+                    &pp.display().to_string(),
+                    &i.to_string(),
+                    &ms.to_string(),
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let mut outs: Vec<_> = kids
+        .iter_mut()
+        .map(|k| std::io::BufReader::new(k.stdout.take().expect("stdout")))
+        .collect();
+    for o in outs.iter_mut() {
+        let mut l = String::new();
+        o.read_line(&mut l).expect("ready");
+    }
+    let start = Instant::now();
+    for k in kids.iter_mut() {
+        writeln!(k.stdin.as_mut().expect("stdin"), "go").expect("go");
+    }
+    let mut total = 0.0;
+    for (k, o) in kids.iter_mut().zip(outs.iter_mut()) {
+        let mut s = String::new();
+        o.read_to_string(&mut s).expect("out");
+        k.wait().expect("wait");
+        total += s.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    let ops = total / start.elapsed().as_secs_f64();
+    rows.push(Row {
+        name: "Collection 4 processes, disjoint keys".into(),
+        value: ops,
+        unit: "ops/s",
+        ratio: Some(ops / phys),
+        note: format!("{n0} records, durability full, vs the physical per-save loop"),
+    });
+
+    // Peak RSS of a full scan, in a child process.
+    for &n in [sizes[0], sizes[sizes.len() - 1]].iter() {
+        let v = run_child(&[
+            "--child-kv",
+            "scan",
+            &dir.join(format!("kv-{n}.sqlite")).display().to_string(),
+        ]);
+        let (count, hwm) = (
+            v.first().copied().unwrap_or(0.0),
+            v.get(1).copied().unwrap_or(0.0),
+        );
+        rows.push(Row {
+            name: format!("peak RSS: Collection full scan, {n} records"),
+            value: hwm / 1024.0,
+            unit: "MiB",
+            ratio: None,
+            note: format!(
+                "VmHWM of the child; {count:.0} records read; target < 32 MiB, independent of size"
+            ),
+        });
+    }
+    for &n in &sizes {
+        let p = dir.join(format!("kv-{n}.sqlite"));
+        for suffix in ["", "-wal", "-shm", ".lock"] {
+            let mut q = p.as_os_str().to_os_string();
+            q.push(suffix);
+            let _ = std::fs::remove_file(q);
         }
     }
 }

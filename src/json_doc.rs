@@ -194,6 +194,14 @@ enum Node {
     Object(Vec<(String, Node)>),
 }
 
+/// A [`JsonDocument`] split one level ([`JsonDocument::into_parts`]).
+#[cfg(feature = "sqlite")]
+pub(crate) enum Parts {
+    Object(Vec<(String, JsonDocument)>),
+    Array(Vec<JsonDocument>),
+    Scalar(&'static str),
+}
+
 /// The text of a JSON literal lockstore produces itself.
 fn literal(text: String) -> Node {
     // Only called with `null` and formatted numbers, which are valid JSON.
@@ -441,6 +449,34 @@ impl JsonDocument {
         let quoted = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_string());
         JsonDocument {
             root: literal(quoted),
+        }
+    }
+
+    /// The document split one level: an object's members (in order), an
+    /// array's items, or the kind of a scalar ("null", "a string", ...).
+    /// Used by `Collection::import_json`, which must keep each record's text.
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn into_parts(self) -> Parts {
+        match self.root {
+            Node::Object(m) => Parts::Object(
+                m.into_iter()
+                    .map(|(k, root)| (k, JsonDocument { root }))
+                    .collect(),
+            ),
+            Node::Array(a) => {
+                Parts::Array(a.into_iter().map(|root| JsonDocument { root }).collect())
+            }
+            scalar => Parts::Scalar(scalar.kind()),
+        }
+    }
+
+    /// A scalar's JSON text as written (`"abc"` with its quotes, `12`,
+    /// `true`); `None` for an object or array.
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn scalar_text(&self) -> Option<&str> {
+        match &self.root {
+            Node::Scalar(r) => Some(r.get()),
+            _ => None,
         }
     }
 

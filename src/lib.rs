@@ -11,7 +11,7 @@
 //!
 //! | feature | what |
 //! | --- | --- |
-//! | `sqlite` | `lockstore::sqlite`: SQLite conventions (WAL verified, busy timeout, `BEGIN IMMEDIATE` with retry, migrations); re-exports `lockstore::rusqlite` so you share one SQLite with lockstore |
+//! | `sqlite` | `lockstore::Collection` (typed keyed records in one SQLite file, docs/collections.md) and `lockstore::sqlite`: SQLite conventions (WAL verified, busy timeout, `BEGIN IMMEDIATE` with retry, migrations); re-exports `lockstore::rusqlite` so you share one SQLite with lockstore |
 //! | `tasks` | `lockstore::tasks`: the task ledger (SQLite) with audit and maintenance |
 //! | `outbox` | `lockstore::outbox`: the delivery outbox (SQLite): at least once, never blindly twice |
 //! | `commitments` | `lockstore::commitments`: the commitments JSON store |
@@ -49,6 +49,8 @@
 // process identity → lock → queue (through the sync shim) → writer → atomic → json → stores.
 mod atomic;
 pub mod child;
+#[cfg(feature = "sqlite")]
+mod collection;
 mod error;
 mod failpoint;
 #[cfg(any(loom, shuttle))]
@@ -77,6 +79,11 @@ pub mod tokio;
 mod writer;
 
 pub use atomic::{write_atomic, Durability};
+/// A typed keyed collection in one SQLite file (feature `sqlite`).
+#[cfg(feature = "sqlite")]
+pub use collection::Collection;
+#[cfg(feature = "sqlite")]
+pub use collection::{CollectionOptions, Encoding, ImportReport, Record, Scan, Tx};
 pub use error::{Error, Result};
 pub use group::GroupCommitStats;
 pub use json::{GroupCommit, JsonOptions, JsonStore, Migrate, QuarantineOutcome};

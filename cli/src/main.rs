@@ -26,6 +26,8 @@ struct Cli {
 enum Cmd {
     /// Concurrency-safe edits of a JSON file (jq-style, JSON Pointer paths).
     Json(cli::json::JsonArgs),
+    /// A typed keyed collection in one SQLite file: import, get, set, incr, del, list, export.
+    Kv(cli::kv::KvArgs),
     /// Run the daemon on the state dir (one per state dir) until SIGINT/SIGTERM.
     Daemon(cli::daemon::DaemonArgs),
     /// One screen for an operator: daemon, commitments, tasks, outbox, lock holders.
@@ -74,6 +76,7 @@ fn main() {
     let state_dir = || cli::setup::state_dir(cli.state_dir.as_deref());
     let res = match cli.cmd {
         Cmd::Json(a) => cli::json::run(a),
+        Cmd::Kv(a) => cli::kv::run(a),
         Cmd::Daemon(a) => state_dir().and_then(|s| cli::daemon::run(a, &s)),
         Cmd::Status(a) => state_dir().and_then(|s| cli::status::run(a, &s)),
         Cmd::Commitments(a) => state_dir().and_then(|s| cli::commitments::run(a, &s)),

@@ -3,6 +3,7 @@
 pub mod commitments;
 pub mod daemon;
 pub mod json;
+pub mod kv;
 pub mod lock;
 pub mod outbox;
 pub mod setup;
