@@ -58,6 +58,8 @@ mod group;
 mod json;
 pub mod lock;
 pub mod paths;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod proc;
 #[cfg(any(loom, shuttle))]
 #[doc(hidden)]
