@@ -21,8 +21,9 @@
 //!   broken connections ([`is_retryable`]) are retried whole by the stores
 //!   with backoff until their deadline; every other error is returned.
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -97,6 +98,10 @@ pub(crate) fn pool(url: &str, opts: &PgOptions) -> Result<Pool> {
     let mgr = r2d2_postgres::PostgresConnectionManager::new(config, postgres::NoTls);
     r2d2::Pool::builder()
         .max_size(opts.pool_size.max(1))
+        // Connections are made on demand (not `max_size` at once) and closed
+        // after a minute idle: a process holds few connections per database.
+        .min_idle(Some(0))
+        .idle_timeout(Some(Duration::from_secs(60)))
         .connection_timeout(opts.connect_timeout)
         // Errors while (re)connecting are returned by `get`, not logged by r2d2.
         .error_handler(Box::new(r2d2::NopErrorHandler))
@@ -200,3 +205,238 @@ pub fn host_id() -> String {
     })
     .clone()
 }
+
+/// The pool of `url` shared by every store handle of this process with the
+/// same `pool_size` (a worker opens a handle per thread and per poll; one pool
+/// keeps their connections). Built by [`pool`] on first use; errors as
+/// [`pool`].
+pub(crate) fn shared_pool(url: &str, opts: &PgOptions) -> Result<Pool> {
+    static POOLS: OnceLock<Mutex<HashMap<(String, u32), Pool>>> = OnceLock::new();
+    let key = (url.to_string(), opts.pool_size);
+    let mut g = POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = g.get(&key) {
+        return Ok(p.clone());
+    }
+    let p = pool(url, opts)?;
+    g.insert(key, p.clone());
+    Ok(p)
+}
+
+/// Runs `f` in one `READ COMMITTED` transaction on a pooled connection and
+/// commits. A retryable failure ([`is_retryable`]: serialization failure,
+/// deadlock, broken connection, and a pool that cannot connect — the server
+/// is restarting) rolls back and reruns `f` whole after a backoff (10 ms
+/// doubling to 1 s, with jitter) until `opts.retry_deadline`; then, or for any
+/// other error, the error is returned as [`Error::Postgres`] /
+/// [`Error::PgConnect`] (`op` names the operation).
+///
+/// A connection that broke while `COMMIT` was in flight leaves the outcome
+/// unknown; the rerun then finds the committed state, so `f` must be a
+/// compare-and-set (every store operation is) or idempotent.
+pub(crate) fn with_tx<T>(
+    pool: &Pool,
+    url: &str,
+    opts: &PgOptions,
+    op: &'static str,
+    mut f: impl FnMut(&mut postgres::Transaction<'_>) -> std::result::Result<T, postgres::Error>,
+) -> Result<T> {
+    let deadline = Instant::now() + opts.retry_deadline;
+    let mut delay = Duration::from_millis(10);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = opts
+            .connect_timeout
+            .min(left)
+            .max(Duration::from_millis(50));
+        let err = match pool.get_timeout(wait) {
+            Err(e) if Instant::now() >= deadline => return Err(Error::pool(url, e)),
+            Err(e) => {
+                tracing::debug!(database = %redact(url), attempt, error = %e, "postgres: no connection; retrying");
+                None
+            }
+            Ok(mut c) => {
+                let r = (|| {
+                    let mut tx = c.transaction()?;
+                    let v = f(&mut tx)?;
+                    tx.commit()?;
+                    Ok(v)
+                })();
+                match r {
+                    Ok(v) => return Ok(v),
+                    Err(e) if is_retryable(&e) && Instant::now() < deadline => Some(e),
+                    Err(e) => return Err(Error::postgres(op, url, e)),
+                }
+            }
+        };
+        if let Some(e) = err {
+            tracing::warn!(database = %redact(url), op, attempt, error = %e, "postgres transaction failed; retrying");
+        }
+        let jitter = Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 2));
+        std::thread::sleep(
+            (delay + jitter).min(deadline.saturating_duration_since(Instant::now())),
+        );
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Wakes idle workers: one `LISTEN` connection per (database, channel) and
+/// process, on its own thread, counting notifications in a generation that
+/// waiters compare with the one they last saw. The thread reconnects with
+/// backoff when the connection breaks (and then bumps the generation: a
+/// notification may have been missed, so waiters poll once), and ends once
+/// no store handle holds the hub.
+pub(crate) struct Hub {
+    generation: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Hub {
+    /// The current generation.
+    pub(crate) fn generation(&self) -> u64 {
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits up to `max` for the generation to differ from `*seen`; returns
+    /// true (and updates `*seen`) if it did.
+    pub(crate) fn wait(&self, seen: &mut u64, max: Duration) -> bool {
+        let g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, max, |g| *g == *seen)
+            .unwrap_or_else(|p| p.into_inner());
+        let changed = *g != *seen;
+        *seen = *g;
+        changed
+    }
+
+    fn bump(&self) {
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.cv.notify_all();
+    }
+}
+
+/// The hub of `channel` on `url` (started on first use).
+pub(crate) fn hub(url: &str, channel: &'static str) -> Arc<Hub> {
+    static HUBS: OnceLock<Mutex<HashMap<(String, &'static str), Weak<Hub>>>> = OnceLock::new();
+    let mut g = HUBS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let key = (url.to_string(), channel);
+    if let Some(h) = g.get(&key).and_then(Weak::upgrade) {
+        return h;
+    }
+    let h = Arc::new(Hub {
+        generation: Mutex::new(0),
+        cv: Condvar::new(),
+    });
+    g.insert(key, Arc::downgrade(&h));
+    let (weak, url) = (Arc::downgrade(&h), url.to_string());
+    let spawned = std::thread::Builder::new()
+        .name("lockstore-pg-listen".into())
+        .spawn(move || listen_loop(&url, channel, &weak));
+    if let Err(e) = spawned {
+        // Waiters then fall back to polling.
+        tracing::warn!(error = %e, "cannot start the postgres LISTEN thread; workers poll");
+    }
+    h
+}
+
+fn listen_loop(url: &str, channel: &'static str, hub: &Weak<Hub>) {
+    let mut delay = Duration::from_millis(50);
+    let mut first = true;
+    while hub.strong_count() > 0 {
+        let client = url
+            .parse::<postgres::Config>()
+            .and_then(|c| c.connect(postgres::NoTls))
+            .and_then(|mut c| c.batch_execute(&format!("LISTEN {channel}")).map(|_| c));
+        let mut client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(database = %redact(url), error = %e, "postgres LISTEN: cannot connect; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(50);
+        if !first {
+            // Notifications sent while we were away are lost: wake waiters.
+            if let Some(h) = hub.upgrade() {
+                h.bump();
+            }
+        }
+        first = false;
+        loop {
+            let mut got = false;
+            let broken = {
+                use postgres::fallible_iterator::FallibleIterator;
+                let mut n = client.notifications();
+                let mut it = n.timeout_iter(Duration::from_millis(500));
+                loop {
+                    match it.next() {
+                        Ok(Some(_)) => got = true,
+                        Ok(None) => break false,
+                        Err(e) => {
+                            tracing::debug!(database = %redact(url), error = %e, "postgres LISTEN connection lost; reconnecting");
+                            break true;
+                        }
+                    }
+                }
+            };
+            let Some(h) = hub.upgrade() else { return };
+            if got {
+                h.bump();
+            }
+            drop(h);
+            if broken || client.is_closed() {
+                break;
+            }
+        }
+    }
+}
+
+/// Tries to take or keep the leader lease `name` (table
+/// `lockstore_leader_leases`) for `holder` until `now_ms + lease`: true if
+/// `holder` is the leader now. A lease row, not a session advisory lock: it
+/// survives the pool handing the connection to someone else, shows which
+/// host leads, and a holder that pauses loses it once the lease ends.
+pub(crate) fn try_lead(
+    tx: &mut postgres::Transaction<'_>,
+    name: &str,
+    holder: &str,
+    host: &str,
+    now_ms: i64,
+    lease: Duration,
+) -> std::result::Result<bool, postgres::Error> {
+    let until = now_ms.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+    let r = tx.query_opt(
+        "INSERT INTO lockstore_leader_leases(name, holder, host_id, fencing_token, lease_expires_at)
+         VALUES ($1, $2, $3, 1, $4)
+         ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, host_id = EXCLUDED.host_id,
+           fencing_token = lockstore_leader_leases.fencing_token
+             + CASE WHEN lockstore_leader_leases.holder = EXCLUDED.holder THEN 0 ELSE 1 END,
+           lease_expires_at = EXCLUDED.lease_expires_at
+         WHERE lockstore_leader_leases.holder = EXCLUDED.holder
+            OR lockstore_leader_leases.lease_expires_at <= $5
+         RETURNING fencing_token",
+        &[&name, &holder, &host, &until, &now_ms],
+    )?;
+    Ok(r.is_some())
+}
+
+/// The `CREATE TABLE` of the leader leases (part of the first migration of
+/// each component that elects a maintenance leader; `IF NOT EXISTS`).
+pub(crate) const LEADER_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS lockstore_leader_leases(
+  name TEXT PRIMARY KEY,
+  holder TEXT NOT NULL,
+  host_id TEXT NOT NULL,
+  fencing_token BIGINT NOT NULL,
+  lease_expires_at BIGINT NOT NULL
+);";

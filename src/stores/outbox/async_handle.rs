@@ -82,7 +82,7 @@ impl Outbox {
         std::thread::Builder::new()
             .name("lockstore-outbox".into())
             .spawn(move || {
-                let ob = match SyncOutbox::open(&p, o) {
+                let ob = match SyncOutbox::open_db(&p, o) {
                     Ok(ob) => ob,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));

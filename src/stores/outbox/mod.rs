@@ -48,6 +48,8 @@ mod enqueue;
 mod entry;
 mod error;
 mod options;
+#[cfg(feature = "postgres")]
+mod pg;
 mod policy;
 mod rescue;
 mod retention;

@@ -264,7 +264,7 @@ pub(crate) fn finished(out: Outcome, id: i64, c: &Counters) {
 
 /// Rescues orphaned claims on `ob` and counts them.
 pub(crate) fn rescue_with(ob: &Outbox, idempotent: bool, c: &Counters) -> Result<()> {
-    let r = ob.rescue(SystemTime::now(), idempotent)?;
+    let r = ob.rescue_as_leader(SystemTime::now(), idempotent)?;
     c.add_n(count::RESCUED_PENDING, r.to_pending);
     c.add_n(count::RESCUED_UNKNOWN, r.to_unknown);
     if r.to_pending + r.to_unknown > 0 {
@@ -318,7 +318,7 @@ fn drain_thread(
     due_at: &dyn Fn() -> SystemTime,
     stop: &dyn Fn() -> bool,
 ) -> Result<()> {
-    let ob = Outbox::open(&opts.db, opts.outbox.clone())?;
+    let ob = Outbox::open_db(&opts.db, opts.outbox.clone())?;
     loop {
         if stop() {
             return Ok(());
@@ -374,7 +374,7 @@ fn drain(
 }
 
 fn rescue(opts: &WorkerOptions, adapter: &dyn ChannelAdapter, c: &Counters) -> Result<()> {
-    let ob = Outbox::open(&opts.db, opts.outbox.clone())?;
+    let ob = Outbox::open_db(&opts.db, opts.outbox.clone())?;
     rescue_with(&ob, adapter.idempotent(), c)
 }
 
@@ -419,12 +419,15 @@ pub fn run(
         stop.load(Ordering::SeqCst) || Instant::now() >= budget_end
     })?;
     let stopped = || stop.load(Ordering::SeqCst);
+    let idle = Outbox::open_db(&opts.db, opts.outbox.clone())?;
     while !stopped() {
         rescue(opts, adapter, &c)?;
         drain(opts, adapter, &c, &SystemTime::now, &stopped)?;
         let until = Instant::now() + opts.poll;
         while !stopped() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20).min(opts.poll));
+            if idle.wait_for_work(Duration::from_millis(20).min(opts.poll)) {
+                break;
+            }
         }
     }
     Ok(c.report())
