@@ -118,6 +118,8 @@ impl Outbox {
             #[cfg(feature = "postgres")]
             return Self::connect(url, opts, crate::postgres::PgOptions::default());
             #[cfg(not(feature = "postgres"))]
+            let _ = url;
+            #[cfg(not(feature = "postgres"))]
             return Err(OutboxError::Core(Error::InvalidPath {
                 path: "<PostgreSQL database URL>".into(),
                 reason: "a PostgreSQL URL needs lockstore built with feature `postgres`",
