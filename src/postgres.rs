@@ -286,10 +286,10 @@ pub(crate) fn with_tx<T>(
 
 /// Wakes idle workers: one `LISTEN` connection per (database, channel) and
 /// process, on its own thread, counting notifications in a generation that
-/// waiters compare with the one they last saw. The thread reconnects with
-/// backoff when the connection breaks (and then bumps the generation: a
-/// notification may have been missed, so waiters poll once), and ends once
-/// no store handle holds the hub.
+/// waiters compare with the one they last saw. Each time it starts listening
+/// (first connect, and reconnects with backoff after the connection broke)
+/// it bumps the generation too: a notification may have been missed, so
+/// waiters poll once. The thread ends once no store handle holds the hub.
 pub(crate) struct Hub {
     generation: Mutex<u64>,
     cv: Condvar,
@@ -349,7 +349,6 @@ pub(crate) fn hub(url: &str, channel: &'static str) -> Arc<Hub> {
 
 fn listen_loop(url: &str, channel: &'static str, hub: &Weak<Hub>) {
     let mut delay = Duration::from_millis(50);
-    let mut first = true;
     while hub.strong_count() > 0 {
         let client = url
             .parse::<postgres::Config>()
@@ -365,13 +364,11 @@ fn listen_loop(url: &str, channel: &'static str, hub: &Weak<Hub>) {
             }
         };
         delay = Duration::from_millis(50);
-        if !first {
-            // Notifications sent while we were away are lost: wake waiters.
-            if let Some(h) = hub.upgrade() {
-                h.bump();
-            }
+        // Listening (again): notifications sent before now are lost, so
+        // waiters wake and poll once.
+        if let Some(h) = hub.upgrade() {
+            h.bump();
         }
-        first = false;
         loop {
             let mut got = false;
             let broken = {

@@ -241,11 +241,8 @@ fn a_worker_paused_past_its_lease_cannot_ack_after_a_takeover() {
     let tb = e.claim_token.unwrap();
     assert!(fence(&tb) > fence(&ta));
     assert!(b.mark_send_started(id, &tb, later).unwrap().applied());
-    assert_eq!(
-        b.ack(id, &tb, later).unwrap(),
-        Outcome::Applied(Status::Delivered)
-    );
-    // Resume the child: its late ack is refused.
+    // Resume the child while B's send is in flight: its late ack is refused
+    // (the stale-completion bug class of River #1302).
     assert!(Command::new("kill")
         .args(["-CONT", &pid])
         .status()
@@ -261,8 +258,14 @@ fn a_worker_paused_past_its_lease_cannot_ack_after_a_takeover() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(
-        rest.contains(r#"ack {"outcome":"stale","status":"delivered"}"#),
+        rest.contains(r#"ack {"outcome":"stale","status":"in_flight"}"#),
         "child said: {rest}"
+    );
+    // B's claim is intact and completes: recorded delivered once, by B.
+    assert_eq!(b.get(id).unwrap().unwrap().claim_token, Some(tb.clone()));
+    assert_eq!(
+        b.ack(id, &tb, later).unwrap(),
+        Outcome::Applied(Status::Delivered)
     );
     let row = b.get(id).unwrap().unwrap();
     assert_eq!(row.status, Status::Delivered);
@@ -346,6 +349,9 @@ fn postgres_crash_restart_mid_run_loses_nothing_acknowledged() {
         // Workers reconnect and finish (bounded wait on the store's state).
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
         while delivered(&ob).len() < N {
+            if h.is_finished() {
+                panic!("the worker ended early: {:?}", h.join().unwrap());
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "not all delivered after the restart"

@@ -717,6 +717,46 @@ fn expire_in(
 #[cfg(test)]
 mod tests {
     use super::parse_token;
+    use crate::outbox::{NewMessage, Outbox, OutboxOptions};
+    use crate::postgres::PgOptions;
+    use std::time::{Duration, Instant, SystemTime};
+
+    /// LISTEN/NOTIFY: an enqueue committed by another handle wakes a handle
+    /// waiting for work long before its wait would end. (Without the
+    /// `pg_notify` in the enqueue the wait runs its full 30 s and returns
+    /// false.)
+    #[test]
+    fn an_enqueue_wakes_an_idle_waiter() {
+        if !lockstore_pg_cluster::available() && std::env::var_os("LOCKSTORE_REQUIRE_PG").is_none()
+        {
+            eprintln!("SKIP: PostgreSQL is not installed");
+            return;
+        }
+        let c = lockstore_pg_cluster::Cluster::shared().unwrap();
+        let url = c
+            .create_database(&format!("outbox_listen_{}", std::process::id()))
+            .unwrap();
+        let waiter = Outbox::connect(&url, OutboxOptions::default(), PgOptions::default()).unwrap();
+        // The listener's first connect wakes once (nothing may have been missed yet).
+        assert!(waiter.wait_for_work(Duration::from_secs(30)), "listening");
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let other =
+                    Outbox::connect(&url, OutboxOptions::default(), PgOptions::default()).unwrap();
+                let m = NewMessage {
+                    channel: "c".into(),
+                    target: "t".into(),
+                    ..Default::default()
+                };
+                other.enqueue(&m, SystemTime::now()).unwrap();
+            });
+        });
+        assert!(waiter.wait_for_work(Duration::from_secs(30)), "woken");
+        assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+        // Nothing new: the next wait times out.
+        assert!(!waiter.wait_for_work(Duration::from_millis(50)));
+    }
 
     #[test]
     fn claim_tokens_parse_to_fence_and_attempt() {
