@@ -721,6 +721,48 @@ mod tests {
     use crate::postgres::PgOptions;
     use std::time::{Duration, Instant, SystemTime};
 
+    /// One maintenance leader across hosts: the lease row goes to the first
+    /// host, is refused to the second while valid, and passes to it once
+    /// the first stops renewing. (With `try_lead` always true, host B's
+    /// first call would rescue too.)
+    #[test]
+    fn one_maintenance_leader_at_a_time() {
+        if !lockstore_pg_cluster::available() && std::env::var_os("LOCKSTORE_REQUIRE_PG").is_none()
+        {
+            eprintln!("SKIP: PostgreSQL is not installed");
+            return;
+        }
+        let c = lockstore_pg_cluster::Cluster::shared().unwrap();
+        let url = c
+            .create_database(&format!("outbox_leader_{}", std::process::id()))
+            .unwrap();
+        let host = |h: &str| {
+            let mut o = PgOptions::default();
+            o.host_id = h.into();
+            super::PgOutbox::connect(&url, o).unwrap()
+        };
+        let (a, b) = (host("host-a"), host("host-b"));
+        let lease = super::duration_ms(super::LEADER_LEASE);
+        assert!(a.rescue_as_leader(1_000, false).unwrap().is_some());
+        assert!(b.rescue_as_leader(1_001, false).unwrap().is_none());
+        assert!(
+            a.rescue_as_leader(2_000, false).unwrap().is_some(),
+            "renewed"
+        );
+        assert!(b
+            .rescue_as_leader(2_000 + lease - 1, false)
+            .unwrap()
+            .is_none());
+        assert!(
+            b.rescue_as_leader(2_000 + lease, false).unwrap().is_some(),
+            "taken over"
+        );
+        assert!(a
+            .rescue_as_leader(2_000 + lease + 1, false)
+            .unwrap()
+            .is_none());
+    }
+
     /// LISTEN/NOTIFY: an enqueue committed by another handle wakes a handle
     /// waiting for work long before its wait would end. (Without the
     /// `pg_notify` in the enqueue the wait runs its full 30 s and returns
