@@ -322,7 +322,8 @@ impl Hub {
 
 /// The hub of `channel` on `url` (started on first use).
 pub(crate) fn hub(url: &str, channel: &'static str) -> Arc<Hub> {
-    static HUBS: OnceLock<Mutex<HashMap<(String, &'static str), Weak<Hub>>>> = OnceLock::new();
+    type Hubs = HashMap<(String, &'static str), Weak<Hub>>;
+    static HUBS: OnceLock<Mutex<Hubs>> = OnceLock::new();
     let mut g = HUBS
         .get_or_init(Default::default)
         .lock()

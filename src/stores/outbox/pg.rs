@@ -343,6 +343,7 @@ impl PgOutbox {
     /// guarded by the claim `(id, in_flight, token, fence, attempt)` and
     /// `extra`), with `params` following `$1..$4` = id, token, fence,
     /// attempt. `Applied(to)` if it changed the row, else `Stale(current)`.
+    #[allow(clippy::too_many_arguments)] // the parts of one statement, named
     fn cas(
         &self,
         op: &'static str,
@@ -737,8 +738,10 @@ mod tests {
             .create_database(&format!("outbox_leader_{}", std::process::id()))
             .unwrap();
         let host = |h: &str| {
-            let mut o = PgOptions::default();
-            o.host_id = h.into();
+            let o = PgOptions {
+                host_id: h.into(),
+                ..Default::default()
+            };
             super::PgOutbox::connect(&url, o).unwrap()
         };
         let (a, b) = (host("host-a"), host("host-b"));
