@@ -368,3 +368,39 @@ fn postgres_crash_restart_mid_run_loses_nothing_acknowledged() {
     assert_eq!(delivered(&ob).len(), N);
     assert!(r.delivered as usize + r.stale as usize >= N, "{r:?}");
 }
+
+/// A rough figure, not a bench: messages/s of enqueue → claim (batch 64) →
+/// ack on one handle, SQLite (durable commits) vs PostgreSQL (the private
+/// test cluster, fsync on), in whatever profile the tests are built.
+/// `cargo test --test pg_outbox -- --ignored --nocapture throughput`.
+#[test]
+#[ignore]
+fn throughput_enqueue_claim64_ack() {
+    const N: usize = 2000;
+    for b in [Backend::Sqlite, Backend::Postgres] {
+        let Some(d) = Db::new(b) else { continue };
+        let ob = d.open();
+        let t = std::time::Instant::now();
+        for i in 0..N {
+            ob.enqueue(&msg(&format!("k{i}")), at(0)).unwrap();
+        }
+        let mut acked = 0;
+        loop {
+            let v = ob.claim(64, LEASE, at(1)).unwrap();
+            if v.is_empty() {
+                break;
+            }
+            for e in v {
+                let tok = e.claim_token.as_deref().unwrap();
+                assert!(ob.ack(e.id, tok, at(2)).unwrap().applied());
+                acked += 1;
+            }
+        }
+        assert_eq!(acked, N);
+        let s = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{b:?}: {N} messages enqueue→claim(64)→ack in {s:.2} s = {:.0} msg/s",
+            N as f64 / s
+        );
+    }
+}
