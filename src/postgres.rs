@@ -5,10 +5,12 @@
 //!
 //! * Client and pool: the sync `postgres` crate (rust-postgres; the stores'
 //!   APIs are sync, and the `tokio` handles already run them on the blocking
-//!   pool) and an r2d2 pool of its connections, one pool per store handle.
+//!   pool) and an r2d2 pool of its connections, one pool per database URL (and
+//!   pool size) per process, shared by its store handles; connections are
+//!   made on demand and closed after 60 s idle.
 //!   Connections are plain-text (`NoTls`): use a unix socket or a local
 //!   network; TLS is a follow-up.
-//! * Migrations ([`migrate`]): table `lockstore_schema(component, version)`;
+//! * Migrations (`migrate`): table `lockstore_schema(component, version)`;
 //!   `migrations[n - 1]` brings `component` from version `n - 1` to `n`. All
 //!   steps run in one transaction holding a transaction-scoped advisory lock
 //!   (`pg_advisory_xact_lock`), so concurrent openers on several hosts apply
@@ -18,8 +20,14 @@
 //!   the hostname. On one host, owners are judged exactly (pid + start time);
 //!   an owner on another host only by its lease.
 //! * Retry: serialization failures (SQLSTATE 40001), deadlocks (40P01) and
-//!   broken connections ([`is_retryable`]) are retried whole by the stores
-//!   with backoff until their deadline; every other error is returned.
+//!   broken connections (`is_retryable`) are retried whole by the stores
+//!   with backoff until their deadline (`with_tx`); every other error is
+//!   returned.
+//! * Wake-ups: `hub` — one `LISTEN` connection per database and channel
+//!   per process, reconnecting with backoff.
+//! * Maintenance leader: `try_lead` — a lease row in
+//!   `lockstore_leader_leases`, not a session advisory lock (a pooled
+//!   connection is not ours between operations). See docs/postgres.md.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};

@@ -70,7 +70,9 @@ fn gone(path: &Path) -> OutboxError {
 
 impl Outbox {
     /// Opens (creating, migrating) the outbox database at `path` on a new
-    /// connection thread. See [`crate::outbox::Outbox::open`].
+    /// connection thread. See [`crate::outbox::Outbox::open`]. With feature
+    /// `postgres`, a `postgres://` / `postgresql://` URL as `path` connects
+    /// to PostgreSQL with the default `PgOptions` (see `Outbox::connect`).
     ///
     /// Errors: as [`crate::outbox::Outbox::open`]; [`OutboxError::Core`]
     /// ([`crate::Error::Io`]) if the thread cannot be spawned.

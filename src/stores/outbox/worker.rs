@@ -72,7 +72,8 @@ pub trait ChannelAdapter: Send + Sync {
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// Database file (normally [`crate::paths::outbox_db`]).
+    /// Database file (normally [`crate::paths::outbox_db`]), or with
+    /// feature `postgres` a `postgres://` / `postgresql://` URL.
     pub db: PathBuf,
     /// Store options.
     pub outbox: OutboxOptions,
