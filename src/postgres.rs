@@ -29,6 +29,9 @@
 //!   `lockstore_leader_leases`, not a session advisory lock (a pooled
 //!   connection is not ours between operations). See docs/postgres.md.
 
+// The helpers serve the stores: with feature `postgres` alone nothing calls them.
+#![cfg_attr(not(any(feature = "outbox", feature = "tasks")), allow(dead_code))]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -96,7 +99,8 @@ pub(crate) fn redact(url: &str) -> String {
         .join(" ")
 }
 
-/// Builds the pool (connects once to check the URL). Errors:
+/// Builds the pool (connections are made on first use: a bad URL or an
+/// unreachable server shows at the first checkout, after `connect_timeout`). Errors:
 /// [`Error::Postgres`] naming the redacted URL (bad URL, server unreachable,
 /// authentication failed).
 pub(crate) fn pool(url: &str, opts: &PgOptions) -> Result<Pool> {
