@@ -404,3 +404,74 @@ fn throughput_enqueue_claim64_ack() {
         );
     }
 }
+
+/// Counts deliveries and says when `n` distinct entries have arrived.
+struct Counting {
+    seen: Mutex<HashSet<i64>>,
+    n: usize,
+    done: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl ChannelAdapter for Counting {
+    fn deliver(&self, e: &Entry) -> Delivery {
+        let mut s = self.seen.lock().unwrap();
+        s.insert(e.id);
+        if s.len() == self.n {
+            if let Some(tx) = self.done.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+        }
+        Delivery::Delivered
+    }
+    fn idempotent(&self) -> bool {
+        false
+    }
+}
+
+/// The async worker runs on PostgreSQL too (`WorkerOptions::db` a URL): all
+/// delivered, then a graceful shutdown. (The sync handle, like the sync
+/// `postgres` client under it, is used outside the runtime.)
+#[test]
+fn run_async_delivers_everything_on_postgres() {
+    let Some(d) = Db::new(Backend::Postgres) else {
+        return;
+    };
+    let n = 40;
+    let ob = d.open();
+    for i in 0..n {
+        ob.enqueue(&msg(&format!("k{i}")), SystemTime::now())
+            .unwrap();
+    }
+    let mut w = WorkerOptions::new(&d.location);
+    w.concurrency = 4;
+    w.batch = 8;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let a = std::sync::Arc::new(Counting {
+        seen: Mutex::new(HashSet::new()),
+        n,
+        done: Mutex::new(Some(tx)),
+    });
+    let adapter = std::sync::Arc::new(lockstore::outbox::worker::Blocking(a.clone()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let rep = rt
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(120),
+                lockstore::outbox::worker::run_async(&w, adapter, async {
+                    let _ = rx.await;
+                }),
+            )
+            .await
+        })
+        .expect("every message arrived")
+        .unwrap();
+    assert_eq!(rep.delivered, n as u64);
+    assert_eq!(
+        ob.stats(SystemTime::now()).unwrap().by_status[&Status::Delivered],
+        n as u64
+    );
+}

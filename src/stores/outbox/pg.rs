@@ -110,7 +110,7 @@ pub(crate) struct PgOutbox {
     me: String,
     /// Leader-lease holder: host id, pid and start time.
     holder: String,
-    hub: Arc<Hub>,
+    pub(crate) hub: Arc<Hub>,
     seen: Cell<u64>,
 }
 

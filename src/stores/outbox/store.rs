@@ -93,6 +93,11 @@ impl Outbox {
     /// password redacted. Handles of one process share a connection pool
     /// per URL. See docs/postgres.md.
     ///
+    /// Do not call a PostgreSQL outbox from a thread that drives a tokio
+    /// runtime: the sync `postgres` client blocks on its own runtime there
+    /// and panics. In async code use `lockstore::tokio::Outbox::open(url)`
+    /// (its calls run on a thread of their own).
+    ///
     /// Errors ([`OutboxError::Core`]): [`Error::PgConnect`] (bad URL, server
     /// unreachable, authentication failed), [`Error::Postgres`] (a migration
     /// failed; rolled back), [`Error::SchemaTooNew`] (the database's outbox
@@ -160,6 +165,16 @@ impl Outbox {
         pg_dispatch!(self, p => p.wait_for_work(max));
         std::thread::sleep(max);
         false
+    }
+
+    /// The `LISTEN` hub of a PostgreSQL outbox and the generation seen so
+    /// far (for the async handle's idle wait); `None` on SQLite.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn work_hub(&self) -> Option<(std::sync::Arc<crate::postgres::Hub>, u64)> {
+        match &self.inner {
+            Inner::Pg(p) => Some((p.hub.clone(), p.hub.generation())),
+            Inner::Sqlite(_) => None,
+        }
     }
 
     /// The worker's periodic rescue: on PostgreSQL only by the process that
