@@ -25,6 +25,10 @@ use support::{Backend, Db};
 
 const LEASE: Duration = Duration::from_secs(1);
 
+/// The child worker's lease (real clock): long enough that a loaded machine
+/// never lets it lapse between the child's claim and the parent's checks.
+const CHILD_LEASE: Duration = Duration::from_secs(30);
+
 fn at(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.try_into().unwrap())
 }
@@ -172,7 +176,7 @@ fn concurrent_batched_claims_across_hosts_never_share_an_entry() {
 
 const CHILD_ENV: &str = "PG_OUTBOX_PAUSED_CHILD";
 
-/// Child role (host "host-a"): claim one entry with a 1 s lease, start the
+/// Child role (host "host-a"): claim one entry with a [`CHILD_LEASE`], start the
 /// send, print "claimed <id> <token>", wait for a line on stdin, then ack and
 /// print the outcome.
 #[test]
@@ -183,7 +187,10 @@ fn paused_child_role() {
     let mut pg = PgOptions::default();
     pg.host_id = "host-a".into();
     let ob = Outbox::connect(&url, OutboxOptions::default(), pg).unwrap();
-    let e = ob.claim(1, LEASE, SystemTime::now()).unwrap().remove(0);
+    let e = ob
+        .claim(1, CHILD_LEASE, SystemTime::now())
+        .unwrap()
+        .remove(0);
     let t = e.claim_token.clone().unwrap();
     assert!(ob
         .mark_send_started(e.id, &t, SystemTime::now())
@@ -235,7 +242,7 @@ fn a_worker_paused_past_its_lease_cannot_ack_after_a_takeover() {
         .unwrap()
         .success());
     // Past the child's lease (on the injected clock): host B takes over.
-    let later = SystemTime::now() + LEASE + Duration::from_secs(1);
+    let later = SystemTime::now() + CHILD_LEASE + Duration::from_secs(1);
     assert_eq!(b.rescue(later, true).unwrap().to_pending, 1);
     let e = b.claim(1, LEASE, later).unwrap().remove(0);
     let tb = e.claim_token.unwrap();
@@ -273,6 +280,51 @@ fn a_worker_paused_past_its_lease_cannot_ack_after_a_takeover() {
         row.delivered_at,
         Some(later.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64)
     );
+}
+
+/// SIGKILL mid-send: a dead claimer is judged exactly on its own host (its
+/// claim is taken at once, to `unknown` since the send had started and the
+/// adapter is not idempotent), by its lease alone from another host.
+#[test]
+fn a_worker_killed_mid_send_is_rescued_at_once_on_its_host_only() {
+    let d = pg_or_skip!();
+    let same_host = d.open_as_host("host-a");
+    let other_host = d.open_as_host("host-b");
+    let id = other_host
+        .enqueue(&msg("killed"), SystemTime::now())
+        .unwrap()
+        .id();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "paused_child_role",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, &d.location)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("claimed ") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "child exited early");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let now = SystemTime::now();
+    // Another host cannot judge host-a's pids: the lease still holds.
+    let r = other_host.rescue(now, false).unwrap();
+    assert_eq!((r.to_pending, r.to_unknown, r.left_alive), (0, 0, 1));
+    // On host-a the claimer is certainly dead: rescued before its lease ends.
+    let r = same_host.rescue(now, false).unwrap();
+    assert_eq!((r.to_pending, r.to_unknown, r.left_alive), (0, 1, 0));
+    let e = same_host.get(id).unwrap().unwrap();
+    assert_eq!(e.status, Status::Unknown);
+    assert!(e.last_error.unwrap().contains("claimer died"));
 }
 
 /// Delivers, records ids, signals after `signal_at` deliveries.
