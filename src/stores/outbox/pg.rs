@@ -127,15 +127,29 @@ fn parse_token(token: &str) -> Option<(i64, i64)> {
 impl PgOutbox {
     /// Connects (shared pool), migrates, starts the `LISTEN` hub.
     pub(crate) fn connect(url: &str, pg_opts: PgOptions) -> crate::Result<Self> {
+        // The worker opens a handle per thread and per poll: migrate once per
+        // database and process.
+        static MIGRATED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+            std::sync::OnceLock::new();
         let pool = pg::shared_pool(url, &pg_opts)?;
-        let mut c = pool
-            .get_timeout(pg_opts.connect_timeout)
-            .map_err(|e| crate::Error::pool(url, e))?;
-        let mut steps: Vec<&str> = MIGRATIONS.to_vec();
-        let first = format!("{}{}", steps[0], pg::LEADER_TABLE);
-        steps[0] = &first;
-        pg::migrate(&mut c, url, "outbox", &steps)?;
-        drop(c);
+        let migrated = MIGRATED.get_or_init(Default::default);
+        let done = migrated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(url);
+        if !done {
+            let mut c = pool
+                .get_timeout(pg_opts.connect_timeout)
+                .map_err(|e| crate::Error::pool(url, e))?;
+            let mut steps: Vec<&str> = MIGRATIONS.to_vec();
+            let first = format!("{}{}", steps[0], pg::LEADER_TABLE);
+            steps[0] = &first;
+            pg::migrate(&mut c, url, "outbox", &steps)?;
+            migrated
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(url.to_string());
+        }
         let me = proc::current();
         let hub = pg::hub(url, CHANNEL);
         let seen = Cell::new(hub.generation());
