@@ -327,21 +327,45 @@ fn a_worker_killed_mid_send_is_rescued_at_once_on_its_host_only() {
     assert!(e.last_error.unwrap().contains("claimer died"));
 }
 
-/// Delivers, records ids, signals after `signal_at` deliveries.
+/// Delivers and records ids; at the `signal_at`-th delivery signals, and
+/// from then on every delivery waits for the gate to open (so the crash
+/// comes while sends are in flight and most entries are still pending).
 struct Recorder {
     seen: Mutex<Vec<i64>>,
     n: AtomicUsize,
     signal_at: usize,
     tx: Mutex<Option<mpsc::Sender<()>>>,
+    gate: (Mutex<bool>, std::sync::Condvar),
+}
+
+impl Recorder {
+    fn open_gate(&self) {
+        *self.gate.0.lock().unwrap() = true;
+        self.gate.1.notify_all();
+    }
+}
+
+/// Opens the gate and stops the worker when dropped (also when an assertion
+/// fails first, so the scoped worker thread ends and the test fails instead
+/// of hanging).
+struct Release<'a>(&'a Recorder, &'a AtomicBool);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.1.store(true, Ordering::SeqCst);
+        self.0.open_gate();
+    }
 }
 
 impl ChannelAdapter for Recorder {
     fn deliver(&self, e: &Entry) -> Delivery {
         self.seen.lock().unwrap().push(e.id);
-        if self.n.fetch_add(1, Ordering::SeqCst) + 1 == self.signal_at {
+        if self.n.fetch_add(1, Ordering::SeqCst) + 1 >= self.signal_at {
             if let Some(tx) = self.tx.lock().unwrap().take() {
                 let _ = tx.send(());
             }
+            let (open, cv) = &self.gate;
+            let _g = cv.wait_while(open.lock().unwrap(), |o| !*o).unwrap();
         }
         Delivery::Delivered
     }
@@ -375,6 +399,7 @@ fn postgres_crash_restart_mid_run_loses_nothing_acknowledged() {
         n: AtomicUsize::new(0),
         signal_at: 60,
         tx: Mutex::new(Some(tx)),
+        gate: (Mutex::new(false), std::sync::Condvar::new()),
     };
     let stop = AtomicBool::new(false);
     let delivered = |ob: &Outbox| -> HashSet<i64> {
@@ -386,6 +411,7 @@ fn postgres_crash_restart_mid_run_loses_nothing_acknowledged() {
     };
     let report = std::thread::scope(|s| {
         let h = s.spawn(|| run(&w, &a, &stop));
+        let _release = Release(&a, &stop);
         rx.recv_timeout(Duration::from_secs(60))
             .expect("60 deliveries");
         let before = delivered(&ob);
@@ -394,6 +420,7 @@ fn postgres_crash_restart_mid_run_loses_nothing_acknowledged() {
         cluster.start_server().unwrap();
         // Every ack committed before the crash survived it.
         let after = delivered(&ob);
+        a.open_gate();
         assert!(
             before.is_subset(&after),
             "acknowledged before the crash, lost after it"
