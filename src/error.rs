@@ -113,14 +113,39 @@ pub enum Error {
         source: rusqlite::Error,
     },
 
-    /// The database's schema (`PRAGMA user_version`) is newer than this binary
-    /// knows; it is refused, never downgraded (feature `sqlite`).
-    #[cfg(feature = "sqlite")]
+    /// The database's schema (SQLite `PRAGMA user_version`, or PostgreSQL's
+    /// `lockstore_schema` row; `path` is then the redacted database URL) is
+    /// newer than this binary knows; it is refused, never downgraded
+    /// (features `sqlite` / `postgres`).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     #[error("database {} has schema version {found}, newer than the {supported} this lockstore {} supports; upgrade lockstore", .path.display(), env!("CARGO_PKG_VERSION"))]
     SchemaTooNew {
         path: PathBuf,
         found: i64,
         supported: i64,
+    },
+
+    /// A PostgreSQL error (feature `postgres`): the operation, the database
+    /// URL with its password redacted, and the client's error (SQLSTATE in
+    /// `source.code()`).
+    #[cfg(feature = "postgres")]
+    #[error("{op} on {database}: {source}")]
+    Postgres {
+        op: &'static str,
+        database: String,
+        #[source]
+        source: postgres::Error,
+    },
+
+    /// No PostgreSQL connection could be had from the pool before its
+    /// connect timeout (server down, unreachable, authentication refused;
+    /// feature `postgres`).
+    #[cfg(feature = "postgres")]
+    #[error("cannot connect to {database}: {source}")]
+    PgConnect {
+        database: String,
+        #[source]
+        source: r2d2::Error,
     },
 
     /// Sidecar protocol with `fail_closed`: the lock's holder is gone (`holder`
@@ -184,9 +209,10 @@ impl Error {
         }
     }
 
-    /// The file this error is about (`None` only for a store error about an
-    /// input rather than a file, e.g. an unknown status name, and for
-    /// [`Error::NoStateDir`]).
+    /// The file this error is about. `None` for a store error about an input
+    /// rather than a file (e.g. an unknown status name), for
+    /// [`Error::NoStateDir`], and for PostgreSQL errors (they name the
+    /// database URL instead).
     pub fn path(&self) -> Option<&std::path::Path> {
         Some(match self {
             Error::NoStateDir => return None,
@@ -206,7 +232,11 @@ impl Error {
             | Error::LockProtocolMismatch { path, .. }
             | Error::Io { path, .. } => path,
             #[cfg(feature = "sqlite")]
-            Error::Sqlite { path, .. } | Error::SchemaTooNew { path, .. } => path,
+            Error::Sqlite { path, .. } => path,
+            #[cfg(any(feature = "sqlite", feature = "postgres"))]
+            Error::SchemaTooNew { path, .. } => path,
+            #[cfg(feature = "postgres")]
+            Error::Postgres { .. } | Error::PgConnect { .. } => return None,
             #[cfg(feature = "tasks")]
             Error::Tasks(e) => return e.path(),
             #[cfg(feature = "outbox")]
@@ -214,6 +244,26 @@ impl Error {
             #[cfg(feature = "commitments")]
             Error::Commitments(e) => return e.path(),
         })
+    }
+
+    /// Builds an [`Error::Postgres`] for `op` on the database at `url`
+    /// (its password redacted).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres(op: &'static str, url: &str, source: postgres::Error) -> Self {
+        Error::Postgres {
+            op,
+            database: crate::postgres::redact(url),
+            source,
+        }
+    }
+
+    /// Builds an [`Error::PgConnect`] for the database at `url`.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn pool(url: &str, source: r2d2::Error) -> Self {
+        Error::PgConnect {
+            database: crate::postgres::redact(url),
+            source,
+        }
     }
 
     /// Builds an [`Error::Sqlite`] for `op` on `path`.

@@ -62,6 +62,8 @@ mod json;
 mod json_doc;
 pub mod lock;
 pub mod paths;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod proc;
 #[cfg(any(loom, shuttle))]
 #[doc(hidden)]

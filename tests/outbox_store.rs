@@ -11,7 +11,12 @@ use lockstore::outbox::{
     Enqueued, Entry, Failure, NewMessage, Outbox, OutboxError, OutboxOptions, Outcome, Retention,
     RetryPolicy, Status,
 };
+use rstest::rstest;
 use serde_json::json;
+
+#[path = "support/outbox_backend.rs"]
+mod support;
+use support::{Backend, Db};
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -20,8 +25,14 @@ fn at(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.try_into().unwrap())
 }
 
-fn open(dir: &Path) -> Outbox {
-    Outbox::open(dir.join("outbox/outbox.sqlite"), OutboxOptions::default()).unwrap()
+/// A fresh outbox database on `b` (`None`: PostgreSQL missing, skip).
+macro_rules! db_or_skip {
+    ($b:expr) => {
+        match Db::new($b) {
+            Some(d) => d,
+            None => return,
+        }
+    };
 }
 
 fn msg(key: Option<&str>) -> NewMessage {
@@ -49,10 +60,10 @@ fn retryable(e: &str) -> Failure {
     }
 }
 
-#[test]
-fn enqueue_is_idempotent_by_key() {
-    let d = tempfile::tempdir().unwrap();
-    let ob = open(d.path());
+#[rstest]
+fn enqueue_is_idempotent_by_key(#[values(Backend::Sqlite, Backend::Postgres)] b: Backend) {
+    let d = db_or_skip!(b);
+    let ob = d.open();
     let a = ob.enqueue(&msg(Some("k")), at(1000)).unwrap();
     let b = ob.enqueue(&msg(Some("k")), at(2000)).unwrap();
     assert!(matches!(a, Enqueued::Created(_)));
@@ -77,10 +88,12 @@ fn enqueue_is_idempotent_by_key() {
     );
 }
 
-#[test]
-fn claim_is_oldest_first_due_only_and_exclusive() {
-    let d = tempfile::tempdir().unwrap();
-    let ob = open(d.path());
+#[rstest]
+fn claim_is_oldest_first_due_only_and_exclusive(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let d = db_or_skip!(b);
+    let ob = d.open();
     let ids: Vec<i64> = (0..5)
         .map(|i| ob.enqueue(&msg(None), at(100 + i)).unwrap().id())
         .collect();
@@ -102,10 +115,10 @@ fn claim_is_oldest_first_due_only_and_exclusive() {
 }
 
 /// Every late or stale transition is a reported no-op and leaves the row as it was.
-#[test]
-fn transition_guards_are_reported_noops() {
-    let d = tempfile::tempdir().unwrap();
-    let ob = open(d.path());
+#[rstest]
+fn transition_guards_are_reported_noops(#[values(Backend::Sqlite, Backend::Postgres)] b: Backend) {
+    let d = db_or_skip!(b);
+    let ob = d.open();
     let check = |id: i64, f: &dyn Fn() -> Outcome, want: Outcome| {
         let before = ob.get(id).unwrap();
         assert_eq!(f(), want);
@@ -234,10 +247,12 @@ fn transition_guards_are_reported_noops() {
     assert_eq!(ob.ack(9999, "x", at(0)).unwrap(), Outcome::Stale(None));
 }
 
-#[test]
-fn rescue_judges_claimer_liveness_and_lease() {
-    let d = tempfile::tempdir().unwrap();
-    let ob = open(d.path());
+#[rstest]
+fn rescue_judges_claimer_liveness_and_lease(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let d = db_or_skip!(b);
+    let ob = d.open();
     for k in ["alive", "dead-unstarted", "dead-started"] {
         ob.enqueue(&msg(Some(k)), at(0)).unwrap();
     }
@@ -250,12 +265,12 @@ fn rescue_judges_claimer_liveness_and_lease() {
     ghost.pid = child.id();
     ghost.start_time = None;
     child.wait().unwrap();
-    let c = rusqlite::Connection::open(ob.path()).unwrap();
-    c.execute(
-        "UPDATE entries SET claimed_by = ?1 WHERE id IN (?2, ?3)",
-        rusqlite::params![serde_json::to_string(&ghost).unwrap(), v[1].id, v[2].id],
-    )
-    .unwrap();
+    d.exec(
+        "UPDATE {t} SET claimed_by = {p1} WHERE id IN ({p2}, {p3})",
+        &serde_json::to_string(&ghost).unwrap(),
+        v[1].id,
+        v[2].id,
+    );
     // Lease not expired: only the dead claimer's rows are rescued.
     let r = ob.rescue(at(10), false).unwrap();
     assert_eq!((r.to_pending, r.to_unknown, r.left_alive), (1, 1, 1));
@@ -270,10 +285,12 @@ fn rescue_judges_claimer_liveness_and_lease() {
     assert_eq!(ob.get(v[0].id).unwrap().unwrap().attempt_count, 0);
 }
 
-#[test]
-fn backoff_schedule_jitter_bounds_and_exhaustion() {
-    let d = tempfile::tempdir().unwrap();
-    let ob = open(d.path());
+#[rstest]
+fn backoff_schedule_jitter_bounds_and_exhaustion(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let d = db_or_skip!(b);
+    let ob = d.open();
     let id = ob.enqueue(&msg(None), at(0)).unwrap().id();
     let mut now = 0;
     let table = [5_000, 25_000, 120_000, 600_000, 600_000];
@@ -313,9 +330,11 @@ fn backoff_schedule_jitter_bounds_and_exhaustion() {
     assert!(e.payload.is_some(), "dead letters keep their payload");
 }
 
-#[test]
-fn jitter_varies_and_policy_is_configurable() {
-    let d = tempfile::tempdir().unwrap();
+#[rstest]
+fn jitter_varies_and_policy_is_configurable(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let d = db_or_skip!(b);
     let opts = OutboxOptions {
         retry: RetryPolicy {
             backoff: vec![Duration::from_secs(1)],
@@ -324,7 +343,7 @@ fn jitter_varies_and_policy_is_configurable() {
         },
         ..Default::default()
     };
-    let ob = Outbox::open(d.path().join("o.sqlite"), opts).unwrap();
+    let ob = d.open_with(opts);
     let mut js = std::collections::HashSet::new();
     for _ in 0..20 {
         let id = ob.enqueue(&msg(None), at(0)).unwrap().id();
@@ -344,10 +363,12 @@ fn jitter_varies_and_policy_is_configurable() {
     assert!(js.len() > 5, "jitter does not vary: {js:?}");
 }
 
-#[test]
-fn retry_after_wins_and_permanent_is_dead() {
-    let d = tempfile::tempdir().unwrap();
-    let ob = open(d.path());
+#[rstest]
+fn retry_after_wins_and_permanent_is_dead(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let d = db_or_skip!(b);
+    let ob = d.open();
     let id = ob.enqueue(&msg(None), at(0)).unwrap().id();
     let (_, t) = claim_one(&ob, 0);
     let f = Failure {
@@ -384,14 +405,14 @@ fn retry_after_wins_and_permanent_is_dead() {
     }
 }
 
-#[test]
-fn ttl_expiry() {
-    let d = tempfile::tempdir().unwrap();
+#[rstest]
+fn ttl_expiry(#[values(Backend::Sqlite, Backend::Postgres)] b: Backend) {
+    let d = db_or_skip!(b);
     let opts = OutboxOptions {
         default_ttl: Some(Duration::from_secs(5)),
         ..Default::default()
     };
-    let ob = Outbox::open(d.path().join("o.sqlite"), opts).unwrap();
+    let ob = d.open_with(opts);
     let a = ob.enqueue(&msg(None), at(0)).unwrap().id(); // default TTL 5 s
     let mut m = msg(None);
     m.ttl = Some(Duration::from_secs(60));
@@ -415,10 +436,10 @@ fn ttl_expiry() {
     assert!(ob.enqueue(&bad, at(0)).is_err());
 }
 
-#[test]
-fn prune_guards() {
-    let d = tempfile::tempdir().unwrap();
-    let ob = open(d.path());
+#[rstest]
+fn prune_guards(#[values(Backend::Sqlite, Backend::Postgres)] b: Backend) {
+    let d = db_or_skip!(b);
+    let ob = d.open();
     let day = 86_400_000;
     // One row per status, completed (or queued) at t = 0.
     let mk = |k: &str| ob.enqueue(&msg(Some(k)), at(0)).unwrap().id();
@@ -507,10 +528,10 @@ fn prune_guards() {
     assert!(ob.get(exp).unwrap().is_none());
 }
 
-#[test]
-fn stats_counts() {
-    let d = tempfile::tempdir().unwrap();
-    let ob = open(d.path());
+#[rstest]
+fn stats_counts(#[values(Backend::Sqlite, Backend::Postgres)] b: Backend) {
+    let d = db_or_skip!(b);
+    let ob = d.open();
     for i in 0..3 {
         ob.enqueue(&msg(None), at(i * 1000)).unwrap();
     }
@@ -541,7 +562,7 @@ fn enqueue_child_role() {
     let Ok(db) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let ob = Outbox::open(Path::new(&db), OutboxOptions::default()).unwrap();
+    let ob = support::open_location(Path::new(&db), OutboxOptions::default(), None);
     println!("ready");
     std::io::stdout().flush().unwrap();
     let mut line = String::new();
@@ -553,11 +574,11 @@ fn enqueue_child_role() {
     }
 }
 
-#[test]
-fn idempotent_enqueue_under_8_processes() {
-    let d = tempfile::tempdir().unwrap();
-    let db = d.path().join("o.sqlite");
-    drop(Outbox::open(&db, OutboxOptions::default()).unwrap());
+#[rstest]
+fn idempotent_enqueue_under_8_processes(#[values(Backend::Sqlite, Backend::Postgres)] b: Backend) {
+    let d = db_or_skip!(b);
+    let db = d.location.clone();
+    drop(d.open());
     let exe = std::env::current_exe().unwrap();
     let mut kids: Vec<_> = (0..8)
         .map(|_| {
@@ -602,15 +623,17 @@ fn idempotent_enqueue_under_8_processes() {
         assert!(k.wait().unwrap().success());
     }
     assert_eq!(created, 100, "exactly one process creates each key");
-    let ob = Outbox::open(&db, OutboxOptions::default()).unwrap();
+    let ob = d.open();
     let rows = ob.list(None, 10_000).unwrap();
     assert_eq!(rows.len(), 100, "one row per key");
 }
 
-#[test]
-fn legacy_import_twice_imports_nothing_twice() {
-    let d = tempfile::tempdir().unwrap();
-    let q = d.path().join("legacy/delivery-queue");
+#[rstest]
+fn legacy_import_twice_imports_nothing_twice(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let d = db_or_skip!(b);
+    let q = d.dir.path().join("legacy/delivery-queue");
     std::fs::create_dir_all(q.join("failed")).unwrap();
     let entry = |id: &str, retry: i64| {
         json!({"id": id, "enqueuedAt": 1_000, "channel": "telegram", "to": "123",
@@ -632,8 +655,8 @@ fn legacy_import_twice_imports_nothing_twice() {
         .map(|f| (q.join(f), std::fs::read(q.join(f)).unwrap()))
         .collect();
 
-    let ob = open(d.path());
-    let r = import_legacy(&ob, d.path().join("legacy"), at(10_000)).unwrap();
+    let ob = d.open();
+    let r = import_legacy(&ob, d.dir.path().join("legacy"), at(10_000)).unwrap();
     assert_eq!(
         (r.imported, r.existing, r.renamed, r.malformed.len()),
         (3, 0, 3, 2)
@@ -657,7 +680,7 @@ fn legacy_import_twice_imports_nothing_twice() {
     );
 
     // Second import: the files are aside; put copies back to prove the key dedupe too.
-    let r = import_legacy(&ob, d.path().join("legacy"), at(20_000)).unwrap();
+    let r = import_legacy(&ob, d.dir.path().join("legacy"), at(20_000)).unwrap();
     assert_eq!((r.imported, r.existing), (0, 0));
     for (p, bytes) in &backup {
         std::fs::write(p, bytes).unwrap();
@@ -667,10 +690,12 @@ fn legacy_import_twice_imports_nothing_twice() {
     assert_eq!(ob.list(None, 100).unwrap().len(), 3);
 }
 
-#[test]
-fn bad_input_is_a_typed_error_naming_the_file() {
-    let d = tempfile::tempdir().unwrap();
-    let ob = open(d.path());
+#[rstest]
+fn bad_input_is_a_typed_error_naming_the_file(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let d = db_or_skip!(b);
+    let ob = d.open();
     let e = ob
         .enqueue(
             &NewMessage {
@@ -690,7 +715,7 @@ fn bad_input_is_a_typed_error_naming_the_file() {
         ),
         "{e}"
     );
-    assert!(e.to_string().contains("outbox.sqlite"), "{e}");
+    assert!(e.to_string().contains(&*ob.path().to_string_lossy()), "{e}");
     let e = ob
         .prune(
             &Retention {
@@ -730,10 +755,12 @@ fn bad_input_is_a_typed_error_naming_the_file() {
     assert!(from_spec("file:/dev/null", t).is_ok());
 }
 
-#[test]
-fn renew_extends_the_lease_under_the_claim_token_only() {
-    let d = tempfile::tempdir().unwrap();
-    let ob = open(d.path());
+#[rstest]
+fn renew_extends_the_lease_under_the_claim_token_only(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let d = db_or_skip!(b);
+    let ob = d.open();
     let id = ob.enqueue(&msg(Some("renew")), at(0)).unwrap().id();
     let (e, t) = claim_one(&ob, 0);
     assert_eq!(e.lease_expires_at, Some(60_000));

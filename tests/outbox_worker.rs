@@ -7,15 +7,22 @@ use std::time::Duration;
 use lockstore::outbox::adapters::{ExecAdapter, FileAdapter};
 use lockstore::outbox::worker::{run, run_once, ChannelAdapter, Delivery, WorkerOptions};
 use lockstore::outbox::{Entry, NewMessage, Outbox, Status};
+use rstest::rstest;
 
-fn setup(n: usize) -> (tempfile::TempDir, WorkerOptions, Outbox) {
-    let d = tempfile::tempdir().unwrap();
-    let mut w = WorkerOptions::new(d.path().join("o.sqlite"));
+#[path = "support/outbox_backend.rs"]
+mod support;
+use support::{Backend, Db};
+
+/// A fresh outbox on `b` with `n` messages and worker options for it
+/// (`None`: PostgreSQL missing, skip).
+fn setup(b: Backend, n: usize) -> Option<(Db, WorkerOptions, Outbox)> {
+    let d = Db::new(b)?;
+    let mut w = WorkerOptions::new(&d.location);
     w.outbox.sqlite.durability = lockstore::Durability::Process;
     w.concurrency = 1;
     w.batch = 4;
     w.poll = Duration::from_millis(10);
-    let ob = Outbox::open(&w.db, w.outbox.clone()).unwrap();
+    let ob = d.open_with(w.outbox.clone());
     for i in 0..n {
         let m = NewMessage {
             channel: "tg".into(),
@@ -26,7 +33,7 @@ fn setup(n: usize) -> (tempfile::TempDir, WorkerOptions, Outbox) {
         };
         ob.enqueue(&m, std::time::UNIX_EPOCH).unwrap();
     }
-    (d, w, ob)
+    Some((d, w, ob))
 }
 
 fn entry(id: i64) -> Entry {
@@ -161,9 +168,13 @@ impl ChannelAdapter for Flaky {
     }
 }
 
-#[test]
-fn run_once_does_not_retry_what_is_not_yet_due() {
-    let (_d, w, ob) = setup(5);
+#[rstest]
+fn run_once_does_not_retry_what_is_not_yet_due(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let Some((_d, w, ob)) = setup(b, 5) else {
+        return;
+    };
     let a = Flaky(AtomicUsize::new(0));
     let r = run_once(&w, &a, &AtomicBool::new(false)).unwrap();
     assert_eq!((r.claimed, r.retried), (5, 5));
@@ -189,9 +200,13 @@ impl ChannelAdapter for StopAfter<'_> {
     }
 }
 
-#[test]
-fn graceful_shutdown_releases_unstarted_claims() {
-    let (_d, w, ob) = setup(8);
+#[rstest]
+fn graceful_shutdown_releases_unstarted_claims(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let Some((_d, w, ob)) = setup(b, 8) else {
+        return;
+    };
     let stop = AtomicBool::new(false);
     let a = StopAfter(AtomicUsize::new(0), 2, &stop);
     let r = run(&w, &a, &stop).unwrap();
@@ -213,9 +228,13 @@ fn graceful_shutdown_releases_unstarted_claims() {
         .all(|e| e.status == Status::Pending && e.attempt_count == 0));
 }
 
-#[test]
-fn spent_startup_budget_consumes_no_retry_and_the_loop_keeps_running() {
-    let (_d, mut w, ob) = setup(6);
+#[rstest]
+fn spent_startup_budget_consumes_no_retry_and_the_loop_keeps_running(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let Some((_d, mut w, ob)) = setup(b, 6) else {
+        return;
+    };
     w.recovery_budget = Duration::ZERO;
     let stop = AtomicBool::new(false);
     // Budget 0: the startup drain delivers nothing; the continuous loop then
@@ -310,9 +329,13 @@ impl ChannelAdapter for Gate {
 /// Issue 11 item 10: a send longer than the lease, by a live worker, was
 /// rescued by another worker to `unknown` (and the ack came back stale),
 /// although it was delivered exactly once.
-#[test]
-fn sync_worker_renews_the_lease_while_a_send_outlives_it() {
-    let (_d, mut w, ob) = setup(1);
+#[rstest]
+fn sync_worker_renews_the_lease_while_a_send_outlives_it(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let Some((_d, mut w, ob)) = setup(b, 1) else {
+        return;
+    };
     w.lease = Duration::from_secs(3);
     w.batch = 1;
     let (started_tx, started_rx) = std::sync::mpsc::channel();

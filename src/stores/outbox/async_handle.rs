@@ -48,6 +48,9 @@ type Job = Box<dyn FnOnce(&SyncOutbox) + Send>;
 #[derive(Clone)]
 pub struct Outbox {
     tx: mpsc::Sender<Job>,
+    /// PostgreSQL: the `LISTEN` hub and the generation this handle has seen.
+    #[cfg(feature = "postgres")]
+    hub: Option<(Arc<crate::postgres::Hub>, Arc<std::sync::atomic::AtomicU64>)>,
     path: Arc<PathBuf>,
     opts: Arc<OutboxOptions>,
 }
@@ -70,34 +73,47 @@ fn gone(path: &Path) -> OutboxError {
 
 impl Outbox {
     /// Opens (creating, migrating) the outbox database at `path` on a new
-    /// connection thread. See [`crate::outbox::Outbox::open`].
+    /// connection thread. See [`crate::outbox::Outbox::open`]. With feature
+    /// `postgres`, a `postgres://` / `postgresql://` URL as `path` connects
+    /// to PostgreSQL with the default `PgOptions` (see `Outbox::connect`).
     ///
     /// Errors: as [`crate::outbox::Outbox::open`]; [`OutboxError::Core`]
     /// ([`crate::Error::Io`]) if the thread cannot be spawned.
     pub async fn open(path: impl AsRef<Path>, opts: OutboxOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let (tx, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
+        #[cfg(feature = "postgres")]
+        type Hub = Option<(Arc<crate::postgres::Hub>, u64)>;
+        #[cfg(not(feature = "postgres"))]
+        type Hub = Option<std::convert::Infallible>;
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<Hub>>();
         let (p, o) = (path.clone(), opts.clone());
         std::thread::Builder::new()
             .name("lockstore-outbox".into())
             .spawn(move || {
-                let ob = match SyncOutbox::open(&p, o) {
+                let ob = match SyncOutbox::open_db(&p, o) {
                     Ok(ob) => ob,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
-                let _ = ready_tx.send(Ok(()));
+                #[cfg(feature = "postgres")]
+                let hub = ob.work_hub();
+                #[cfg(not(feature = "postgres"))]
+                let hub = None;
+                let _ = ready_tx.send(Ok(hub));
                 while let Ok(job) = rx.recv() {
                     job(&ob);
                 }
             })
             .map_err(|e| OutboxError::Core(crate::Error::io("spawn thread", &path, e)))?;
-        ready_rx.await.map_err(|_| gone(&path))??;
+        #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+        let hub = ready_rx.await.map_err(|_| gone(&path))??;
         Ok(Outbox {
             tx,
+            #[cfg(feature = "postgres")]
+            hub: hub.map(|(h, g)| (h, Arc::new(std::sync::atomic::AtomicU64::new(g)))),
             path: Arc::new(path),
             opts: Arc::new(opts),
         })
@@ -118,6 +134,28 @@ impl Outbox {
     /// The options it was opened with.
     pub fn options(&self) -> &OutboxOptions {
         &self.opts
+    }
+
+    /// Waits up to `max` for work that may be due, without holding the
+    /// connection thread: on PostgreSQL until a `NOTIFY` (see the sync
+    /// handle's `wait_for_work`; the wait runs on tokio's blocking pool),
+    /// on SQLite it sleeps `max` (false).
+    pub(crate) async fn wait_for_work(&self, max: Duration) -> bool {
+        #[cfg(feature = "postgres")]
+        if let Some((hub, seen)) = &self.hub {
+            let (hub, seen) = (hub.clone(), seen.clone());
+            return ::tokio::task::spawn_blocking(move || {
+                use std::sync::atomic::Ordering;
+                let mut s = seen.load(Ordering::SeqCst);
+                let woke = hub.wait(&mut s, max);
+                seen.store(s, Ordering::SeqCst);
+                woke
+            })
+            .await
+            .unwrap_or(false);
+        }
+        ::tokio::time::sleep(max).await;
+        false
     }
 
     /// Runs `f` on the connection thread and returns its result.

@@ -51,26 +51,28 @@ impl Outbox {
         }
         let now = to_ms(now);
         let payload = msg.payload.to_string();
-        self.tx(|tx| {
-            insert_row(
-                tx,
-                &InsertRow {
-                    key: msg.idempotency_key.as_deref(),
-                    channel: &msg.channel,
-                    target: &msg.target,
-                    account_id: msg.account_id.as_deref(),
-                    payload: &payload,
-                    status: Status::Pending,
-                    attempt_count: 0,
-                    next_attempt_at: now,
-                    queued_at: now,
-                    expires_at: ttl.map(|t| now.saturating_add(duration_ms(t))),
-                    last_attempt_at: None,
-                    last_error: None,
-                    completed_at: None,
-                    terminal_reason: None,
-                },
-            )
+        self.insert(&InsertRow {
+            key: msg.idempotency_key.as_deref(),
+            channel: &msg.channel,
+            target: &msg.target,
+            account_id: msg.account_id.as_deref(),
+            payload: &payload,
+            status: Status::Pending,
+            attempt_count: 0,
+            next_attempt_at: now,
+            queued_at: now,
+            expires_at: ttl.map(|t| now.saturating_add(duration_ms(t))),
+            last_attempt_at: None,
+            last_error: None,
+            completed_at: None,
+            terminal_reason: None,
         })
+    }
+
+    /// Inserts `row` unless its idempotency key exists (enqueue, legacy
+    /// import), on either backend.
+    pub(crate) fn insert(&self, row: &InsertRow<'_>) -> Result<Enqueued> {
+        super::store::pg_dispatch!(self, p => p.insert(row));
+        self.tx(|tx| insert_row(tx, row))
     }
 }

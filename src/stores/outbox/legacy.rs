@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::schema::{insert_row, InsertRow};
+use super::schema::InsertRow;
 use super::{Enqueued, Outbox, OutboxError, Result, Status};
 use crate::timefmt::to_ms;
 
@@ -172,26 +172,21 @@ pub fn import_legacy_with_progress(
                     + ob.options().retry.base_delay_ms(l.attempts)
             };
             let dead = status == Status::Dead;
-            let r = ob.tx(|tx| {
-                insert_row(
-                    tx,
-                    &InsertRow {
-                        key: Some(&l.key),
-                        channel: &l.channel,
-                        target: &l.target,
-                        account_id: l.account_id.as_deref(),
-                        payload: &l.payload,
-                        status,
-                        attempt_count: l.attempts,
-                        next_attempt_at: next,
-                        queued_at: l.queued_at,
-                        expires_at: None,
-                        last_attempt_at: l.last_attempt_at,
-                        last_error: l.last_error.as_deref(),
-                        completed_at: dead.then_some(now),
-                        terminal_reason: dead.then_some("legacy_failed"),
-                    },
-                )
+            let r = ob.insert(&InsertRow {
+                key: Some(&l.key),
+                channel: &l.channel,
+                target: &l.target,
+                account_id: l.account_id.as_deref(),
+                payload: &l.payload,
+                status,
+                attempt_count: l.attempts,
+                next_attempt_at: next,
+                queued_at: l.queued_at,
+                expires_at: None,
+                last_attempt_at: l.last_attempt_at,
+                last_error: l.last_error.as_deref(),
+                completed_at: dead.then_some(now),
+                terminal_reason: dead.then_some("legacy_failed"),
             })?;
             match r {
                 Enqueued::Created(_) => rep.imported += 1,

@@ -2,6 +2,12 @@
 //! message at least once, never blindly twice, expires what is too old and keeps
 //! dead letters listable, retryable and prunable.
 //!
+//! With feature `postgres` the same [`Outbox`] can live in a shared
+//! PostgreSQL database instead ([`Outbox::connect`]; private module `pg.rs`):
+//! same states and compare-and-set transitions, plus fencing tokens,
+//! per-host leases, `LISTEN/NOTIFY` wake-ups and one maintenance leader
+//! (docs/postgres.md). What follows describes the SQLite backend.
+//!
 //! Database: its own file `<state>/outbox/outbox.sqlite`
 //! ([`crate::paths::outbox_db`]), not a shared state DB: the delivery worker
 //! writes several short transactions per message, and a separate file keeps that
@@ -48,6 +54,8 @@ mod enqueue;
 mod entry;
 mod error;
 mod options;
+#[cfg(feature = "postgres")]
+mod pg;
 mod policy;
 mod rescue;
 mod retention;

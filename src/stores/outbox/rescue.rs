@@ -31,6 +31,7 @@ impl Outbox {
     /// attempt is consumed.
     pub fn rescue(&self, now: SystemTime, adapter_idempotent: bool) -> Result<RescueReport> {
         let now = to_ms(now);
+        super::store::pg_dispatch!(self, p => p.rescue(now, adapter_idempotent));
         self.tx(|tx| {
             let mut st = tx.prepare(
                 "SELECT id, claim_token, claimed_by, lease_expires_at, send_started_at

@@ -57,6 +57,7 @@ impl Outbox {
     /// Moves pending rows whose `expires_at <= now` to `expired`. Returns the count.
     pub fn expire(&self, now: SystemTime) -> Result<u64> {
         let now = to_ms(now);
+        super::store::pg_dispatch!(self, p => p.expire(now));
         self.tx(|tx| expire_in(tx, now))
     }
 
@@ -88,6 +89,7 @@ impl Outbox {
             }
         }
         let now = to_ms(now);
+        super::store::pg_dispatch!(self, p => p.prune(&ages.map(|(s, a)| (s, duration_ms(a))), now, dry_run));
         self.tx(|tx| {
             let mut rep = PruneReport {
                 dry_run,

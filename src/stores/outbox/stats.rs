@@ -42,6 +42,7 @@ impl Outbox {
     /// stored status this binary does not know.
     pub fn stats(&self, now: SystemTime) -> Result<OutboxStats> {
         let now = to_ms(now);
+        super::store::pg_dispatch!(self, p => p.stats(now));
         self.tx(|tx| {
             let mut s = OutboxStats::default();
             for st in Status::ALL {

@@ -15,6 +15,7 @@ use super::failpoint;
 use super::policy::{duration_ms, is_permanent_error};
 use super::retention::expire_in;
 use super::schema::{cas, row_to_entry, status_of, CachedExt, COLS};
+use super::store::pg_dispatch;
 use super::{Entry, Outbox, Outcome, Result, Status};
 use crate::proc;
 use crate::timefmt::to_ms;
@@ -44,6 +45,7 @@ impl Outbox {
         let now = to_ms(now);
         let me = serde_json::to_string(proc::current()).unwrap_or_default();
         let lease_end = now.saturating_add(duration_ms(lease));
+        pg_dispatch!(self, p => p.claim(batch, lease, now));
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
         let mut v = self.tx(|tx| {
             expire_in(tx, now)?;
@@ -76,6 +78,7 @@ impl Outbox {
     /// (`Applied(Expired)`: do not send). `Applied(InFlight)` means: send now.
     pub fn mark_send_started(&self, id: i64, token: &str, now: SystemTime) -> Result<Outcome> {
         let now = to_ms(now);
+        pg_dispatch!(self, p => p.mark_send_started(id, token, now));
         self.tx(|tx| {
             let n = tx.exec_cached(
                 "UPDATE entries SET status = 'expired', terminal_reason = 'ttl', completed_at = ?3,
@@ -102,6 +105,7 @@ impl Outbox {
     /// `delivered`, payload dropped (tombstone keeps the key). Stale otherwise.
     pub fn ack(&self, id: i64, token: &str, now: SystemTime) -> Result<Outcome> {
         let now = to_ms(now);
+        pg_dispatch!(self, p => p.ack(id, token, now));
         self.tx(|tx| {
             cas(
                 tx,
@@ -133,6 +137,8 @@ impl Outbox {
         let permanent = failure.permanent || is_permanent_error(&failure.error);
         let policy = &self.options().retry;
         let jitter_frac = fastrand::f64();
+        let decide = |cur: i64| decide(policy, failure, permanent, cur, now, jitter_frac);
+        pg_dispatch!(self, p => p.fail(id, token, &failure.error, now, &decide));
         self.tx(|tx| {
             let cur: Option<i64> = tx
                 .query_row_cached(
@@ -146,41 +152,7 @@ impl Outbox {
                 return Ok(Outcome::Stale(status_of(tx, id)?));
             };
             let n = cur + 1;
-            let (status, class, reason, next, jitter) = if permanent {
-                (
-                    Status::Dead,
-                    "permanent",
-                    Some("permanent_error"),
-                    None,
-                    None,
-                )
-            } else if n > i64::from(policy.max_retries) {
-                (
-                    Status::Dead,
-                    "exhausted",
-                    Some("attempts_exhausted"),
-                    None,
-                    None,
-                )
-            } else if let Some(ra) = failure.retry_after {
-                (
-                    Status::Pending,
-                    "retryable",
-                    None,
-                    Some(now.saturating_add(duration_ms(ra))),
-                    Some(0),
-                )
-            } else {
-                let base = policy.base_delay_ms(n);
-                let j = (base as f64 * policy.jitter.max(0.0) * jitter_frac) as i64;
-                (
-                    Status::Pending,
-                    "retryable",
-                    None,
-                    Some(now.saturating_add(base).saturating_add(j)),
-                    Some(j),
-                )
-            };
+            let (status, class, reason, next, jitter) = decide(cur);
             let completed = status.is_terminal().then_some(now);
             cas(
                 tx,
@@ -218,6 +190,7 @@ impl Outbox {
         now: SystemTime,
     ) -> Result<Outcome> {
         let now = to_ms(now);
+        pg_dispatch!(self, p => p.mark_unknown(id, token, error, now));
         self.tx(|tx| {
             cas(
                 tx,
@@ -244,6 +217,7 @@ impl Outbox {
     /// Errors: SQLite errors naming the file.
     pub fn renew(&self, id: i64, token: &str, lease: Duration, now: SystemTime) -> Result<Outcome> {
         let lease_end = to_ms(now).saturating_add(duration_ms(lease));
+        pg_dispatch!(self, p => p.renew(id, token, lease_end));
         self.tx(|tx| {
             cas(
                 tx,
@@ -260,6 +234,7 @@ impl Outbox {
     /// spent): `in_flight` → `pending`, no attempt consumed. Stale if the send was
     /// marked started or the claim is gone.
     pub fn release(&self, id: i64, token: &str) -> Result<Outcome> {
+        pg_dispatch!(self, p => p.release(id, token));
         self.tx(|tx| {
             cas(
                 tx,
@@ -278,6 +253,7 @@ impl Outbox {
     /// TTL, which has passed). Stale for any other status.
     pub fn retry(&self, id: i64, now: SystemTime) -> Result<Outcome> {
         let now = to_ms(now);
+        pg_dispatch!(self, p => p.retry(id, now));
         self.tx(|tx| {
             let n = tx.exec_cached(
                 "UPDATE entries SET status = 'pending', attempt_count = 0, next_attempt_at = ?2,
@@ -294,5 +270,61 @@ impl Outbox {
                 Outcome::Stale(status_of(tx, id)?)
             })
         })
+    }
+}
+
+/// The decision of [`Outbox::fail`] for a claim whose stored attempt count is
+/// `cur`: (status, error class, terminal reason, next attempt time, jitter).
+pub(crate) type Decision = (
+    Status,
+    &'static str,
+    Option<&'static str>,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn decide(
+    policy: &super::RetryPolicy,
+    failure: &Failure,
+    permanent: bool,
+    cur: i64,
+    now: i64,
+    jitter_frac: f64,
+) -> Decision {
+    let n = cur + 1;
+    if permanent {
+        (
+            Status::Dead,
+            "permanent",
+            Some("permanent_error"),
+            None,
+            None,
+        )
+    } else if n > i64::from(policy.max_retries) {
+        (
+            Status::Dead,
+            "exhausted",
+            Some("attempts_exhausted"),
+            None,
+            None,
+        )
+    } else if let Some(ra) = failure.retry_after {
+        (
+            Status::Pending,
+            "retryable",
+            None,
+            Some(now.saturating_add(duration_ms(ra))),
+            Some(0),
+        )
+    } else {
+        let base = policy.base_delay_ms(n);
+        let j = (base as f64 * policy.jitter.max(0.0) * jitter_frac) as i64;
+        (
+            Status::Pending,
+            "retryable",
+            None,
+            Some(now.saturating_add(base).saturating_add(j)),
+            Some(j),
+        )
     }
 }

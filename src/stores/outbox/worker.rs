@@ -78,7 +78,8 @@ pub trait ChannelAdapter: Send + Sync {
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// Database file (normally [`crate::paths::outbox_db`]).
+    /// Database file (normally [`crate::paths::outbox_db`]), or with
+    /// feature `postgres` a `postgres://` / `postgresql://` URL.
     pub db: PathBuf,
     /// Store options.
     pub outbox: OutboxOptions,
@@ -270,7 +271,7 @@ pub(crate) fn finished(out: Outcome, id: i64, c: &Counters) {
 
 /// Rescues orphaned claims on `ob` and counts them.
 pub(crate) fn rescue_with(ob: &Outbox, idempotent: bool, c: &Counters) -> Result<()> {
-    let r = ob.rescue(SystemTime::now(), idempotent)?;
+    let r = ob.rescue_as_leader(SystemTime::now(), idempotent)?;
     c.add_n(count::RESCUED_PENDING, r.to_pending);
     c.add_n(count::RESCUED_UNKNOWN, r.to_unknown);
     if r.to_pending + r.to_unknown > 0 {
@@ -359,7 +360,7 @@ fn heartbeat(opts: &WorkerOptions, held: &Held, c: &Counters) {
             continue;
         }
         if ob.is_none() {
-            match Outbox::open(&opts.db, opts.outbox.clone()) {
+            match Outbox::open_db(&opts.db, opts.outbox.clone()) {
                 Ok(o) => ob = Some(o),
                 Err(er) => {
                     tracing::warn!(path = %opts.db.display(), error = %er, "lease renewal: cannot open the outbox; retrying at the next tick");
@@ -421,7 +422,7 @@ fn drain_thread(
     stop: &dyn Fn() -> bool,
     held: &Held,
 ) -> Result<()> {
-    let ob = Outbox::open(&opts.db, opts.outbox.clone())?;
+    let ob = Outbox::open_db(&opts.db, opts.outbox.clone())?;
     loop {
         if stop() {
             return Ok(());
@@ -509,7 +510,7 @@ fn drain(
 }
 
 fn rescue(opts: &WorkerOptions, adapter: &dyn ChannelAdapter, c: &Counters) -> Result<()> {
-    let ob = Outbox::open(&opts.db, opts.outbox.clone())?;
+    let ob = Outbox::open_db(&opts.db, opts.outbox.clone())?;
     rescue_with(&ob, adapter.idempotent(), c)
 }
 
@@ -605,12 +606,15 @@ fn run_loop(
         stop.load(Ordering::SeqCst) || Instant::now() >= budget_end
     })?;
     let stopped = || stop.load(Ordering::SeqCst);
+    let idle = Outbox::open_db(&opts.db, opts.outbox.clone())?;
     while !stopped() {
         rescue(opts, adapter, c)?;
         drain(opts, adapter, c, &SystemTime::now, &stopped)?;
         let until = Instant::now() + opts.poll;
         while !stopped() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20).min(opts.poll));
+            if idle.wait_for_work(Duration::from_millis(20).min(opts.poll)) {
+                break;
+            }
         }
     }
     Ok(())

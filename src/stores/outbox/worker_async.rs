@@ -372,7 +372,7 @@ pub async fn run_async<A: AsyncChannelAdapter + 'static>(
     while !stop.requested() {
         rescue(&ob).await?;
         drain(&ob, &opts, &adapter, &c, &sem, None, None, &mut stop).await?;
-        stop.or(::tokio::time::sleep(opts.poll)).await;
+        stop.or(ob.wait_for_work(opts.poll)).await;
     }
     Ok(c.report())
 }
