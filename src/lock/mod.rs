@@ -53,8 +53,9 @@ pub fn reclaim_count() -> u64 {
     RECLAIMS.load(Ordering::Relaxed)
 }
 
-/// Callback invoked once per acquisition when the lock is contended: the lock
-/// path and what is known of the holder.
+/// Callback invoked at most once per acquisition when the lock is contended
+/// for longer than [`LockOptions::on_wait_after`]: the lock path and what is
+/// known of the holder.
 pub type WaitCallback = Arc<dyn Fn(&Path, Option<&HolderInfo>) + Send + Sync>;
 
 /// How to wait for a lock. All durations are wall-clock.
@@ -75,8 +76,13 @@ pub struct LockOptions {
     /// Give up after this many sleeps even before the deadline (openclaw's
     /// `retries`). Default `None`.
     pub max_retries: Option<u32>,
-    /// Called once when an acquisition finds the lock held by another process.
+    /// Called once when an acquisition finds the lock held by another process
+    /// and is still waiting [`on_wait_after`](Self::on_wait_after) later.
     pub on_wait: Option<WaitCallback>,
+    /// How long an acquisition waits before calling `on_wait` (a wait that ends
+    /// sooner calls nothing). Default zero: at once. The CLI uses 100 ms, as
+    /// cargo does before its "Blocking waiting for file lock" line.
+    pub on_wait_after: Duration,
     /// Wait for a contended lock by blocking in `flock` on a helper thread (woken
     /// by the kernel the moment the holder releases) instead of polling with
     /// backoff. Default true; ignored when `max_retries` is set (the openclaw
@@ -109,6 +115,7 @@ impl std::fmt::Debug for LockOptions {
             .field("jitter", &self.jitter)
             .field("max_retries", &self.max_retries)
             .field("on_wait", &self.on_wait.is_some())
+            .field("on_wait_after", &self.on_wait_after)
             .field("blocking_wait", &self.blocking_wait)
             .field("protocol", &self.protocol)
             .field("stale", &self.stale)
@@ -128,6 +135,7 @@ impl Default for LockOptions {
             jitter: true,
             max_retries: None,
             on_wait: None,
+            on_wait_after: Duration::ZERO,
             blocking_wait: true,
             protocol: LockProtocol::Flock,
             stale: Duration::from_secs(60),
@@ -377,6 +385,9 @@ impl LockFile {
         let start = Instant::now();
         let mut polls: u32 = 0;
         let mut announced = false;
+        // The on_wait callback fires once, when the wait passes this instant.
+        let notify_at = start + opts.on_wait_after;
+        let mut notified = opts.on_wait.is_none();
         loop {
             let f = self.open()?;
             match f.try_lock() {
@@ -422,9 +433,10 @@ impl LockFile {
                         tracing::info!(path = %self.path.display(), "Blocking waiting for file lock")
                     }
                 }
-                if let Some(cb) = &opts.on_wait {
-                    cb(&self.path, holder.as_ref());
-                }
+            }
+            if !notified && Instant::now() >= notify_at {
+                notified = true;
+                self.notify_wait(opts);
             }
             let now = Instant::now();
             let out_of_retries = opts.max_retries.is_some_and(|r| polls >= r);
@@ -439,7 +451,8 @@ impl LockFile {
             if opts.blocking_wait && opts.max_retries.is_none() {
                 // Sleep in the kernel until the holder releases (or the deadline):
                 // the wake-up is immediate, unlike polling.
-                self.blocking_wait(deadline)?;
+                let notice = (!notified).then_some((notify_at, opts));
+                notified |= self.blocking_wait(deadline, notice)?;
                 polls += 1;
                 continue;
             }
@@ -455,14 +468,24 @@ impl LockFile {
     /// replaced by a fresh one (a new open file description), and the helper
     /// unlocks and closes its duplicate if it ever gets the lock — so an abandoned
     /// wait can never release a lock we take later.
-    fn blocking_wait(&mut self, deadline: Instant) -> Result<()> {
+    ///
+    /// With `notice = Some((at, opts))`, calls `opts.on_wait` once if the wait
+    /// is still going at `at` (and keeps waiting on the same helper); returns
+    /// whether it did.
+    fn blocking_wait(
+        &mut self,
+        deadline: Instant,
+        mut notice: Option<(Instant, &LockOptions)>,
+    ) -> Result<bool> {
         #[derive(PartialEq)]
         enum St {
             Waiting,
             Abandoned,
             Done,
         }
-        let Some(f) = &self.file else { return Ok(()) };
+        let Some(f) = &self.file else {
+            return Ok(false);
+        };
         let dup = f
             .try_clone()
             .map_err(|e| Error::io("dup lock file", &self.path, e))?;
@@ -471,6 +494,7 @@ impl LockFile {
             std::sync::Condvar::new(),
         ));
         let result: Arc<std::sync::Mutex<Option<std::io::Result<()>>>> = Arc::default();
+        let mut fired = false;
         let (st2, res2) = (state.clone(), result.clone());
         let spawned = std::thread::Builder::new()
             .name("lockstore-flock-wait".into())
@@ -501,13 +525,28 @@ impl LockFile {
         };
         while *g == St::Waiting {
             let now = Instant::now();
+            if let Some((_, opts)) = notice.filter(|(at, _)| now >= *at && *at < deadline) {
+                notice = None;
+                fired = true;
+                drop(g);
+                self.notify_wait(opts);
+                g = match state.0.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                continue;
+            }
+            let wake = match notice {
+                Some((at, _)) if at < deadline => at,
+                _ => deadline,
+            };
             if now >= deadline {
                 *g = St::Abandoned;
                 drop(g);
                 self.file = None; // the helper keeps the old description alive
-                return Ok(());
+                return Ok(fired);
             }
-            g = match state.1.wait_timeout(g, deadline - now) {
+            g = match state.1.wait_timeout(g, wake.saturating_duration_since(now)) {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };
@@ -520,7 +559,15 @@ impl LockFile {
                 source: e,
             }),
             Some(Err(e)) => Err(Error::io("lock", &self.path, e)),
-            _ => Ok(()),
+            _ => Ok(fired),
+        }
+    }
+
+    /// Calls `opts.on_wait` with the current holder (read afresh).
+    fn notify_wait(&self, opts: &LockOptions) {
+        if let Some(cb) = &opts.on_wait {
+            let holder = Self::read_record(&self.path).map(HolderInfo::judge);
+            cb(&self.path, holder.as_ref());
         }
     }
 
