@@ -789,6 +789,92 @@ mod tests {
         }
     }
 
+    /// `on_wait` is called once the wait passes `on_wait_after`, not when it
+    /// begins (the holder releases only after the call), in both wait modes.
+    #[test]
+    fn on_wait_fires_after_the_threshold() {
+        for blocking in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("s.json.lock");
+            let mut a = LockFile::new(&p);
+            let held = a.lock(&LockOptions::default(), Instant::now()).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let tx = std::sync::Mutex::new(tx);
+            let opts = LockOptions {
+                blocking_wait: blocking,
+                on_wait_after: Duration::from_millis(150),
+                on_wait: Some(Arc::new(move |_: &Path, h: Option<&HolderInfo>| {
+                    assert!(h.is_some(), "holder named");
+                    let _ = tx.lock().unwrap().send(());
+                })),
+                ..Default::default()
+            };
+            let p2 = p.clone();
+            let waiter = std::thread::spawn(move || {
+                let start = Instant::now();
+                let mut b = LockFile::new(&p2);
+                let acq = b.lock(&opts, start + Duration::from_secs(60)).unwrap();
+                b.unlock(acq.record);
+                start.elapsed()
+            });
+            let t0 = Instant::now();
+            rx.recv().unwrap();
+            let fired_after = t0.elapsed();
+            a.unlock(held.record);
+            waiter.join().unwrap();
+            assert!(
+                fired_after >= Duration::from_millis(140),
+                "blocking={blocking}: on_wait after {fired_after:?}"
+            );
+            assert!(rx.try_recv().is_err(), "called twice");
+        }
+    }
+
+    /// A wait that ends before `on_wait_after` calls nothing (the waiter is
+    /// known to be blocked by its shared flock on `<lock>.waiters`).
+    #[test]
+    fn a_short_wait_calls_nothing() {
+        for blocking in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("s.json.lock");
+            let mut a = LockFile::new(&p);
+            let held = a.lock(&LockOptions::default(), Instant::now()).unwrap();
+            let calls = Arc::new(AtomicU64::new(0));
+            let c2 = calls.clone();
+            let opts = LockOptions {
+                blocking_wait: blocking,
+                on_wait_after: Duration::from_secs(3600),
+                on_wait: Some(Arc::new(move |_: &Path, _: Option<&HolderInfo>| {
+                    c2.fetch_add(1, Ordering::SeqCst);
+                })),
+                ..Default::default()
+            };
+            let p2 = p.clone();
+            let waiter = std::thread::spawn(move || {
+                let mut b = LockFile::new(&p2);
+                let acq = b
+                    .lock(&opts, Instant::now() + Duration::from_secs(60))
+                    .unwrap();
+                b.unlock(acq.record);
+            });
+            let waiters = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(a.waiters_path())
+                .unwrap();
+            // Until the waiter announces itself (shared flock): it is waiting.
+            while waiters.try_lock().is_ok() {
+                waiters.unlock().unwrap();
+                std::thread::yield_now();
+            }
+            a.unlock(held.record);
+            waiter.join().unwrap();
+            assert_eq!(calls.load(Ordering::SeqCst), 0, "blocking={blocking}");
+        }
+    }
+
     fn queue_deadline(o: &LockOptions) -> Instant {
         crate::queue::deadline_after(o.deadline)
     }
