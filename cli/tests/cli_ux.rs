@@ -12,8 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use lockstore::commitments::{
-    Candidate, CommitmentsConfig, CommitmentsStore, InferredItem, Kind, Scope, Sensitivity,
-    Source,
+    Candidate, CommitmentsConfig, CommitmentsStore, InferredItem, Kind, Scope, Sensitivity, Source,
 };
 use lockstore::{run_exclusive, Error, LockOptions};
 
@@ -51,7 +50,11 @@ fn usage_errors_exit_1_help_and_version_exit_0() {
     let o = ok(run(d.path(), &["--help"]));
     let help = stdout(&o);
     assert!(help.contains("Exit codes:"), "{help}");
-    for line in ["  1    usage error", "  2    a store is corrupt", "  3    a lock"] {
+    for line in [
+        "  1    usage error",
+        "  2    a store is corrupt",
+        "  3    a lock",
+    ] {
         assert!(help.contains(line), "exit table lacks {line:?}:\n{help}");
     }
     let o = ok(run(d.path(), &["--version"]));
@@ -102,7 +105,10 @@ fn man_page_has_a_title_and_the_subcommands() {
     let dir = d.path().join("man");
     ok(run(d.path(), &["man", "--out", dir.to_str().unwrap()]));
     let tasks_run = std::fs::read_to_string(dir.join("lockstore-tasks-run.1")).unwrap();
-    assert!(tasks_run.contains(".TH lockstore-tasks-run 1"), "{tasks_run}");
+    assert!(
+        tasks_run.contains(".TH lockstore-tasks-run 1"),
+        "{tasks_run}"
+    );
 }
 
 fn common_prefix(a: &str, b: &str) -> usize {
@@ -114,12 +120,18 @@ fn tasks_list_shows_full_ids_and_commands_take_unique_prefixes() {
     let d = tempfile::tempdir().unwrap();
     let s = d.path();
     let create = |t: &str| {
-        let o = ok(run(s, &["tasks", "create", "--runtime", "cli", "--task", t]));
+        let o = ok(run(
+            s,
+            &["tasks", "create", "--runtime", "cli", "--task", t],
+        ));
         stdout(&o).trim().to_string()
     };
     let (a, b) = (create("first"), create("second"));
     let list = stdout(&ok(run(s, &["tasks", "list"])));
-    assert!(list.contains(&a) && list.contains(&b), "ids not shown in full:\n{list}");
+    assert!(
+        list.contains(&a) && list.contains(&b),
+        "ids not shown in full:\n{list}"
+    );
 
     // Ids start with the creation time in hex: two tasks made now share a
     // prefix of well over 4 characters.
@@ -128,7 +140,10 @@ fn tasks_list_shows_full_ids_and_commands_take_unique_prefixes() {
     let o = run(s, &["tasks", "show", &a[..l]]);
     assert_eq!(o.status.code(), Some(1), "ambiguous prefix: {}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("ambiguous") && err.contains(&a) && err.contains(&b), "{err}");
+    assert!(
+        err.contains("ambiguous") && err.contains(&a) && err.contains(&b),
+        "{err}"
+    );
 
     let o = ok(run(s, &["tasks", "show", &a[..l + 1], "--json"]));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -212,7 +227,13 @@ fn commitments_take_prefixes_report_unknown_ids_once_and_list_snoozes() {
     // A snooze shows in the text list, not only in --json.
     let o = ok(run(
         s,
-        &["commitments", "snooze", b, "--until", "2099-01-02T03:04:05Z"],
+        &[
+            "commitments",
+            "snooze",
+            b,
+            "--until",
+            "2099-01-02T03:04:05Z",
+        ],
     ));
     assert!(stdout(&o).contains("2099-01-02T03:04:05"), "{}", stdout(&o));
     let list = stdout(&ok(run(s, &["commitments"])));
@@ -228,11 +249,23 @@ fn outbox_list_counts_the_delivering_attempt() {
     let sink = d.path().join("sink.jsonl");
     let o = ok(run(
         s,
-        &["outbox", "enqueue", "--channel", "tg", "--target", "u1", "--payload", "{}"],
+        &[
+            "outbox",
+            "enqueue",
+            "--channel",
+            "tg",
+            "--target",
+            "u1",
+            "--payload",
+            "{}",
+        ],
     ));
     assert_eq!(stdout(&o), "created 1\n");
     let adapter = format!("file:{}", sink.display());
-    ok(run(s, &["outbox", "deliver", "--adapter", &adapter, "--once"]));
+    ok(run(
+        s,
+        &["outbox", "deliver", "--adapter", &adapter, "--once"],
+    ));
     let list = stdout(&ok(run(s, &["outbox", "list"])));
     let row = list.lines().find(|l| l.contains("delivered")).unwrap();
     let cols: Vec<&str> = row.split_whitespace().collect();
