@@ -9,7 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 /// Crash-safe, lost-update-free state files: CLI and daemon.
 #[derive(Parser, Debug)]
 #[command(name = "lockstore", version, about, after_help = cli::EXIT_CODES_HELP)]
-pub(crate) struct Cli {
+struct Cli {
     /// State directory (default: $LOCKSTORE_STATE_DIR, else $XDG_STATE_HOME/lockstore, else ~/.local/state/lockstore).
     #[arg(
         long,

@@ -288,11 +288,22 @@ fn sigkill_node_holder_lockstore_waiters_reclaim() {
     holder.child.wait().unwrap();
     let t = Instant::now();
     let waiters: Vec<Child> = (0..3)
-        .map(|_| ls_incr(&file, 1, &[]).spawn().unwrap())
+        .map(|_| {
+            ls_incr(&file, 1, &[])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
-    for mut w in waiters {
-        assert!(w.wait().unwrap().success());
+    let mut reclaims = 0;
+    for w in waiters {
+        let o = w.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        reclaims += err.matches("reclaimed stale sidecar lock").count();
     }
+    assert_eq!(reclaims, 1, "one waiter reclaims the dead holder's lock");
     assert_eq!(count(&file), 3);
     assert!(!lock_path_for(&file).exists());
     println!(
@@ -315,11 +326,22 @@ fn sigkill_lockstore_holder_waiters_reclaim_at_once_via_beacon() {
     let t = Instant::now();
     // stale is 60 s: finishing well before proves the beacon, not age, decided.
     let waiters: Vec<Child> = (0..3)
-        .map(|_| ls_incr(&file, 1, &[]).spawn().unwrap())
+        .map(|_| {
+            ls_incr(&file, 1, &[])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
-    for mut w in waiters {
-        assert!(w.wait().unwrap().success());
+    let mut reclaims = 0;
+    for w in waiters {
+        let o = w.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        reclaims += err.matches("reclaimed stale sidecar lock").count();
     }
+    assert_eq!(reclaims, 1, "one waiter reclaims the dead holder's lock");
     assert!(t.elapsed() < Duration::from_secs(10));
     assert_eq!(count(&file), 3);
     println!(

@@ -818,7 +818,8 @@ mod tests {
                 start.elapsed()
             });
             let t0 = Instant::now();
-            rx.recv().unwrap();
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("on_wait was never called");
             let fired_after = t0.elapsed();
             a.unlock(held.record);
             waiter.join().unwrap();
@@ -830,8 +831,27 @@ mod tests {
         }
     }
 
+    /// Whether /proc/locks lists a shared (READ) flock on `path`'s inode.
+    fn has_shared_flock(path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ino) = std::fs::metadata(path).map(|m| m.ino()) else {
+            return false;
+        };
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        locks.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "N: FLOCK ADVISORY READ PID MAJ:MIN:INODE 0 EOF"
+            f.get(1) == Some(&"FLOCK")
+                && f.get(3) == Some(&"READ")
+                && f.get(5)
+                    .and_then(|d| d.rsplit(':').next())
+                    .and_then(|i| i.parse::<u64>().ok())
+                    == Some(ino)
+        })
+    }
+
     /// A wait that ends before `on_wait_after` calls nothing (the waiter is
-    /// known to be blocked by its shared flock on `<lock>.waiters`).
+    /// known to be waiting by its shared flock on `<lock>.waiters`).
     #[test]
     fn a_short_wait_calls_nothing() {
         for blocking in [true, false] {
@@ -857,16 +877,16 @@ mod tests {
                     .unwrap();
                 b.unlock(acq.record);
             });
-            let waiters = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(a.waiters_path())
-                .unwrap();
-            // Until the waiter announces itself (shared flock): it is waiting.
-            while waiters.try_lock().is_ok() {
-                waiters.unlock().unwrap();
+            // Until the waiter announces itself (a shared flock on
+            // `<lock>.waiters`, seen in /proc/locks without probing it: a probe
+            // could make the waiter's one try_lock_shared fail): it is waiting.
+            let waiters = a.waiters_path();
+            let give_up = Instant::now() + Duration::from_secs(60);
+            while !has_shared_flock(&waiters) {
+                assert!(
+                    Instant::now() < give_up,
+                    "the waiter never announced itself"
+                );
                 std::thread::yield_now();
             }
             a.unlock(held.record);
