@@ -502,8 +502,8 @@ fn list(reg: &TaskRegistry, l: &ListArgs) -> CliResult {
         .max()
         .unwrap_or(4);
     println!(
-        "{} {} {} {} {} {} Summary",
-        format!("{:<w$}", "Task"),
+        "{:<w$} {} {} {} {} {} Summary",
+        "Task",
         trunc("Kind", 8),
         trunc("Status", 10),
         trunc("Delivery", 14),
@@ -512,8 +512,8 @@ fn list(reg: &TaskRegistry, l: &ListArgs) -> CliResult {
     );
     for t in &tasks {
         println!(
-            "{} {} {} {} {} {} {}",
-            format!("{:<w$}", super::sanitize(&t.task_id)),
+            "{:<w$} {} {} {} {} {} {}",
+            super::sanitize(&t.task_id),
             trunc(t.runtime.as_str(), 8),
             trunc(t.status.as_str(), 10),
             trunc(t.delivery_status.as_str(), 14),
