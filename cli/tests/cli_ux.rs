@@ -271,6 +271,14 @@ fn outbox_list_counts_the_delivering_attempt() {
     let cols: Vec<&str> = row.split_whitespace().collect();
     // ID STATUS CHANNEL TARGET TRY ...
     assert_eq!(cols[4], "1", "delivered on the first attempt:\n{list}");
+
+    // Each problem reported once: one error line naming both ids.
+    let o = run(s, &["outbox", "retry", "1", "99"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("1: not retried: status is delivered"), "{err}");
+    assert!(err.contains("99: no such entry"), "{err}");
 }
 
 /// A log line on stderr (the info-level "Blocking waiting" event of a

@@ -291,25 +291,19 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
         },
         OutboxCmd::Retry { ids } => {
             let ob = open()?;
-            let mut bad = 0;
+            // Each problem once: in the one error line (exit 1).
+            let mut bad = Vec::new();
             for id in ids {
                 match ob.retry(id, SystemTime::now())? {
                     Outcome::Applied(_) => println!("{id}: pending"),
-                    Outcome::Stale(None) => {
-                        bad += 1;
-                        eprintln!("{id}: no such entry");
-                    }
-                    Outcome::Stale(Some(s)) => {
-                        bad += 1;
-                        eprintln!("{id}: not retried: status is {s} (only dead, unknown or expired entries can be retried)");
-                    }
+                    Outcome::Stale(None) => bad.push(format!("{id}: no such entry")),
+                    Outcome::Stale(Some(s)) => bad.push(format!(
+                        "{id}: not retried: status is {s} (only dead, unknown or expired entries can be retried)"
+                    )),
                 }
             }
-            if bad > 0 {
-                return Err(CliError::usage(format!(
-                    "{bad} entr{} not retried",
-                    if bad == 1 { "y" } else { "ies" }
-                )));
+            if !bad.is_empty() {
+                return Err(CliError::usage(bad.join("; ")));
             }
         }
         OutboxCmd::Prune {
