@@ -142,6 +142,7 @@ fn fresh_state_dir_list_add_dismiss_snooze() {
         .args(["commitments", "add", "--stdin", "--json", "--now-ms", NOW_S])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     std::io::Write::write_all(

@@ -21,8 +21,15 @@ use serde::{Deserialize, Serialize};
 use common::*;
 use lockstore::{Durability, JsonOptions, JsonStore};
 
-fn incr_child(store: &Path, i: usize, m: usize, threads: usize, durability: &str) -> Child {
-    lockstore(["json", "incr"])
+fn incr_child(
+    store: &Path,
+    i: usize,
+    m: usize,
+    threads: usize,
+    durability: &str,
+) -> (Child, StderrLog) {
+    let err = StderrLog::new();
+    let c = lockstore(["json", "incr"])
         .arg(store)
         .args([
             "/count".to_string(),
@@ -35,8 +42,10 @@ fn incr_child(store: &Path, i: usize, m: usize, threads: usize, durability: &str
             durability.into(),
         ])
         .stdout(std::process::Stdio::null())
+        .stderr(err.stdio())
         .spawn()
-        .expect("spawn lockstore")
+        .expect("spawn lockstore");
+    (c, err)
 }
 
 fn check_counts(store: &Path, procs: usize, threads: usize, m: usize) {
@@ -64,12 +73,16 @@ fn run_procs(procs: usize, threads: usize, m: usize, durability: &str) {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("counter.json");
     let start = Instant::now();
-    let children: Vec<Child> = (0..procs)
+    let children: Vec<_> = (0..procs)
         .map(|i| incr_child(&store, i, m, threads, durability))
         .collect();
-    for mut c in children {
+    for (mut c, err) in children {
         let st = c.wait().unwrap();
-        assert!(st.success(), "lockstore json incr failed: {st}");
+        assert!(
+            st.success(),
+            "lockstore json incr failed: {st}; stderr:\n{}",
+            err.text()
+        );
     }
     eprintln!(
         "{procs} processes x {threads} threads x {m} updates ({durability}): {:.2?}",

@@ -41,6 +41,23 @@ fn short_soak_loses_nothing_and_the_checker_sees_tampering() {
     assert!(rep["acknowledgedTotal"].as_u64().unwrap() >= 20, "{pretty}");
     let incr = rep["acknowledged"]["incr"].as_u64().unwrap_or(0);
     assert!(incr > 0, "{pretty}");
+    // The chaos phase reports progress every 5 s: plain lines in a pipe.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let status = err
+        .lines()
+        .find(|l| l.starts_with("soak: chaos"))
+        .unwrap_or_else(|| panic!("no status line during the chaos phase; stderr:\n{err}"));
+    let acked: u64 = status
+        .split(": ")
+        .nth(2)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        acked <= rep["acknowledgedTotal"].as_u64().unwrap(),
+        "{status}"
+    );
+    assert!(status.contains("violations so far"), "{status}");
 
     // Tamper: erase every increment, duplicate one delivery.
     std::fs::write(state.join("counter.json"), r#"{"count": 0, "by": {}}"#).unwrap();
@@ -65,5 +82,24 @@ fn short_soak_loses_nothing_and_the_checker_sees_tampering() {
         rep["duplicates"]["sinkDuplicateKeys"].as_u64(),
         Some(1),
         "{pretty}"
+    );
+}
+
+/// A non-empty state dir from `$LOCKSTORE_STATE_DIR` is refused, and the
+/// error says where the directory came from.
+#[test]
+fn soak_names_lockstore_state_dir_when_refusing_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("x"), b"").unwrap();
+    let out = Command::new(BIN)
+        .env("LOCKSTORE_STATE_DIR", tmp.path())
+        .args(["soak", "--seconds", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not empty") && err.contains("LOCKSTORE_STATE_DIR"),
+        "{err}"
     );
 }

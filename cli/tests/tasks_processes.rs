@@ -63,6 +63,7 @@ fn registry_and_cli_processes_share_the_ledger_without_lost_updates() {
                 ])
                 .arg(PER_PROC.to_string())
                 .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
         })
@@ -78,7 +79,12 @@ fn registry_and_cli_processes_share_the_ledger_without_lost_updates() {
     let mut versions: [Vec<i64>; 2] = [mine.clone(), Vec::new()];
     for (i, c) in children.into_iter().enumerate() {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "child {i}: {:?}", out.status);
+        assert!(
+            out.status.success(),
+            "child {i}: {:?}; stderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         let vs: Vec<i64> = String::from_utf8(out.stdout)
             .unwrap()
             .lines()

@@ -54,8 +54,9 @@ pub fn reclaim_count() -> u64 {
     RECLAIMS.load(Ordering::Relaxed)
 }
 
-/// Callback invoked once per acquisition when the lock is contended: the lock
-/// path and what is known of the holder.
+/// Callback invoked at most once per acquisition when the lock is contended
+/// for longer than [`LockOptions::on_wait_after`]: the lock path and what is
+/// known of the holder.
 pub type WaitCallback = Arc<dyn Fn(&Path, Option<&HolderInfo>) + Send + Sync>;
 
 /// How to wait for a lock. All durations are wall-clock.
@@ -76,8 +77,13 @@ pub struct LockOptions {
     /// Give up after this many sleeps even before the deadline (openclaw's
     /// `retries`). Default `None`.
     pub max_retries: Option<u32>,
-    /// Called once when an acquisition finds the lock held by another process.
+    /// Called once when an acquisition finds the lock held by another process
+    /// and is still waiting [`on_wait_after`](Self::on_wait_after) later.
     pub on_wait: Option<WaitCallback>,
+    /// How long an acquisition waits before calling `on_wait` (a wait that ends
+    /// sooner calls nothing). Default zero: at once. The CLI uses 100 ms, as
+    /// cargo does before its "Blocking waiting for file lock" line.
+    pub on_wait_after: Duration,
     /// Wait for a contended lock by blocking in `flock` on a helper thread (woken
     /// by the kernel the moment the holder releases) instead of polling with
     /// backoff. Default true; ignored when `max_retries` is set (the openclaw
@@ -110,6 +116,7 @@ impl std::fmt::Debug for LockOptions {
             .field("jitter", &self.jitter)
             .field("max_retries", &self.max_retries)
             .field("on_wait", &self.on_wait.is_some())
+            .field("on_wait_after", &self.on_wait_after)
             .field("blocking_wait", &self.blocking_wait)
             .field("protocol", &self.protocol)
             .field("stale", &self.stale)
@@ -129,6 +136,7 @@ impl Default for LockOptions {
             jitter: true,
             max_retries: None,
             on_wait: None,
+            on_wait_after: Duration::ZERO,
             blocking_wait: true,
             protocol: LockProtocol::Flock,
             stale: Duration::from_secs(60),
@@ -436,6 +444,9 @@ impl LockFile {
         let start = Instant::now();
         let mut polls: u32 = 0;
         let mut announced = false;
+        // The on_wait callback fires once, when the wait passes this instant.
+        let notify_at = start + opts.on_wait_after;
+        let mut notified = opts.on_wait.is_none();
         loop {
             let f = self.open()?;
             match f.try_lock() {
@@ -481,9 +492,10 @@ impl LockFile {
                         tracing::info!(path = %self.path.display(), "Blocking waiting for file lock")
                     }
                 }
-                if let Some(cb) = &opts.on_wait {
-                    cb(&self.path, holder.as_ref());
-                }
+            }
+            if !notified && Instant::now() >= notify_at {
+                notified = true;
+                self.notify_wait(opts);
             }
             let now = Instant::now();
             let out_of_retries = opts.max_retries.is_some_and(|r| polls >= r);
@@ -498,7 +510,8 @@ impl LockFile {
             if opts.blocking_wait && opts.max_retries.is_none() {
                 // Sleep in the kernel until the holder releases (or the deadline):
                 // the wake-up is immediate, unlike polling.
-                self.blocking_wait(deadline)?;
+                let notice = (!notified).then_some((notify_at, opts));
+                notified |= self.blocking_wait(deadline, notice)?;
                 polls += 1;
                 continue;
             }
@@ -514,14 +527,24 @@ impl LockFile {
     /// replaced by a fresh one (a new open file description), and the helper
     /// unlocks and closes its duplicate if it ever gets the lock — so an abandoned
     /// wait can never release a lock we take later.
-    fn blocking_wait(&mut self, deadline: Instant) -> Result<()> {
+    ///
+    /// With `notice = Some((at, opts))`, calls `opts.on_wait` once if the wait
+    /// is still going at `at` (and keeps waiting on the same helper); returns
+    /// whether it did.
+    fn blocking_wait(
+        &mut self,
+        deadline: Instant,
+        mut notice: Option<(Instant, &LockOptions)>,
+    ) -> Result<bool> {
         #[derive(PartialEq)]
         enum St {
             Waiting,
             Abandoned,
             Done,
         }
-        let Some(f) = &self.file else { return Ok(()) };
+        let Some(f) = &self.file else {
+            return Ok(false);
+        };
         let dup = f
             .try_clone()
             .map_err(|e| Error::io("dup lock file", &self.path, e))?;
@@ -530,6 +553,7 @@ impl LockFile {
             std::sync::Condvar::new(),
         ));
         let result: Arc<std::sync::Mutex<Option<std::io::Result<()>>>> = Arc::default();
+        let mut fired = false;
         let (st2, res2) = (state.clone(), result.clone());
         let spawned = std::thread::Builder::new()
             .name("lockstore-flock-wait".into())
@@ -560,13 +584,28 @@ impl LockFile {
         };
         while *g == St::Waiting {
             let now = Instant::now();
+            if let Some((_, opts)) = notice.filter(|(at, _)| now >= *at && *at < deadline) {
+                notice = None;
+                fired = true;
+                drop(g);
+                self.notify_wait(opts);
+                g = match state.0.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                continue;
+            }
+            let wake = match notice {
+                Some((at, _)) if at < deadline => at,
+                _ => deadline,
+            };
             if now >= deadline {
                 *g = St::Abandoned;
                 drop(g);
                 self.file = None; // the helper keeps the old description alive
-                return Ok(());
+                return Ok(fired);
             }
-            g = match state.1.wait_timeout(g, deadline - now) {
+            g = match state.1.wait_timeout(g, wake.saturating_duration_since(now)) {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };
@@ -579,7 +618,15 @@ impl LockFile {
                 source: e,
             }),
             Some(Err(e)) => Err(Error::io("lock", &self.path, e)),
-            _ => Ok(()),
+            _ => Ok(fired),
+        }
+    }
+
+    /// Calls `opts.on_wait` with the current holder (read afresh).
+    fn notify_wait(&self, opts: &LockOptions) {
+        if let Some(cb) = &opts.on_wait {
+            let holder = Self::read_record(&self.path).map(HolderInfo::judge);
+            cb(&self.path, holder.as_ref());
         }
     }
 
@@ -798,6 +845,112 @@ mod tests {
         match err {
             Error::LockTimeout { waited, .. } => assert!(waited < Duration::from_secs(2)),
             e => panic!("{e}"),
+        }
+    }
+
+    /// `on_wait` is called once the wait passes `on_wait_after`, not when it
+    /// begins (the holder releases only after the call), in both wait modes.
+    #[test]
+    fn on_wait_fires_after_the_threshold() {
+        for blocking in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("s.json.lock");
+            let mut a = LockFile::new(&p);
+            let held = a.lock(&LockOptions::default(), Instant::now()).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let tx = std::sync::Mutex::new(tx);
+            let opts = LockOptions {
+                blocking_wait: blocking,
+                on_wait_after: Duration::from_millis(150),
+                on_wait: Some(Arc::new(move |_: &Path, h: Option<&HolderInfo>| {
+                    assert!(h.is_some(), "holder named");
+                    let _ = tx.lock().unwrap().send(());
+                })),
+                ..Default::default()
+            };
+            let p2 = p.clone();
+            let waiter = std::thread::spawn(move || {
+                let start = Instant::now();
+                let mut b = LockFile::new(&p2);
+                let acq = b.lock(&opts, start + Duration::from_secs(60)).unwrap();
+                b.unlock(acq.record);
+                start.elapsed()
+            });
+            let t0 = Instant::now();
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("on_wait was never called");
+            let fired_after = t0.elapsed();
+            a.unlock(held.record);
+            waiter.join().unwrap();
+            assert!(
+                fired_after >= Duration::from_millis(140),
+                "blocking={blocking}: on_wait after {fired_after:?}"
+            );
+            assert!(rx.try_recv().is_err(), "called twice");
+        }
+    }
+
+    /// Whether /proc/locks lists a shared (READ) flock on `path`'s inode.
+    fn has_shared_flock(path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ino) = std::fs::metadata(path).map(|m| m.ino()) else {
+            return false;
+        };
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        locks.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "N: FLOCK ADVISORY READ PID MAJ:MIN:INODE 0 EOF"
+            f.get(1) == Some(&"FLOCK")
+                && f.get(3) == Some(&"READ")
+                && f.get(5)
+                    .and_then(|d| d.rsplit(':').next())
+                    .and_then(|i| i.parse::<u64>().ok())
+                    == Some(ino)
+        })
+    }
+
+    /// A wait that ends before `on_wait_after` calls nothing (the waiter is
+    /// known to be waiting by its shared flock on `<lock>.waiters`).
+    #[test]
+    fn a_short_wait_calls_nothing() {
+        for blocking in [true, false] {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("s.json.lock");
+            let mut a = LockFile::new(&p);
+            let held = a.lock(&LockOptions::default(), Instant::now()).unwrap();
+            let calls = Arc::new(AtomicU64::new(0));
+            let c2 = calls.clone();
+            let opts = LockOptions {
+                blocking_wait: blocking,
+                on_wait_after: Duration::from_secs(3600),
+                on_wait: Some(Arc::new(move |_: &Path, _: Option<&HolderInfo>| {
+                    c2.fetch_add(1, Ordering::SeqCst);
+                })),
+                ..Default::default()
+            };
+            let p2 = p.clone();
+            let waiter = std::thread::spawn(move || {
+                let mut b = LockFile::new(&p2);
+                let acq = b
+                    .lock(&opts, Instant::now() + Duration::from_secs(60))
+                    .unwrap();
+                b.unlock(acq.record);
+            });
+            // Until the waiter announces itself (a shared flock on
+            // `<lock>.waiters`, seen in /proc/locks without probing it: a probe
+            // could make the waiter's one try_lock_shared fail): it is waiting.
+            let waiters = a.waiters_path();
+            let give_up = Instant::now() + Duration::from_secs(60);
+            while !has_shared_flock(&waiters) {
+                assert!(
+                    Instant::now() < give_up,
+                    "the waiter never announced itself"
+                );
+                std::thread::yield_now();
+            }
+            a.unlock(held.record);
+            waiter.join().unwrap();
+            assert_eq!(calls.load(Ordering::SeqCst), 0, "blocking={blocking}");
         }
     }
 

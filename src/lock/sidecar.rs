@@ -517,6 +517,7 @@ impl SidecarLock {
         let guard_path = reclaim_guard_path(&self.path);
         let mut polls: u32 = 0;
         let mut announced = false;
+        let mut notified = false;
         let mut last_holder: Option<OwnerRecord> = None;
         loop {
             if !guard_blocks(&guard_path) {
@@ -536,12 +537,17 @@ impl SidecarLock {
                         if let Some(r) = self.reclaim(opts, deadline, &snap, &payload, &reason)? {
                             return Ok(r.finish(self, start));
                         }
-                    } else if !announced {
-                        announced = true;
-                        let info = last_holder.clone().map(HolderInfo::judge);
-                        tracing::info!(path = %self.path.display(), reason = %match &verdict { Verdict::Retain(r) | Verdict::Stale(r) => r.as_str() }, "Blocking waiting for sidecar lock");
-                        if let Some(cb) = &opts.on_wait {
-                            cb(&self.path, info.as_ref());
+                    } else {
+                        if !announced {
+                            announced = true;
+                            tracing::info!(path = %self.path.display(), reason = %match &verdict { Verdict::Retain(r) | Verdict::Stale(r) => r.as_str() }, "Blocking waiting for sidecar lock");
+                        }
+                        if !notified && start.elapsed() >= opts.on_wait_after {
+                            notified = true;
+                            if let Some(cb) = &opts.on_wait {
+                                let info = last_holder.clone().map(HolderInfo::judge);
+                                cb(&self.path, info.as_ref());
+                            }
                         }
                     }
                 } else {

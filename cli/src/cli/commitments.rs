@@ -34,7 +34,7 @@ pub struct CommitmentsArgs {
 
 #[derive(Args, Debug)]
 struct Common {
-    /// Give up waiting for the store lock after this many ms (default 60000).
+    /// Give up waiting for the store lock after this many ms [default: 60000].
     #[arg(long, global = true)]
     lock_timeout_ms: Option<u64>,
     /// fsync policy: full (survives power loss) or process (survives a crash).
@@ -72,8 +72,10 @@ enum Cmd {
     /// Dismiss active commitments; reports dismissed, unknown and not-active ids
     /// (exit 1 if any id is unknown).
     Dismiss {
+        /// Commitment ids (or unique prefixes, at least 4 characters).
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Print the outcome as JSON (camelCase keys, as the records).
         #[arg(long)]
         json: bool,
     },
@@ -83,10 +85,13 @@ enum Cmd {
     /// Snooze active commitments until TIME (unix ms, RFC 3339 / ISO 8601, or
     /// +30m / +2h / +1d from now).
     Snooze {
+        /// Commitment ids (or unique prefixes, at least 4 characters).
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Snooze until TIME: unix ms, RFC 3339 (2026-05-12T09:00:00Z) or +30m / +2h / +1d.
         #[arg(long)]
         until: String,
+        /// Print the outcome as JSON (camelCase keys, as the records).
         #[arg(long)]
         json: bool,
     },
@@ -94,17 +99,22 @@ enum Cmd {
     /// K, K separate locked sections (JSON reports the first and last section's
     /// clock, firstMs/lastMs). Exit 1 if any id is unknown.
     MarkAttempted {
+        /// Commitment ids (or unique prefixes, at least 4 characters).
         #[arg(required = true)]
         ids: Vec<String>,
-        #[arg(long, default_value_t = 1)]
+        /// Count K attempts, each a separate locked section.
+        #[arg(long, default_value_t = 1, value_name = "K")]
         repeat: u64,
+        /// Print the outcome as JSON (camelCase keys, as the records).
         #[arg(long)]
         json: bool,
     },
     /// Mark active commitments sent (what the heartbeat does after delivery).
     MarkSent {
+        /// Commitment ids (or unique prefixes, at least 4 characters).
         #[arg(required = true)]
         ids: Vec<String>,
+        /// Print the outcome as JSON (camelCase keys, as the records).
         #[arg(long)]
         json: bool,
     },
@@ -115,18 +125,25 @@ struct AddArgs {
     /// Read one JSON object (camelCase record/candidate fields) from stdin.
     #[arg(long)]
     stdin: bool,
+    /// Agent id of the scope (required without --stdin).
     #[arg(long)]
     agent: Option<String>,
+    /// Session key of the scope (required without --stdin).
     #[arg(long)]
     session: Option<String>,
+    /// Channel of the scope, e.g. telegram (required without --stdin).
     #[arg(long)]
     channel: Option<String>,
+    /// Account on the channel, if any.
     #[arg(long)]
     account: Option<String>,
+    /// Recipient on the channel (default: the session's).
     #[arg(long)]
     to: Option<String>,
+    /// Thread id within the channel, if any.
     #[arg(long)]
     thread: Option<String>,
+    /// Sender id the commitment answers, if any.
     #[arg(long)]
     sender: Option<String>,
     /// event_check_in | deadline_check | care_check_in | open_loop
@@ -138,6 +155,7 @@ struct AddArgs {
     /// inferred_user_context | agent_promise
     #[arg(long, default_value = "agent_promise")]
     source: Source,
+    /// Why the follow-up is due (shown to the agent).
     #[arg(long)]
     reason: Option<String>,
     /// The suggested message text.
@@ -146,6 +164,7 @@ struct AddArgs {
     /// Merge key within the scope (default: the text).
     #[arg(long)]
     dedupe_key: Option<String>,
+    /// Confidence of the inference, 0 to 1.
     #[arg(long, default_value_t = 1.0)]
     confidence: f64,
     /// Window start (TIME; default now).
@@ -154,12 +173,16 @@ struct AddArgs {
     /// Window end (TIME; default = earliest).
     #[arg(long)]
     latest: Option<String>,
+    /// IANA time zone of the due window, e.g. Europe/Berlin.
     #[arg(long, default_value = "UTC")]
     timezone: String,
+    /// Id of the message the commitment came from, if any.
     #[arg(long)]
     source_message_id: Option<String>,
+    /// Id of the agent run the commitment came from, if any.
     #[arg(long)]
     source_run_id: Option<String>,
+    /// Print the created or merged record as JSON (camelCase, as the file).
     #[arg(long)]
     json: bool,
 }
@@ -191,7 +214,28 @@ pub fn run(a: CommitmentsArgs, state_dir: &Path) -> CliResult {
     };
     let now = a.common.now_ms.unwrap_or_else(crate::cli::now_ms);
     let store = CommitmentsStore::open(state_dir, cfg)?;
-    match a.cmd {
+    let cmd = match a.cmd {
+        Some(Cmd::Dismiss { ids, json }) => Some(Cmd::Dismiss {
+            ids: resolve_ids(&store, ids, now)?,
+            json,
+        }),
+        Some(Cmd::MarkSent { ids, json }) => Some(Cmd::MarkSent {
+            ids: resolve_ids(&store, ids, now)?,
+            json,
+        }),
+        Some(Cmd::Snooze { ids, until, json }) => Some(Cmd::Snooze {
+            ids: resolve_ids(&store, ids, now)?,
+            until,
+            json,
+        }),
+        Some(Cmd::MarkAttempted { ids, repeat, json }) => Some(Cmd::MarkAttempted {
+            ids: resolve_ids(&store, ids, now)?,
+            repeat,
+            json,
+        }),
+        c => c,
+    };
+    match cmd {
         None => list(&store, &a.list, now),
         Some(Cmd::List(l)) => list(&store, &l, now),
         Some(Cmd::Dismiss { ids, json }) => {
@@ -231,14 +275,32 @@ pub fn run(a: CommitmentsArgs, state_dir: &Path) -> CliResult {
                 if !hit.is_empty() {
                     println!("Attempted ({}x): {}", repeat.max(1), hit.join(", "));
                 }
-                if !unknown.is_empty() {
-                    println!("Unknown: {}", unknown.join(", "));
-                }
             }
             unknown_err(&unknown)
         }
         Some(Cmd::Add(add)) => run_add(&store, *add, now),
     }
+}
+
+/// Replaces each abbreviated id by the one commitment id it is a unique
+/// prefix of (git style, [`super::resolve_prefix`]); exact ids and ids that
+/// match nothing stay (the store reports the latter as unknown). An
+/// ambiguous prefix is an error listing the candidates.
+fn resolve_ids(store: &CommitmentsStore, ids: Vec<String>, now: i64) -> CliResult<Vec<String>> {
+    let all = store.list(StatusFilter::All, None, at_ms(now))?;
+    let known: Vec<&str> = all.iter().map(|c| c.id.as_str()).collect();
+    ids.into_iter()
+        .map(|id| {
+            let t = id.trim();
+            if known.contains(&t) {
+                return Ok(id);
+            }
+            Ok(match super::resolve_prefix("commitment", t, &known)? {
+                Some(i) => known[i].to_string(),
+                None => id,
+            })
+        })
+        .collect()
 }
 
 fn unknown_err(unknown: &[String]) -> CliResult {
@@ -277,9 +339,6 @@ fn report(out: &StatusOutcome, verb: &str, json: bool, until: Option<i64>) -> Cl
                 "Not active (already sent, dismissed or expired): {}",
                 out.already_terminal.join(", ")
             );
-        }
-        if !out.unknown.is_empty() {
-            println!("Unknown: {}", out.unknown.join(", "));
         }
     }
     unknown_err(&out.unknown)
@@ -351,8 +410,8 @@ fn list(store: &CommitmentsStore, l: &ListArgs, now: i64) -> CliResult {
         return Ok(());
     }
     println!(
-        "{:<24} {:<10} {:<16} {:<24} {:<28} Suggested text",
-        "ID", "Status", "Kind", "Due", "Scope"
+        "{:<24} {:<10} {:<16} {:<24} {:<24} {:<28} Suggested text",
+        "ID", "Status", "Kind", "Due", "Snoozed until", "Scope"
     );
     for r in &rows {
         println!("{}", row(r));
@@ -363,12 +422,18 @@ fn list(store: &CommitmentsStore, l: &ListArgs, now: i64) -> CliResult {
 fn row(r: &Commitment) -> String {
     let target = r.to.as_deref().unwrap_or(&r.session_key);
     let scope = format!("{}/{}/{}", r.agent_id, r.channel, target);
+    // A snooze of an active commitment (the daemon skips it until then).
+    let snoozed = match r.snoozed_until_ms {
+        Some(ms) if r.status.is_active() => iso(ms),
+        _ => "-".to_string(),
+    };
     format!(
-        "{:<24} {:<10} {:<16} {:<24} {:<28} {}",
+        "{:<24} {:<10} {:<16} {:<24} {:<24} {:<28} {}",
         sanitize(&r.id),
         r.status.as_str(),
         r.kind.as_str(),
         iso(r.due_window.earliest_ms),
+        snoozed,
         truncate(&sanitize(&scope), 28),
         truncate(&sanitize(&r.suggested_text), 90)
     )

@@ -54,13 +54,18 @@ enum KvCmd {
     },
     /// Print the record KEY, or the value at POINTER inside it (missing pointer → null).
     Get {
+        /// The collection's SQLite file.
         file: PathBuf,
+        /// The record's key.
         key: String,
+        /// JSON Pointer into the record's value (default: the whole value).
         pointer: Option<String>,
     },
     /// Set the record KEY (or the value at POINTER inside it) to VALUE (a JSON value; --string for text).
     Set {
+        /// The collection's SQLite file.
         file: PathBuf,
+        /// The record's key.
         key: String,
         /// Store VALUE as a JSON string, as is (no JSON parsing).
         #[arg(long)]
@@ -72,27 +77,42 @@ enum KvCmd {
     /// Add N (default 1) to the number at POINTER of record KEY (missing → 0), K times,
     /// one transaction each; prints the new value after each.
     Incr {
+        /// The collection's SQLite file.
         file: PathBuf,
+        /// The record's key.
         key: String,
+        /// JSON Pointer to the number inside the record's value.
         pointer: String,
+        /// The amount to add (may be negative).
         #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
         by: i64,
+        /// How many increments, each its own transaction.
         #[arg(long, default_value_t = 1)]
         repeat: u64,
     },
     /// Remove the record KEY (exit 1 if there is none).
-    Del { file: PathBuf, key: String },
+    Del {
+        /// The collection's SQLite file.
+        file: PathBuf,
+        /// The record's key.
+        key: String,
+    },
     /// List the keys (with --json: one JSON array of {key, version, updated_ms, value}).
     List {
+        /// The collection's SQLite file.
         file: PathBuf,
+        /// Only keys starting with this prefix.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// One JSON array of {key, version, updated_ms, value} instead of keys.
         #[arg(long)]
         json: bool,
     },
     /// Write every record as one JSON object keyed by key (atomically to --out, or to stdout).
     Export {
+        /// The collection's SQLite file.
         file: PathBuf,
+        /// Write the document here (atomically) instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
     },

@@ -22,7 +22,7 @@ use super::CliResult;
 pub struct LockArgs {
     #[command(subcommand)]
     cmd: LockCmd,
-    /// Age in ms after which a lock without a judgeable owner is stale (default 60000).
+    /// Age in ms after which a lock without a judgeable owner is stale.
     #[arg(long, global = true, default_value_t = 60_000)]
     stale_ms: u64,
 }
@@ -30,10 +30,16 @@ pub struct LockArgs {
 #[derive(Subcommand, Debug)]
 enum LockCmd {
     /// Print who holds the lock: protocol, pid, command, state, age.
-    Status { path: PathBuf },
+    Status {
+        /// The store file or its `.lock` file.
+        path: PathBuf,
+    },
     /// Remove a sidecar lock only if its holder is definitely gone; prints
     /// missing, removed or retained with the reason.
-    Reclaim { path: PathBuf },
+    Reclaim {
+        /// The store file or its `.lock` file.
+        path: PathBuf,
+    },
 }
 
 fn lock_path(p: &Path) -> PathBuf {

@@ -32,13 +32,16 @@ pub struct OutboxArgs {
 enum OutboxCmd {
     /// Enqueue a message (payload JSON from --payload or stdin); prints `created ID` or `existing ID`.
     Enqueue {
+        /// Channel to deliver on (telegram, slack, ...).
         #[arg(long)]
         channel: String,
+        /// Recipient within the channel.
         #[arg(long)]
         target: String,
         /// Idempotency key: a second enqueue with the same key returns the existing row.
         #[arg(long)]
         key: Option<String>,
+        /// Account on the channel, if any.
         #[arg(long)]
         account: Option<String>,
         /// Time to live (30s, 5m, 2h, 30d); expired if not delivered by then.
@@ -50,29 +53,39 @@ enum OutboxCmd {
     },
     /// List entries (oldest first).
     List {
+        /// Only entries with this status (pending, in_flight, delivered, dead, unknown, expired).
         #[arg(long)]
         status: Option<Status>,
+        /// Print the entries as JSON (snake_case keys, as the table's columns).
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value_t = 1000)]
+        /// Show at most N entries.
+        #[arg(long, default_value_t = 1000, value_name = "N")]
         limit: usize,
     },
     /// Show one entry as JSON.
-    Show { id: i64 },
+    Show {
+        /// Entry id (the ID column of `outbox list`).
+        id: i64,
+    },
     /// Operator retry: dead / unknown / expired → pending, attempts reset.
     Retry {
+        /// Entry ids (the ID column of `outbox list`).
         #[arg(required = true)]
         ids: Vec<i64>,
     },
     /// Delete delivered tombstones, dead letters and expired rows older than the age (default 30d).
     Prune {
+        /// Minimum age of the rows pruned (30s, 5m, 2h, 30d) [default: 30d].
         #[arg(long, value_parser = parse_duration)]
         older_than: Option<Duration>,
+        /// Only count what would be pruned.
         #[arg(long)]
         dry_run: bool,
     },
     /// Counts per status.
     Stats {
+        /// Print the counts as JSON (snake_case keys).
         #[arg(long)]
         json: bool,
     },
@@ -84,8 +97,10 @@ enum OutboxCmd {
         /// Deliver everything due now, then exit.
         #[arg(long)]
         once: bool,
+        /// Adapter calls in flight at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// Entries claimed per claim transaction.
         #[arg(long, default_value_t = 8)]
         batch: usize,
         /// Claim lease.
@@ -105,7 +120,10 @@ enum OutboxCmd {
         progress_every: Duration,
     },
     /// Import openclaw's delivery-queue/*.json (pending) and failed/*.json (dead) from DIR.
-    ImportLegacy { dir: std::path::PathBuf },
+    ImportLegacy {
+        /// openclaw's delivery-queue directory (holds *.json and failed/*.json).
+        dir: std::path::PathBuf,
+    },
 }
 
 impl From<OutboxError> for CliError {
@@ -120,6 +138,16 @@ impl From<OutboxError> for CliError {
             // ...) and anything added later.
             e => CliError::usage(e.to_string()),
         }
+    }
+}
+
+/// Adapter calls made for `e` so far (the TRY column): the failed attempts
+/// the row counts (`attempt_count`), plus the successful one of a delivered
+/// row and the running one of an in-flight row.
+fn attempts(e: &Entry) -> i64 {
+    match e.status {
+        Status::Delivered | Status::InFlight => e.attempt_count + 1,
+        _ => e.attempt_count,
     }
 }
 
@@ -245,7 +273,7 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
                     e.status.as_str(),
                     clean(&e.channel),
                     clean(&e.target),
-                    e.attempt_count,
+                    attempts(&e),
                     if e.status == Status::Pending {
                         fmt_time(Some(e.next_attempt_at))
                     } else {
@@ -267,25 +295,19 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
         },
         OutboxCmd::Retry { ids } => {
             let ob = open()?;
-            let mut bad = 0;
+            // Each problem once: in the one error line (exit 1).
+            let mut bad = Vec::new();
             for id in ids {
                 match ob.retry(id, SystemTime::now())? {
                     Outcome::Applied(_) => println!("{id}: pending"),
-                    Outcome::Stale(None) => {
-                        bad += 1;
-                        eprintln!("{id}: no such entry");
-                    }
-                    Outcome::Stale(Some(s)) => {
-                        bad += 1;
-                        eprintln!("{id}: not retried: status is {s} (only dead, unknown or expired entries can be retried)");
-                    }
+                    Outcome::Stale(None) => bad.push(format!("{id}: no such entry")),
+                    Outcome::Stale(Some(s)) => bad.push(format!(
+                        "{id}: not retried: status is {s} (only dead, unknown or expired entries can be retried)"
+                    )),
                 }
             }
-            if bad > 0 {
-                return Err(CliError::usage(format!(
-                    "{bad} entr{} not retried",
-                    if bad == 1 { "y" } else { "ies" }
-                )));
+            if !bad.is_empty() {
+                return Err(CliError::usage(bad.join("; ")));
             }
         }
         OutboxCmd::Prune {

@@ -176,6 +176,76 @@ pub struct Report {
     pub verify_only: bool,
 }
 
+/// How often the chaos phase reports its progress on stderr.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// The chaos phase's status line on stderr: redrawn in place on a terminal
+/// (indicatif), one plain line per report otherwise (a log file or a pipe).
+/// "Violations so far" are the ones known during the chaos (daemon and client
+/// exits nobody asked for); the rest are counted at the end.
+struct ChaosStatus {
+    bar: Option<indicatif::ProgressBar>,
+    /// Per client log: bytes already read, acknowledged lines in them.
+    read: Vec<u64>,
+    acked: u64,
+}
+
+impl ChaosStatus {
+    fn new(clients: u32) -> Self {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            b
+        });
+        ChaosStatus {
+            bar,
+            read: vec![0; clients as usize],
+            acked: 0,
+        }
+    }
+
+    /// Acknowledged operations in the client logs so far (reads only what
+    /// was appended since the last call; a torn last line waits for its end).
+    fn count_acks(&mut self, logs: &Path) -> u64 {
+        use std::io::{Read, Seek, SeekFrom};
+        for (id, off) in self.read.iter_mut().enumerate() {
+            let p = logs.join(format!("client-{id}.jsonl"));
+            let Ok(mut f) = std::fs::File::open(&p) else {
+                continue;
+            };
+            let mut buf = Vec::new();
+            if f.seek(SeekFrom::Start(*off)).is_err() || f.read_to_end(&mut buf).is_err() {
+                continue;
+            }
+            let whole = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            for line in buf[..whole].split(|b| *b == b'\n') {
+                if serde_json::from_slice::<Value>(line).is_ok_and(|v| v["ack"] == json!(true)) {
+                    self.acked += 1;
+                }
+            }
+            *off += whole as u64;
+        }
+        self.acked
+    }
+
+    fn show(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.set_message(line.to_string()),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish();
+        }
+    }
+}
+
 struct ClientProc {
     child: Child,
     inc: u32,
@@ -209,9 +279,14 @@ pub fn run(a: SoakArgs, state_dir: Option<&Path>) -> CliResult {
                 .map(|mut r| r.next().is_some())
                 .unwrap_or(false)
             {
+                let from_env = std::env::var_os("LOCKSTORE_STATE_DIR")
+                    .is_some_and(|v| Path::new(&v) == d)
+                    && !std::env::args().any(|a| a.starts_with("--state-dir"));
                 return Err(CliError::usage(format!(
-                    "soak: {} is not empty; the soak needs a fresh state dir (its stores are overwritten by random data)",
-                    d.display()
+                    "soak: {}{} is not empty; the soak needs a fresh state dir (its stores are overwritten by random data){}",
+                    d.display(),
+                    if from_env { " (from LOCKSTORE_STATE_DIR)" } else { "" },
+                    if from_env { "; unset LOCKSTORE_STATE_DIR or pass an empty --state-dir" } else { "" }
                 )));
             }
             std::fs::create_dir_all(d).map_err(|e| io_err("create", d, e))?;
@@ -420,7 +495,24 @@ impl Soak {
         let mut next_daemon = pick(&mut rng, daemon_every);
         let mut next_client = pick(&mut rng, client_every);
         let mut next_run = pick(&mut rng, (700, 2500));
+        let mut status = ChaosStatus::new(self.rep.clients);
+        let mut next_status = start + STATUS_EVERY;
         while Instant::now() < end && !super::daemon::stop_requested() {
+            if Instant::now() >= next_status {
+                let acked = status.count_acks(&self.logs);
+                let line = format!(
+                    "soak: chaos {:>3}/{} s: {} ops acknowledged, {} daemon kills, {} client kills, {} task-run kills, {} violations so far",
+                    start.elapsed().as_secs(),
+                    seconds,
+                    acked,
+                    self.rep.daemon_kills,
+                    self.rep.client_kills,
+                    self.rep.task_run_kills,
+                    self.rep.daemon_unexpected_exits.len() + self.rep.client_unexpected_exits.len()
+                );
+                status.show(&line);
+                next_status = Instant::now() + STATUS_EVERY;
+            }
             // Exits nobody asked for.
             if let Some(d) = self.daemon.as_mut() {
                 if let Ok(Some(st)) = d.try_wait() {
@@ -474,6 +566,7 @@ impl Soak {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+        status.finish();
         Ok(())
     }
 

@@ -27,7 +27,7 @@ pub struct TasksArgs {
     cmd: Option<TasksCmd>,
     #[command(flatten)]
     list: ListArgs,
-    /// Give up waiting for the ledger lock after this many ms (default 60000).
+    /// Give up waiting for the ledger lock after this many ms [default: 60000].
     #[arg(long, global = true)]
     lock_timeout_ms: Option<u64>,
     /// fsync policy: full (synchronous=FULL) or process (synchronous=NORMAL).
@@ -52,21 +52,27 @@ struct ListArgs {
 enum TasksCmd {
     /// List tasks, newest first.
     List(ListArgs),
-    /// Show one task (LOOKUP = task id, run id or session key).
+    /// Show one task (LOOKUP = task id or a unique prefix of one, run id or session key).
     Show {
+        /// Task id (or a unique prefix, at least 4 characters), run id or session key.
         lookup: String,
+        /// Print the task record as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Record a task as cancelled (cli tasks: record only).
     Cancel {
+        /// Task id (or a unique prefix, at least 4 characters), run id or session key.
         lookup: String,
+        /// Print the updated task record as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Set the notify policy (done_only, state_changes, silent).
     Notify {
+        /// Task id (or a unique prefix, at least 4 characters), run id or session key.
         lookup: String,
+        /// New policy: done_only, state_changes or silent.
         policy: NotifyPolicy,
     },
     /// Audit the ledger.
@@ -80,13 +86,16 @@ enum TasksCmd {
         /// Show at most N rows.
         #[arg(long)]
         limit: Option<usize>,
+        /// Print the audit report as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Preview (default) or apply the maintenance sweep.
     Maintenance {
+        /// Apply the sweep (default: only preview what it would change).
         #[arg(long)]
         apply: bool,
+        /// Print the sweep's actions as JSON.
         #[arg(long)]
         json: bool,
         /// Grace before an active task with an unjudgeable owner is marked lost, ms.
@@ -95,6 +104,7 @@ enum TasksCmd {
     },
     /// Run CMD as a cli task owned by this process; records succeeded, failed (exit code) or timed_out. Prints the task id first.
     Run {
+        /// Label recorded on the task (shown in `tasks list`).
         #[arg(long)]
         label: Option<String>,
         /// Kill the command and record timed_out after this many ms.
@@ -111,13 +121,17 @@ enum TasksCmd {
     Create(CreateArgs),
     /// Mark a task running.
     Start {
+        /// Task id (or a unique prefix, at least 4 characters), run id or session key.
         lookup: String,
+        /// Print the updated task record as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Record progress (lastEventAt = now); prints the row version after each write.
     Progress {
+        /// Task id (or a unique prefix, at least 4 characters), run id or session key.
         lookup: String,
+        /// Progress summary to record.
         #[arg(long)]
         summary: Option<String>,
         /// Increment metadata[KEY] by one (read-modify-write).
@@ -129,13 +143,18 @@ enum TasksCmd {
     },
     /// Record a terminal status.
     Finish {
+        /// Task id (or a unique prefix, at least 4 characters), run id or session key.
         lookup: String,
+        /// Terminal status: succeeded, failed, timed_out, cancelled or lost.
         #[arg(long)]
         status: TaskStatus,
+        /// Error text to record.
         #[arg(long)]
         error: Option<String>,
+        /// Final summary to record.
         #[arg(long)]
         summary: Option<String>,
+        /// Print the updated task record as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -143,22 +162,28 @@ enum TasksCmd {
 
 #[derive(Args, Debug)]
 struct CreateArgs {
+    /// Runtime of the task: subagent, acp, cli or cron.
     #[arg(long)]
     runtime: Runtime,
     /// Description.
     #[arg(long)]
     task: String,
+    /// Short label (shown in `tasks list`).
     #[arg(long)]
     label: Option<String>,
+    /// Run id (unique among tasks; `tasks show RUN_ID` finds the task).
     #[arg(long)]
     run_id: Option<String>,
     /// Owner session key (empty: system scope).
     #[arg(long, default_value = "")]
     owner_key: String,
+    /// Session key of the child session running the task.
     #[arg(long)]
     child_session: Option<String>,
+    /// Id of the parent flow, if the task belongs to one.
     #[arg(long)]
     parent_flow: Option<String>,
+    /// Notify policy: done_only, state_changes or silent.
     #[arg(long)]
     notify: Option<NotifyPolicy>,
     /// Initial status: queued (default) or running.
@@ -170,6 +195,7 @@ struct CreateArgs {
     /// Metadata entries KEY=VALUE (VALUE parsed as JSON scalar, else string).
     #[arg(long, num_args = 1..)]
     metadata: Vec<String>,
+    /// Print the created task record as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -191,6 +217,23 @@ pub(crate) fn cli_err(e: TaskError) -> CliError {
             code: exit::IO,
             msg: e.to_string(),
         },
+    }
+}
+
+/// `reg.lookup` (task id, run id or session key), else a unique task-id
+/// prefix (git style, see [`super::resolve_prefix`]); an ambiguous prefix is
+/// an error listing the candidates.
+fn resolve(reg: &TaskRegistry, lookup: &str) -> CliResult<TaskRecord> {
+    match reg.lookup(lookup) {
+        Err(e @ TaskError::NotFound { .. }) => {
+            let all = reg.list().map_err(cli_err)?;
+            let ids: Vec<&str> = all.iter().map(|t| t.task_id.as_str()).collect();
+            match super::resolve_prefix("task", lookup, &ids)? {
+                Some(i) => Ok(all[i].clone()),
+                None => Err(cli_err(e)),
+            }
+        }
+        r => r.map_err(cli_err),
     }
 }
 
@@ -317,7 +360,7 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
     match cmd {
         TasksCmd::List(l) => list(&reg, &l),
         TasksCmd::Show { lookup, json } => {
-            let t = reg.lookup(&lookup).map_err(cli_err)?;
+            let t = resolve(&reg, &lookup)?;
             if json {
                 print_json(&t)
             } else {
@@ -326,7 +369,7 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
             }
         }
         TasksCmd::Cancel { lookup, json } => {
-            let t = reg.lookup(&lookup).map_err(cli_err)?;
+            let t = resolve(&reg, &lookup)?;
             let t = reg.cancel(&t.task_id, SystemTime::now()).map_err(cli_err)?;
             if json {
                 print_json(&t)
@@ -336,7 +379,7 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
             }
         }
         TasksCmd::Notify { lookup, policy } => {
-            let t = reg.lookup(&lookup).map_err(cli_err)?;
+            let t = resolve(&reg, &lookup)?;
             let t = reg.set_notify_policy(&t.task_id, policy).map_err(cli_err)?;
             println!(
                 "Updated {} notify policy to {}.",
@@ -363,7 +406,7 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
         } => run_cmd(&reg, label, timeout_ms, kill_after_ms, cmd),
         TasksCmd::Create(c) => create_cmd(&reg, c),
         TasksCmd::Start { lookup, json } => {
-            let t = reg.lookup(&lookup).map_err(cli_err)?;
+            let t = resolve(&reg, &lookup)?;
             let t = reg
                 .mark_running(&t.task_id, SystemTime::now())
                 .map_err(cli_err)?;
@@ -380,7 +423,7 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
             counter,
             repeat,
         } => {
-            let id = reg.lookup(&lookup).map_err(cli_err)?.task_id;
+            let id = resolve(&reg, &lookup)?.task_id;
             let out = std::io::stdout();
             let mut out = out.lock();
             for _ in 0..repeat {
@@ -400,7 +443,7 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
             summary,
             json,
         } => {
-            let t = reg.lookup(&lookup).map_err(cli_err)?;
+            let t = resolve(&reg, &lookup)?;
             let t = reg
                 .finish(
                     &t.task_id,
@@ -460,9 +503,15 @@ fn list(reg: &TaskRegistry, l: &ListArgs) -> CliResult {
         println!("No background tasks found. Run `lockstore tasks audit` to check the ledger.");
         return Ok(());
     }
+    // Full task ids (copyable; commands also take a unique prefix).
+    let w = tasks
+        .iter()
+        .map(|t| t.task_id.chars().count())
+        .max()
+        .unwrap_or(4);
     println!(
-        "{} {} {} {} {} {} Summary",
-        trunc("Task", 10),
+        "{:<w$} {} {} {} {} {} Summary",
+        "Task",
         trunc("Kind", 8),
         trunc("Status", 10),
         trunc("Delivery", 14),
@@ -471,8 +520,8 @@ fn list(reg: &TaskRegistry, l: &ListArgs) -> CliResult {
     );
     for t in &tasks {
         println!(
-            "{} {} {} {} {} {} {}",
-            trunc(&t.task_id, 10),
+            "{:<w$} {} {} {} {} {} {}",
+            super::sanitize(&t.task_id),
             trunc(t.runtime.as_str(), 8),
             trunc(t.status.as_str(), 10),
             trunc(t.delivery_status.as_str(), 14),

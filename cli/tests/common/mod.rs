@@ -33,9 +33,41 @@ where
     c
 }
 
+/// A child's stderr, captured in an anonymous temp file: never the test log
+/// (children's warnings and lock-wait lines flooded `cargo test` output), and
+/// unlike an unread pipe it cannot fill up and block the child. `text()` reads
+/// it back for a failure message.
+pub struct StderrLog(std::fs::File);
+
+impl StderrLog {
+    pub fn new() -> Self {
+        StderrLog(tempfile::tempfile().expect("temp file for a child's stderr"))
+    }
+    /// A handle for `Command::stderr`.
+    pub fn stdio(&self) -> Stdio {
+        Stdio::from(self.0.try_clone().expect("dup stderr log"))
+    }
+    /// What the child wrote so far.
+    pub fn text(&self) -> String {
+        use std::os::unix::fs::FileExt;
+        let len = self.0.metadata().map(|m| m.len()).unwrap_or(0) as usize;
+        let mut buf = vec![0; len];
+        let n = self.0.read_at(&mut buf, 0).unwrap_or(0);
+        buf.truncate(n);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Default for StderrLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// This test binary re-executed to run only `entry_test` (which dispatches on
-/// [`ROLE`]), in `role` on `store`, with piped stdin/stdout.
-pub fn spawn_role(entry_test: &str, role: &str, store: &Path) -> Child {
+/// [`ROLE`]), in `role` on `store`, with piped stdin/stdout and stderr into
+/// `err`.
+pub fn spawn_role_logged(entry_test: &str, role: &str, store: &Path, err: &StderrLog) -> Child {
     Command::new(std::env::current_exe().expect("current_exe"))
         .args([
             entry_test,
@@ -48,9 +80,15 @@ pub fn spawn_role(entry_test: &str, role: &str, store: &Path) -> Child {
         .env(STORE, store)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(err.stdio())
         .spawn()
         .expect("spawn test child")
+}
+
+/// [`spawn_role_logged`] with the stderr log dropped (a failure shows as the
+/// exit status only).
+pub fn spawn_role(entry_test: &str, role: &str, store: &Path) -> Child {
+    spawn_role_logged(entry_test, role, store, &StderrLog::new())
 }
 
 /// The role this process was started in, if any.
@@ -98,14 +136,21 @@ pub struct RoleChild {
     pub child: Child,
     pub stdin: Option<ChildStdin>,
     pub out: BufReader<ChildStdout>,
+    pub err: StderrLog,
 }
 
 impl RoleChild {
     pub fn spawn(entry_test: &str, role: &str, store: &Path) -> Self {
-        let mut child = spawn_role(entry_test, role, store);
+        let err = StderrLog::new();
+        let mut child = spawn_role_logged(entry_test, role, store, &err);
         let stdin = child.stdin.take();
         let out = BufReader::new(child.stdout.take().expect("stdout"));
-        RoleChild { child, stdin, out }
+        RoleChild {
+            child,
+            stdin,
+            out,
+            err,
+        }
     }
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
@@ -122,7 +167,11 @@ impl RoleChild {
     pub fn wait_ok(mut self) {
         drop(self.stdin.take());
         let st = self.child.wait().expect("wait child");
-        assert!(st.success(), "child failed: {st}");
+        assert!(
+            st.success(),
+            "child failed: {st}; stderr:\n{}",
+            self.err.text()
+        );
     }
 }
 
