@@ -168,7 +168,7 @@ impl CommitmentsStore {
                         return Err(self.invalid_records(std::mem::take(&mut doc.invalid)));
                     }
                     let side = write_side_file(path, &doc.invalid)?;
-                    tracing::error!(path = %path.display(), moved_to = %side.display(), records = doc.invalid.len(), "quarantined invalid commitment records");
+                    tracing::warn!(path = %path.display(), moved_to = %side.display(), records = doc.invalid.len(), "quarantined invalid commitment records");
                     doc.invalid.clear();
                 }
                 op(&mut doc.commitments)
