@@ -91,7 +91,10 @@ impl Cluster {
             let user = nix::unistd::User::from_name("postgres")
                 .map_err(io::Error::other)?
                 .ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, "running as root but no `postgres` user")
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "running as root but no `postgres` user",
+                    )
                 })?;
             nix::unistd::chown(&dir, Some(user.uid), Some(user.gid)).map_err(io::Error::other)?;
         }
@@ -265,7 +268,11 @@ fn spawn_watchdog(
             data.display()
         )
     } else {
-        format!("'{}' -D '{}' -m immediate -w stop", pg_ctl.display(), data.display())
+        format!(
+            "'{}' -D '{}' -m immediate -w stop",
+            pg_ctl.display(),
+            data.display()
+        )
     };
     let script = format!(
         "cat >/dev/null; if [ -f '{data}/postmaster.pid' ]; then {stop} >/dev/null 2>&1; fi; rm -rf '{dir}'",

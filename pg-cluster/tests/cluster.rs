@@ -13,7 +13,10 @@ fn starts_creates_a_database_restarts_and_cleans_up() {
     let dir = pg.dir().to_path_buf();
     let url = pg.create_database("t1").expect("createdb");
     assert!(url.starts_with("postgresql://postgres@%2F"), "{url}");
-    assert!(dir.join(".s.PGSQL.5432").exists(), "socket in the private dir");
+    assert!(
+        dir.join(".s.PGSQL.5432").exists(),
+        "socket in the private dir"
+    );
     pg.stop_immediate().expect("stop");
     assert!(!dir.join(".s.PGSQL.5432").exists());
     pg.start_server().expect("restart");
