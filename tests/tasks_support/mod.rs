@@ -28,7 +28,9 @@ pub fn pg_url(name: &str) -> Option<String> {
         return None;
     }
     let cluster = lockstore_pg_cluster::Cluster::shared().expect("start the test cluster");
-    let mut db: String = format!("t_{}_{}", name, std::process::id())
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut db: String = format!("t_{}_{}_{n}", name, std::process::id())
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -118,7 +120,11 @@ impl Ledger {
         match &self.url {
             None => {
                 let c = rusqlite::Connection::open(&self.path).unwrap();
-                c.execute(sql, [id]).unwrap() as u64
+                if sql.contains("?1") {
+                    c.execute(sql, [id]).unwrap() as u64
+                } else {
+                    c.execute(sql, []).unwrap() as u64
+                }
             }
             Some(url) => {
                 let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
@@ -174,4 +180,16 @@ macro_rules! ledger {
             None => return,
         }
     };
+}
+
+/// `e` and its sources, joined (PostgreSQL's server message is in a source).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
