@@ -449,9 +449,11 @@ fn a_postgres_crash_restart_loses_nothing_committed() {
     }
     let cluster = lockstore_pg_cluster::Cluster::start().unwrap();
     let url = cluster.create_database("restart").unwrap();
-    let reg = Arc::new(
-        TaskRegistry::connect(&url, RegistryOptions::default(), pg_opts("host-a")).unwrap(),
-    );
+    // A short pool wait: the registry's own backoff must bridge the outage
+    // (r2d2's wait alone would hide it).
+    let mut o = pg_opts("host-a");
+    o.connect_timeout = Duration::from_millis(100);
+    let reg = Arc::new(TaskRegistry::connect(&url, RegistryOptions::default(), o).unwrap());
     let mut ids = Vec::new();
     for i in 0..20 {
         let t = queued(&reg, &format!("t{i}"));
