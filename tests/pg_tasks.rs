@@ -487,3 +487,28 @@ fn a_postgres_crash_restart_loses_nothing_committed() {
         }
     }
 }
+
+/// A quick figure, not a gate: `update`s per second on one task in a loop
+/// (one registry, one thread), SQLite (synchronous FULL, group commit on)
+/// vs PostgreSQL (the test cluster). Run with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn updates_per_second_sqlite_vs_postgres() {
+    const N: usize = 300;
+    for b in [Backend::Sqlite, Backend::Postgres] {
+        let l = ledger!(b, "bench");
+        let t = queued(&l.reg, "bench");
+        let start = std::time::Instant::now();
+        for i in 0..N {
+            l.reg
+                .record_progress(&t.task_id, Some("p"), at(NOW + i as i64))
+                .unwrap();
+        }
+        let el = start.elapsed();
+        println!(
+            "BENCH {b:?}: {N} updates in {:.2} s = {:.0} updates/s",
+            el.as_secs_f64(),
+            N as f64 / el.as_secs_f64()
+        );
+    }
+}
