@@ -14,7 +14,7 @@ use rstest::rstest;
 
 #[macro_use]
 mod tasks_support;
-use tasks_support::{Backend, Ledger};
+use tasks_support::Backend;
 
 const T0: i64 = 1_780_000_000_000;
 
