@@ -356,8 +356,12 @@ pub struct TaskRecord {
     /// Fencing token: 0 until the first claim, +1 on every claim or
     /// takeover. Owner writes name it and are refused
     /// ([`crate::tasks::TaskError::Stale`]) once it has moved on.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub fencing_token: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// Delivery state of one task (separate table, deleted with the task).
