@@ -129,7 +129,7 @@ pub enum Error {
     /// URL with its password redacted, and the client's error (SQLSTATE in
     /// `source.code()`).
     #[cfg(feature = "postgres")]
-    #[error("{op} on {database}: {source}")]
+    #[error("{op} on {database}: {}", pg_message(source))]
     Postgres {
         op: &'static str,
         database: String,
@@ -190,6 +190,21 @@ pub enum Error {
     #[cfg(feature = "commitments")]
     #[error(transparent)]
     Commitments(Box<crate::stores::commitments::CommitmentsError>),
+}
+
+/// The server's own message (`ERROR: … (SQLSTATE 40001)`) when there is
+/// one; rust-postgres's Display says only "db error".
+#[cfg(feature = "postgres")]
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => e.to_string(),
+    }
 }
 
 fn holder_suffix(h: &Option<Box<HolderInfo>>) -> String {
