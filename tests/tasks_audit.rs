@@ -5,7 +5,11 @@
 use lockstore::sqlite::SqliteOptions;
 use lockstore::tasks::*;
 use rstest::rstest;
+
+#[macro_use]
+mod tasks_support;
 use std::time::{Duration, SystemTime};
+use tasks_support::{Backend, Ledger};
 
 const NOW: i64 = 1_780_000_000_000;
 const MIN: i64 = 60_000;
@@ -50,6 +54,9 @@ fn rec(status: TaskStatus, age_ms: i64) -> TaskRecord {
         owner_start_time: None,
         owner_boot_id: None,
         version: 1,
+        owner_host: None,
+        lease_expires_at: None,
+        fencing_token: 0,
     }
 }
 
@@ -111,12 +118,6 @@ fn sort_and_summary_ignore_filters() {
     assert_eq!(rep.filtered(None, Some(AuditCode::StaleRunning)).len(), 2);
 }
 
-fn registry() -> (tempfile::TempDir, TaskRegistry) {
-    let d = tempfile::tempdir().unwrap();
-    let r = TaskRegistry::open(d.path().join("runs.sqlite"), RegistryOptions::default()).unwrap();
-    (d, r)
-}
-
 fn new(task: &str, owner: Option<lockstore::ProcessIdentity>) -> NewTask {
     NewTask {
         runtime: Some(Runtime::Subagent),
@@ -127,14 +128,16 @@ fn new(task: &str, owner: Option<lockstore::ProcessIdentity>) -> NewTask {
     }
 }
 
-fn raw(reg: &TaskRegistry, sql: &str, id: &str) {
-    let c = rusqlite::Connection::open(reg.path()).unwrap();
-    assert_eq!(c.execute(sql, [id]).unwrap(), 1, "{sql}");
+fn raw(l: &Ledger, sql: &str, id: &str) {
+    assert_eq!(l.exec(sql, id), 1, "{sql}");
 }
 
-#[test]
-fn maintenance_apply_clears_every_repairable_finding() {
-    let (_d, reg) = registry();
+#[rstest]
+fn maintenance_apply_clears_every_repairable_finding(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let lg = ledger!(b, "maint_apply");
+    let reg = &lg.reg;
     let t0 = NOW - 2 * 86_400_000;
     let mut dead = std::process::Command::new("true").spawn().unwrap();
     let dead_id = lockstore::ProcessIdentity {
@@ -176,7 +179,7 @@ fn maintenance_apply_clears_every_repairable_finding() {
     )
     .unwrap();
     raw(
-        &reg,
+        &lg,
         "UPDATE task_runs SET cleanup_after = NULL, version = version + 1 WHERE task_id = ?1",
         &m.task_id,
     );
@@ -185,7 +188,7 @@ fn maintenance_apply_clears_every_repairable_finding() {
     reg.finish(&i.task_id, Finish::new(TaskStatus::Failed), at(NOW - MIN))
         .unwrap();
     raw(
-        &reg,
+        &lg,
         &format!(
             "UPDATE task_runs SET started_at = {}, version = version + 1 WHERE task_id = ?1",
             NOW - MIN / 2
@@ -292,9 +295,12 @@ fn maintenance_apply_clears_every_repairable_finding() {
     assert!(again.actions.is_empty(), "{:?}", again.actions);
 }
 
-#[test]
-fn registry_rules_dedupe_defaults_monotonicity_cleanup() {
-    let (_d, reg) = registry();
+#[rstest]
+fn registry_rules_dedupe_defaults_monotonicity_cleanup(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let l = ledger!(b, "rules");
+    let reg = &l.reg;
     let mk = || NewTask {
         runtime: Some(Runtime::Subagent),
         task: "t".into(),
@@ -361,37 +367,46 @@ fn mk2() -> NewTask {
     }
 }
 
-#[test]
-fn strict_enum_parsing_names_task_and_column() {
-    let (d, reg) = registry();
-    let t = reg.create(mk2(), at(NOW)).unwrap().0;
-    let path = reg.path().to_path_buf();
-    drop(reg);
-    let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute("UPDATE task_runs SET notify_policy = 'loud'", [])
-        .unwrap();
-    let e = TaskRegistry::open(&path, RegistryOptions::default()).unwrap_err();
-    let msg = e.to_string();
-    assert!(
-        matches!(
-            &e,
-            TaskError::InvalidPersisted {
-                column: "notify_policy",
-                ..
-            }
-        ),
-        "{msg}"
+#[rstest]
+fn strict_enum_parsing_names_task_and_column(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let l = ledger!(b, "strict_enum");
+    let t = l.reg.create(mk2(), at(NOW)).unwrap().0;
+    l.exec(
+        "UPDATE task_runs SET notify_policy = 'loud' WHERE task_id = ?1",
+        &t.task_id,
     );
-    assert!(
-        msg.contains(&t.task_id) && msg.contains("runs.sqlite") && msg.contains("\"loud\""),
-        "{msg}"
-    );
+    // A registry that loads the ledger, and the first registry's next read
+    // (which reloads: another connection wrote), both refuse it.
+    let e = l.reopen(RegistryOptions::default()).unwrap_err();
+    let e2 = l.reg.list().unwrap_err();
+    for e in [e, e2] {
+        let msg = e.to_string();
+        assert!(
+            matches!(
+                &e,
+                TaskError::InvalidPersisted {
+                    column: "notify_policy",
+                    ..
+                }
+            ),
+            "{msg}"
+        );
+        let names_db = match b {
+            Backend::Sqlite => msg.contains("runs.sqlite"),
+            Backend::Postgres => msg.contains("t_strict_enum"),
+        };
+        assert!(
+            msg.contains(&t.task_id) && names_db && msg.contains("\"loud\""),
+            "{msg}"
+        );
+    }
     // Left untouched, not treated as empty.
-    let n: i64 = c
-        .query_row("SELECT count(*) FROM task_runs", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 1);
-    drop(d);
+    assert_eq!(
+        l.column("notify_policy", &t.task_id).as_deref(),
+        Some("loud")
+    );
 }
 
 #[test]
@@ -442,13 +457,16 @@ fn store_v1() -> Vec<&'static str> {
     lockstore::testing::TASK_MIGRATIONS[..1].to_vec()
 }
 
-#[test]
-fn stale_copy_cannot_overwrite_a_newer_row() {
-    let (_d, reg) = registry();
+#[rstest]
+fn stale_copy_cannot_overwrite_a_newer_row(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let l = ledger!(b, "stale_copy");
+    let reg = &l.reg;
     let t = reg.create(mk2(), at(NOW)).unwrap().0;
     let stale = t.clone();
     reg.mark_running(&t.task_id, at(NOW + 1)).unwrap(); // version 2
-    let store = SqliteTaskStore::open(reg.path(), SqliteOptions::default()).unwrap();
+    let store = l.store();
     let mut s = stale;
     s.status = TaskStatus::Failed;
     assert_eq!(
@@ -456,17 +474,15 @@ fn stale_copy_cannot_overwrite_a_newer_row() {
         WriteOutcome::Conflict(Some(2))
     );
     assert_eq!(
-        store.read_task(&t.task_id).unwrap().unwrap().status,
+        store.load_snapshot().unwrap().tasks[&t.task_id].status,
         TaskStatus::Running
     );
     // The registry re-applies a patch on the durable row after another writer
     // (bypassing it) bumped the version.
-    let c = rusqlite::Connection::open(reg.path()).unwrap();
-    c.execute(
+    l.exec(
         "UPDATE task_runs SET progress_summary = 'ext', version = version + 1 WHERE task_id = ?1",
-        [&t.task_id],
-    )
-    .unwrap();
+        &t.task_id,
+    );
     let u = reg.bump_counter(&t.task_id, "k", at(NOW + 2)).unwrap();
     assert_eq!(u.progress_summary.as_deref(), Some("ext"));
     assert_eq!(u.version, 4);

@@ -12,6 +12,10 @@ use lockstore::sqlite::SqliteOptions;
 use lockstore::tasks::*;
 use rstest::rstest;
 
+#[macro_use]
+mod tasks_support;
+use tasks_support::Backend;
+
 const T0: i64 = 1_780_000_000_000;
 
 /// Unix ms → the API's `SystemTime`.
@@ -289,11 +293,13 @@ fn memory_first_variant_diverges() {
     assert!(reloaded.get(&t2.task_id).unwrap().is_some());
 }
 
-#[test]
-fn observers_see_events_and_cannot_break_writes() {
+#[rstest]
+fn observers_see_events_and_cannot_break_writes(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
     use std::sync::{Arc, Mutex};
-    let d = tempfile::tempdir().unwrap();
-    let reg = TaskRegistry::open(d.path().join("runs.sqlite"), opts()).unwrap();
+    let l = ledger!(b, "observers", opts());
+    let reg = &l.reg;
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let s2 = seen.clone();
     reg.add_observer(Arc::new(move |e: &TaskEvent| {
@@ -311,7 +317,7 @@ fn observers_see_events_and_cannot_break_writes() {
         panic!("observer bug")
     }));
     reg.add_observer(Arc::new(|_: &TaskEvent| Err("observer error".into())));
-    let t = seed(&reg);
+    let t = seed(reg);
     assert!(reg.delete(&t.task_id).unwrap());
     assert_eq!(
         *seen.lock().unwrap(),
@@ -321,5 +327,65 @@ fn observers_see_events_and_cannot_break_writes() {
             "upserted:running:true",
             "deleted:running"
         ]
+    );
+}
+
+/// The seed regression on both backends with the failure both can inject: a
+/// trigger that fails the UPDATE or DELETE of the row. Memory stays exactly
+/// as the database is; with the trigger gone the same mutation commits.
+#[rstest]
+fn trigger_failure_leaves_memory_as_the_database(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+    #[values(Op::Update, Op::Delete)] op: Op,
+) {
+    let l = ledger!(b, "trigger_failure", opts());
+    let reg = &l.reg;
+    let t = seed(reg);
+    let before = reg.get(&t.task_id).unwrap().unwrap();
+    let before_ds = reg.delivery_state(&t.task_id).unwrap();
+    let when = if op == Op::Update { "UPDATE" } else { "DELETE" };
+    match b {
+        Backend::Sqlite => {
+            l.exec(
+                &format!(
+                    "CREATE TRIGGER inject_fail BEFORE {when} ON task_runs \
+                     BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+                ),
+                "",
+            );
+        }
+        Backend::Postgres => {
+            let mut c =
+                postgres::Client::connect(l.url.as_deref().unwrap(), postgres::NoTls).unwrap();
+            c.batch_execute(&format!(
+                "CREATE FUNCTION inject_fail() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$; \
+                 CREATE TRIGGER inject_fail BEFORE {when} ON task_runs \
+                 FOR EACH ROW EXECUTE FUNCTION inject_fail();"
+            ))
+            .unwrap();
+        }
+    }
+    let err = mutate(reg, &t.task_id, op).expect_err("the injected failure must surface");
+    let msg = tasks_support::chain(&err);
+    assert!(msg.contains("injected failure"), "{msg}");
+    assert_eq!(reg.get(&t.task_id).unwrap().as_ref(), Some(&before));
+    assert_eq!(reg.delivery_state(&t.task_id).unwrap(), before_ds);
+    assert_eq!(l.column("status", &t.task_id).as_deref(), Some("running"));
+    let again = l.reopen(opts()).unwrap();
+    assert_eq!(again.snapshot().unwrap(), reg.snapshot().unwrap());
+    match b {
+        Backend::Sqlite => l.exec("DROP TRIGGER inject_fail", ""),
+        Backend::Postgres => l.exec("DROP TRIGGER inject_fail ON task_runs", ""),
+    };
+    mutate(reg, &t.task_id, op).unwrap();
+    let mem = reg.get(&t.task_id).unwrap();
+    assert_eq!(
+        mem.as_ref().map(|t| t.status.to_string()),
+        l.column("status", &t.task_id)
+    );
+    assert_eq!(
+        l.reopen(opts()).unwrap().snapshot().unwrap(),
+        reg.snapshot().unwrap()
     );
 }

@@ -22,10 +22,10 @@ use super::TaskError;
 use crate::group::{duplicate, Batch};
 use crate::writer::Writer;
 
-/// What a mutation's body returns: a SQLite error (the transaction is
-/// retried or fails), or its domain result with the changes to apply to
-/// memory after COMMIT.
-pub(super) type TxResult<T> = rusqlite::Result<Result<T, TaskError>>;
+#[cfg(feature = "postgres")]
+use super::backend::Backend;
+pub(super) use super::backend::TxResult;
+use super::backend::{LedgerTx, SqliteTx};
 
 /// Runs a parameterless statement through the statement cache (transaction
 /// control runs once or twice per mutation; re-parsing it showed in profiles).
@@ -99,7 +99,7 @@ impl Batch for TaskBatch {
             return Ok(TaskUndo::Transaction);
         }
         let core = self.core.clone();
-        let conn = core.store.connection();
+        let conn = core.store.sqlite().connection();
         match run_cached(&conn, "SAVEPOINT lockstore_member") {
             Ok(()) => Ok(TaskUndo::Savepoint),
             Err(e) => {
@@ -112,7 +112,7 @@ impl Batch for TaskBatch {
 
     fn keep(&mut self, undo: TaskUndo, _: usize) {
         let core = self.core.clone();
-        let conn = core.store.connection();
+        let conn = core.store.sqlite().connection();
         if let TaskUndo::Savepoint = undo {
             if let Err(e) = run_cached(&conn, "RELEASE lockstore_member") {
                 self.fail(crate::Error::sqlite("release savepoint", &self.path, e));
@@ -123,7 +123,7 @@ impl Batch for TaskBatch {
 
     fn undo(&mut self, undo: TaskUndo, _: usize) {
         let core = self.core.clone();
-        let conn = core.store.connection();
+        let conn = core.store.sqlite().connection();
         if conn.is_autocommit() {
             self.check_rolled_back(&conn);
             if let TaskUndo::Transaction = undo {
@@ -158,7 +158,7 @@ impl Batch for TaskBatch {
     ) -> Result<BTreeMap<usize, Vec<TaskEvent>>, crate::Error> {
         let core = self.core;
         let mut inner = core.lock_inner();
-        let conn = core.store.connection();
+        let conn = core.store.sqlite().connection();
         let r = match self.failed {
             Some(f) => Err(f),
             None => run_cached(&conn, "COMMIT")
@@ -194,27 +194,33 @@ impl TaskRegistry {
     /// [`TaskRegistry`]).
     pub(super) fn mutate<T>(
         &self,
-        f: impl FnMut(&Connection, &View<'_>) -> TxResult<(T, Vec<Change>)>,
+        f: impl FnMut(&mut dyn LedgerTx, &View<'_>) -> TxResult<(T, Vec<Change>)>,
     ) -> Result<T, TaskError> {
-        if self.group_opts.enabled && self.writer.supports_group_commit() {
+        #[cfg(feature = "postgres")]
+        if let Backend::Pg(pg) = &self.core.store {
+            return self.mutate_pg(pg, f);
+        }
+        let store = self.core.store.sqlite();
+        if self.group_opts.enabled && self.writer().supports_group_commit() {
             return self.mutate_grouped(f);
         }
         let mut f = f;
         let path = self.path().to_path_buf();
-        let (out, events) = self.writer.run(|ctx| {
+        let (out, events) = self.writer().run(|ctx| {
             let _span = tracing::debug_span!("task_ledger_commit", path = %path.display(), pid = std::process::id(), waited_ms = ctx.waited().as_millis() as u64).entered();
             let mut inner = self.core.lock_inner();
-            let conn = self.core.store.connection();
+            let conn = self.core.store.sqlite().connection();
             let mut events = Vec::new();
             events.extend(self.refresh(&mut inner, &conn)?);
-            let (out, changes) = self.core.store.immediate(&conn, |tx| {
+            let (out, changes) = store.immediate(&conn, |tx| {
                 f(
-                    tx,
+                    &mut SqliteTx { c: tx, path: &path },
                     &View {
                         inner: &inner,
                         pending: &[],
                     },
                 )
+                .map_err(|e| e.into_sqlite())
             })?;
             drop(conn);
             // Committed: only now does memory change.
@@ -230,9 +236,9 @@ impl TaskRegistry {
     /// `BEGIN IMMEDIATE` (retried on BUSY until the SQLite retry deadline).
     fn begin_batch(&self) -> Result<TaskBatch, TaskError> {
         let mut inner = self.core.lock_inner();
-        let conn = self.core.store.connection();
+        let conn = self.core.store.sqlite().connection();
         let restored = self.refresh(&mut inner, &conn)?;
-        let opts = self.core.store.options();
+        let opts = self.core.store.sqlite().options();
         let until = std::time::Instant::now() + opts.retry_deadline;
         let mut attempt = 0u32;
         loop {
@@ -261,12 +267,12 @@ impl TaskRegistry {
     /// [`crate::group`], with a SAVEPOINT per member.
     fn mutate_grouped<T>(
         &self,
-        mut f: impl FnMut(&Connection, &View<'_>) -> TxResult<(T, Vec<Change>)>,
+        mut f: impl FnMut(&mut dyn LedgerTx, &View<'_>) -> TxResult<(T, Vec<Change>)>,
     ) -> Result<T, TaskError> {
         let path = self.path();
         let mut restored = None;
         let r = self.group.run(
-            &self.writer,
+            self.writer(),
             &self.group_opts,
             || self.begin_batch(),
             |b: &mut TaskBatch, member, _| {
@@ -275,16 +281,16 @@ impl TaskRegistry {
                     tracing::debug_span!("task_ledger_member", path = %path.display(), member)
                         .entered();
                 let inner = self.core.lock_inner();
-                let conn = self.core.store.connection();
+                let conn = self.core.store.sqlite().connection();
                 let r = match f(
-                    &conn,
+                    &mut SqliteTx { c: &conn, path },
                     &View {
                         inner: &inner,
                         pending: &b.pending,
                     },
                 ) {
                     Ok(r) => r,
-                    Err(e) => Err(TaskError::sqlite("transaction", path, e)),
+                    Err(e) => Err(e.into_task_error("transaction", path)),
                 };
                 drop(conn);
                 drop(inner);
@@ -380,7 +386,7 @@ mod tests {
     }
 
     fn until_queued(r: &TaskRegistry, n: usize) {
-        while r.writer.entry().fifo.len() < n {
+        while r.writer().entry().fifo.len() < n {
             std::thread::yield_now();
         }
     }
@@ -640,12 +646,12 @@ mod tests {
             until_queued(r, 2);
             // A successor that will give up: a queue ticket, dropped unserved
             // (what a deadline does to a waiting writer).
-            let quitter = r.writer.entry().fifo.enter();
+            let quitter = r.writer().entry().fifo.enter();
             until_queued(r, 3);
             go_tx.send(()).unwrap();
             // b leaves the batch open for the quitter ...
-            while !(r.writer.entry().fifo.len() == 1
-                && r.writer.entry().batch.lock().unwrap().is_some())
+            while !(r.writer().entry().fifo.len() == 1
+                && r.writer().entry().batch.lock().unwrap().is_some())
             {
                 std::thread::yield_now();
             }
@@ -662,7 +668,7 @@ mod tests {
             ),
             (1, 2)
         );
-        assert!(r.writer.entry().batch.lock().unwrap().is_none());
+        assert!(r.writer().entry().batch.lock().unwrap().is_none());
         assert_eq!(durable_counter(&r, &id), 2);
         assert_eq!(counter(&r.get(&id).unwrap().unwrap()), 2);
     }

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use rusqlite::Connection;
 
+use super::backend::Backend;
 use super::index::Inner;
 use super::observers::TaskEvent;
 use super::record::TaskRecord;
@@ -27,11 +28,11 @@ impl TaskRegistry {
         if inner.batch_open {
             return Ok(None);
         }
-        let dv = self.core.store.data_version(conn)?;
+        let dv = self.core.store.sqlite().data_version(conn)?;
         if inner.data_version == Some(dv) {
             return Ok(None);
         }
-        let (snap, dv) = self.core.store.load_with_version(conn)?;
+        let (snap, dv) = self.core.store.sqlite().load_with_version(conn)?;
         tracing::debug!(path = %self.path().display(), tasks = snap.tasks.len(), "reloaded task ledger");
         inner.replace(snap);
         inner.data_version = Some(dv);
@@ -44,9 +45,14 @@ impl TaskRegistry {
     pub(super) fn read<T>(&self, f: impl FnOnce(&Inner) -> T) -> Result<T, TaskError> {
         let (out, ev) = {
             let mut inner = self.core.lock_inner();
-            let conn = self.core.store.connection();
-            let ev = self.refresh(&mut inner, &conn)?;
-            drop(conn);
+            let ev = match &self.core.store {
+                Backend::Sqlite(s) => {
+                    let conn = s.connection();
+                    self.refresh(&mut inner, &conn)?
+                }
+                #[cfg(feature = "postgres")]
+                Backend::Pg(pg) => self.refresh_pg(pg, &mut inner)?,
+            };
             (f(&inner), ev)
         };
         self.emit(ev.as_slice());
@@ -65,6 +71,10 @@ impl TaskRegistry {
         owner_key: &str,
         now: SystemTime,
     ) -> Result<Vec<TaskRecord>, TaskError> {
+        #[cfg(feature = "postgres")]
+        if let Backend::Pg(pg) = &self.core.store {
+            return pg.list_fresh_tasks_for_owner_key(owner_key, now);
+        }
         let mut inner = self.core.lock_inner();
         while inner.batch_open {
             inner = self
@@ -76,6 +86,7 @@ impl TaskRegistry {
         let out = self
             .core
             .store
+            .sqlite()
             .list_fresh_tasks_for_owner_key(owner_key, now);
         drop(inner);
         out

@@ -82,6 +82,10 @@ pub struct MaintenanceReport {
     pub normalized: usize,
     /// Every action (planned in preview; applied in apply).
     pub actions: Vec<MaintenanceAction>,
+    /// False when the sweep did nothing because another host's sweep held
+    /// the maintenance leader lock (PostgreSQL, apply only; always true on
+    /// SQLite and in preview).
+    pub leader: bool,
 }
 
 impl TaskRegistry {
@@ -95,14 +99,39 @@ impl TaskRegistry {
             t,
             to_ms(now),
             grace.as_millis().min(i64::MAX as u128) as i64,
+            None,
         )
     }
 
-    fn lost_reason_ms(t: &TaskRecord, now_ms: i64, grace_ms: i64) -> Option<String> {
+    /// [`TaskRegistry::lost_reason`] as judged from host `my_host`
+    /// (PostgreSQL): an owner recorded on another host is judged only by its
+    /// lease (lost once `lease_expires_at` has passed; without a lease, after
+    /// the grace); an owner on this host (or with no host recorded) by the
+    /// exact process checks.
+    pub(super) fn lost_reason_ms(
+        t: &TaskRecord,
+        now_ms: i64,
+        grace_ms: i64,
+        my_host: Option<&str>,
+    ) -> Option<String> {
         if t.status.is_terminal() {
             return None;
         }
         let silent = now_ms - t.last_activity_at();
+        if let (Some(h), Some(me)) = (t.owner_host.as_deref(), my_host) {
+            if h != me {
+                return match t.lease_expires_at {
+                    Some(exp) => (now_ms >= exp).then(|| format!(
+                        "the lease of owner process {} on host {h} expired {} s ago (token {}); the task was still {}",
+                        t.owner_pid.unwrap_or(0), (now_ms - exp) / 1000, t.fencing_token, t.status
+                    )),
+                    None => (silent >= grace_ms).then(|| format!(
+                        "owner on host {h} holds no lease and the task has been silent for {} s (grace {} s)",
+                        silent / 1000, grace_ms / 1000
+                    )),
+                };
+            }
+        }
         match t.owner_identity() {
             Some(id) => match crate::proc::liveness(&id) {
                 Liveness::Running | Liveness::Stopped => None,
@@ -145,16 +174,33 @@ impl TaskRegistry {
             pruned: 0,
             normalized: 0,
             actions: Vec::new(),
+            leader: true,
         };
+        // One leader at a time across hosts (PostgreSQL): the guard holds
+        // the session advisory lock until the sweep ends.
+        #[cfg(feature = "postgres")]
+        let _leader = match mode {
+            MaintenanceMode::Apply => match self.lead_maintenance()? {
+                Some(None) => {
+                    tracing::info!(database = %self.path().display(), "task maintenance skipped: another host leads");
+                    rep.leader = false;
+                    return Ok(rep);
+                }
+                g => g,
+            },
+            MaintenanceMode::Preview => None,
+        };
+        let my_host = self.core.host.clone();
+        let my_host = my_host.as_deref();
         let grace = opts.grace.as_millis().min(i64::MAX as u128) as i64;
         for t in self.list()? {
             let id = t.task_id.clone();
-            if let Some(reason) = Self::lost_reason_ms(&t, now_ms, grace) {
+            if let Some(reason) = Self::lost_reason_ms(&t, now_ms, grace, my_host) {
                 let apply = mode == MaintenanceMode::Apply;
                 let done = !apply
                     || self
                         .update(&id, |f| {
-                            let Some(r) = Self::lost_reason_ms(f, now_ms, grace) else {
+                            let Some(r) = Self::lost_reason_ms(f, now_ms, grace, my_host) else {
                                 return Ok(false);
                             };
                             f.status = TaskStatus::Lost;

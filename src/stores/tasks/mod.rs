@@ -21,12 +21,16 @@
 use std::path::PathBuf;
 
 mod audit;
+mod backend;
 mod batch;
 mod coherence;
 mod index;
+mod lease;
 mod maintenance;
 mod mutations;
 mod observers;
+#[cfg(feature = "postgres")]
+mod pg;
 mod queries;
 mod record;
 mod registry;
@@ -40,6 +44,8 @@ pub use maintenance::{
 };
 pub use mutations::Finish;
 pub use observers::{ObserverError, TaskEvent, TaskObserver};
+#[cfg(feature = "postgres")]
+pub use pg::PgTaskStore;
 pub use record::*;
 pub use registry::{RegistryOptions, TaskRegistry};
 #[cfg(feature = "testing")]
@@ -102,6 +108,32 @@ pub enum TaskError {
         task_id: String,
         status: TaskStatus,
     },
+
+    /// An owner write ([`TaskRegistry::renew`],
+    /// [`TaskRegistry::record_progress_fenced`], [`TaskRegistry::finish_fenced`])
+    /// named fencing token `token`, but the task has moved on: another owner
+    /// took it over (`current` is its token) or it already ended (`status`
+    /// terminal, e.g. marked lost after the lease expired). Nothing was
+    /// written; the caller no longer owns the task.
+    #[error("task {task_id} in {}: stale owner: fencing token {token} is not the task's (token {current}, status {status}); another owner took over or the task ended", .path.display())]
+    Stale {
+        path: PathBuf,
+        task_id: String,
+        token: i64,
+        current: i64,
+        status: TaskStatus,
+    },
+
+    /// [`TaskRegistry::claim`] of a task another owner still holds: a live
+    /// process on this host, or an unexpired lease (Unix ms
+    /// `lease_expires_at`) of an owner on another host. Nothing was written.
+    #[error("task {task_id} in {}: held by {holder} (lease until {lease_expires_at:?} ms)", .path.display())]
+    Held {
+        path: PathBuf,
+        task_id: String,
+        holder: String,
+        lease_expires_at: Option<i64>,
+    },
 }
 
 impl TaskError {
@@ -114,7 +146,9 @@ impl TaskError {
             | TaskError::InvalidTransition { path, .. }
             | TaskError::Conflict { path, .. }
             | TaskError::Invalid { path, .. }
-            | TaskError::NotTerminal { path, .. } => path,
+            | TaskError::NotTerminal { path, .. }
+            | TaskError::Stale { path, .. }
+            | TaskError::Held { path, .. } => path,
         })
     }
 

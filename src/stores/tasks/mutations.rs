@@ -6,12 +6,10 @@
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use rusqlite::params;
-
 use super::index::Change;
 use super::record::*;
 use super::registry::TaskRegistry;
-use super::store::{self, WriteOutcome};
+use super::store::WriteOutcome;
 use super::TaskError;
 use crate::timefmt::to_ms;
 
@@ -58,6 +56,22 @@ impl Finish {
     pub fn with_summary(mut self, summary: impl Into<String>) -> Self {
         self.summary = Some(summary.into());
         self
+    }
+
+    /// The finish patch on `t` at `now_ms` (see [`TaskRegistry::finish`]).
+    pub(super) fn apply(&self, t: &mut TaskRecord, now_ms: i64) {
+        t.status = self.status;
+        t.ended_at = Some(now_ms);
+        t.last_event_at = Some(now_ms);
+        if self.error.is_some() {
+            t.error = self.error.clone();
+        }
+        if self.summary.is_some() {
+            t.terminal_summary = self.summary.clone();
+        }
+        if self.status == TaskStatus::Succeeded {
+            t.terminal_outcome.get_or_insert(TerminalOutcome::Succeeded);
+        }
     }
 }
 
@@ -131,6 +145,9 @@ impl TaskRegistry {
             owner_start_time: new.owner.as_ref().and_then(|o| o.start_time),
             owner_boot_id: new.owner.as_ref().and_then(|o| o.boot_id.clone()),
             version: 0,
+            owner_host: None,
+            lease_expires_at: None,
+            fencing_token: 0,
         };
         t.normalize();
         let delivery = new.requester_origin.clone().map(|o| DeliveryState {
@@ -140,34 +157,15 @@ impl TaskRegistry {
         });
         let p = path.clone();
         self.mutate(|tx, _| {
-            if let Some(run_id) = &t.run_id {
-                let dup = tri!(store::query_tasks(
-                    tx,
-                    &p,
-                    "WHERE run_id = ?1 AND runtime = ?2 AND scope_kind = ?3 AND owner_key = ?4 \
-                     AND child_session_key IS ?5 AND parent_flow_id IS ?6 AND label IS ?7 AND task = ?8 \
-                     ORDER BY created_at LIMIT 1",
-                    params![
-                        run_id,
-                        t.runtime.as_str(),
-                        t.scope_kind.as_str(),
-                        t.owner_key,
-                        t.child_session_key,
-                        t.parent_flow_id,
-                        t.label,
-                        t.task
-                    ],
-                ));
-                if let Some(existing) = dup.into_iter().next() {
-                    // Make sure memory has the durable copy too.
-                    return Ok(Ok((
-                        (existing.clone(), false),
-                        vec![Change::Put(existing, None)],
-                    )));
-                }
+            if let Some(existing) = tri!(tx.find_duplicate(&t)?) {
+                // Make sure memory has the durable copy too.
+                return Ok(Ok((
+                    (existing.clone(), false),
+                    vec![Change::Put(existing, None)],
+                )));
             }
             let mut w = t.clone();
-            match store::write_task(tx, &w)? {
+            match tx.write_task(&w)? {
                 WriteOutcome::Written(v) => w.version = v,
                 WriteOutcome::Conflict(found) => {
                     return Ok(Err(TaskError::Conflict {
@@ -179,9 +177,12 @@ impl TaskRegistry {
                 }
             }
             if let Some(d) = &delivery {
-                store::write_delivery(tx, &w.task_id, Some(d))?;
+                tx.write_delivery(&w.task_id, Some(d))?;
             }
-            Ok(Ok(((w.clone(), true), vec![Change::Put(w, delivery.clone())])))
+            Ok(Ok((
+                (w.clone(), true),
+                vec![Change::Put(w, delivery.clone())],
+            )))
         })
     }
 
@@ -202,7 +203,7 @@ impl TaskRegistry {
     ) -> Result<TaskRecord, TaskError> {
         let path = self.path().to_path_buf();
         self.mutate(|tx, inner| {
-            let Some(fresh) = tri!(store::read_task(tx, &path, id)) else {
+            let Some(fresh) = tri!(tx.read_task(id)?) else {
                 return Ok(Err(TaskError::NotFound {
                     path: path.clone(),
                     lookup: id.to_string(),
@@ -229,6 +230,9 @@ impl TaskRegistry {
             }
             next.normalize();
             if next.status.is_terminal() {
+                // An ended task has no owner lease (its token stays, so a
+                // late owner write is refused as stale).
+                next.lease_expires_at = None;
                 // Entering a terminal status: stamp cleanupAfter from the end time
                 // unless the patch set one; lost keeps the min (§5.7).
                 if fresh.status.is_active()
@@ -239,7 +243,7 @@ impl TaskRegistry {
                 }
                 next.stamp_cleanup();
             }
-            match store::write_task(tx, &next)? {
+            match tx.write_task(&next)? {
                 WriteOutcome::Written(v) => next.version = v,
                 WriteOutcome::Conflict(found) => {
                     return Ok(Err(TaskError::Conflict {
@@ -327,20 +331,14 @@ impl TaskRegistry {
                 status,
             });
         }
+        let how = Finish {
+            status,
+            error,
+            summary,
+        };
         let now_ms = to_ms(now);
         self.update(id, |t| {
-            t.status = status;
-            t.ended_at = Some(now_ms);
-            t.last_event_at = Some(now_ms);
-            if error.is_some() {
-                t.error = error.clone();
-            }
-            if summary.is_some() {
-                t.terminal_summary = summary.clone();
-            }
-            if status == TaskStatus::Succeeded {
-                t.terminal_outcome.get_or_insert(TerminalOutcome::Succeeded);
-            }
+            how.apply(t, now_ms);
             Ok(true)
         })
     }
@@ -394,18 +392,13 @@ impl TaskRegistry {
     ) -> Result<bool, TaskError> {
         let path = self.path().to_path_buf();
         self.mutate(|tx, _| {
-            let Some(fresh) = tri!(store::read_task(tx, &path, id)) else {
+            let Some(fresh) = tri!(tx.read_task(id)?) else {
                 return Ok(Ok((false, vec![Change::Remove(id.to_string())])));
             };
             if !pred(&fresh) {
                 return Ok(Ok((false, vec![Change::Put(fresh, None)])));
             }
-            tx.execute("DELETE FROM task_delivery_state WHERE task_id = ?1", [id])?;
-            let n = tx.execute(
-                "DELETE FROM task_runs WHERE task_id = ?1 AND version = ?2",
-                params![id, fresh.version],
-            )?;
-            if n != 1 {
+            if !tx.delete_task(id, fresh.version)? {
                 return Ok(Err(TaskError::Conflict {
                     path: path.clone(),
                     task_id: id.to_string(),

@@ -344,6 +344,24 @@ pub struct TaskRecord {
     pub owner_boot_id: Option<String>,
     /// Row version: 1 on insert, +1 on every write (compare-and-set token).
     pub version: i64,
+    /// Host id of the owner that claimed the task ([`crate::tasks::TaskRegistry::claim`];
+    /// schema v3). `None` on SQLite (one host) and for unclaimed tasks. An
+    /// owner on another host is judged only by its lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_host: Option<String>,
+    /// When the owner's lease ends (Unix ms) unless renewed
+    /// ([`crate::tasks::TaskRegistry::renew`]); cleared when the task ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<i64>,
+    /// Fencing token: 0 until the first claim, +1 on every claim or
+    /// takeover. Owner writes name it and are refused
+    /// ([`crate::tasks::TaskError::Stale`]) once it has moved on.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fencing_token: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// Delivery state of one task (separate table, deleted with the task).

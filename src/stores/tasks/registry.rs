@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use super::backend::Backend;
 use super::batch::TaskBatch;
 use super::index::Inner;
 use super::observers::TaskObserver;
@@ -39,7 +40,10 @@ pub struct RegistryOptions {
 /// The registry's shared state (also held by an open group-commit batch,
 /// which commits and updates memory when it is closed).
 pub(super) struct Core {
-    pub(super) store: SqliteTaskStore,
+    pub(super) store: Backend,
+    /// The host id owners claim under (PostgreSQL); `None` on SQLite (one
+    /// host: every owner is judged exactly).
+    pub(super) host: Option<String>,
     pub(super) inner: Mutex<Inner>,
     /// Signalled when a group-commit batch closes (`Inner::batch_open` false).
     pub(super) idle: std::sync::Condvar,
@@ -71,7 +75,8 @@ impl Core {
 /// the FIFO queue; it commits this registry's open batch before its own.
 pub struct TaskRegistry {
     pub(super) core: Arc<Core>,
-    pub(super) writer: Writer,
+    /// The FIFO queue and flock of the ledger file (SQLite only).
+    pub(super) writer: Option<Writer>,
     pub(super) group_opts: GroupCommit,
     pub(super) group: Arc<Group<TaskBatch, Vec<super::observers::TaskEvent>>>,
 }
@@ -108,19 +113,20 @@ impl TaskRegistry {
         let writer = Writer::open(path, opts.lock)?;
         let reg = TaskRegistry {
             core: Arc::new(Core {
-                store,
+                store: Backend::Sqlite(store),
+                host: None,
                 inner: Mutex::new(Inner::default()),
                 idle: std::sync::Condvar::new(),
                 observers: RwLock::new(Vec::new()),
                 cas_misses: AtomicU64::new(0),
             }),
-            writer,
+            writer: Some(writer),
             group_opts: opts.group_commit,
             group: Group::new(),
         };
         {
             let mut inner = reg.core.lock_inner();
-            let conn = reg.core.store.connection();
+            let conn = reg.core.store.sqlite().connection();
             reg.refresh(&mut inner, &conn)?;
         }
         Ok(reg)
@@ -130,24 +136,41 @@ impl TaskRegistry {
     /// (TEMP triggers, `PRAGMA query_only` on the registry's connection;
     /// feature `testing`). SQLite-direct reads on this connection may see an
     /// open group-commit batch's rows.
+    ///
+    /// # Panics
+    /// On a PostgreSQL registry.
     #[cfg(any(test, feature = "testing"))]
     pub fn store(&self) -> &SqliteTaskStore {
-        &self.core.store
+        self.core.store.sqlite()
     }
 
     /// Test hook (feature `testing`): writers of this process queued on the
     /// ledger (see [`Writer::queued`]).
     #[cfg(any(test, feature = "testing"))]
     pub fn queued_writers(&self) -> usize {
-        self.writer.queued()
+        self.writer.as_ref().map_or(0, Writer::queued)
     }
 
-    /// The ledger path.
+    /// The ledger file's writer (the SQLite paths only).
+    ///
+    /// # Panics
+    /// On a PostgreSQL registry (a lockstore bug: those paths are not taken).
+    pub(super) fn writer(&self) -> &Writer {
+        match &self.writer {
+            Some(w) => w,
+            None => unreachable!("a SQLite-only path on a PostgreSQL task ledger"),
+        }
+    }
+
+    /// The ledger path; on PostgreSQL the database URL with any password
+    /// replaced by `***` (what every error names; no file exists).
     pub fn path(&self) -> &Path {
         self.core.store.path()
     }
 
-    /// The path of the ledger's lock file (`<runs.sqlite>.lock`).
+    /// The path of the ledger's lock file (`<runs.sqlite>.lock`). On
+    /// PostgreSQL no lock file is used (writers serialize on a row lock in
+    /// the database); the value is then only a name.
     pub fn lock_path(&self) -> std::path::PathBuf {
         crate::lock::lock_path_for(self.path())
     }

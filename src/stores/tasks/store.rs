@@ -84,17 +84,28 @@ CREATE INDEX idx_task_runs_runtime_source ON task_runs(runtime, source_id, ended
 CREATE INDEX idx_task_runs_runtime_ended ON task_runs(runtime, ended_at, created_at, task_id);
 ";
 
+/// Schema v3: lease and fencing columns (see
+/// [`crate::tasks::TaskRegistry::claim`]); the same columns as the PostgreSQL
+/// ledger.
+const V3: &str = "
+ALTER TABLE task_runs ADD COLUMN owner_host TEXT;
+ALTER TABLE task_runs ADD COLUMN lease_expires_at INTEGER;
+ALTER TABLE task_runs ADD COLUMN fencing_token INTEGER NOT NULL DEFAULT 0;
+";
+
 /// The ledger's migrations: `MIGRATIONS[i]` takes user_version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Current schema version (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-const COLS: &str = "task_id, runtime, task_kind, source_id, requester_session_key, owner_key, \
+pub(super) const COLS: &str =
+    "task_id, runtime, task_kind, source_id, requester_session_key, owner_key, \
 scope_kind, child_session_key, parent_flow_id, parent_task_id, agent_id, requester_agent_id, \
 run_id, label, task, status, delivery_status, notify_policy, created_at, started_at, ended_at, \
 last_event_at, cleanup_after, error, progress_summary, terminal_summary, terminal_outcome, \
-metadata_json, owner_pid, owner_start_time, owner_boot_id, version";
+metadata_json, owner_pid, owner_start_time, owner_boot_id, version, owner_host, lease_expires_at, \
+fencing_token";
 
 /// The full in-memory state: tasks and delivery states by task id.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -156,10 +167,11 @@ fn opt_str(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<String>> {
     r.get(i)
 }
 
-/// Raw row, before strict parsing.
-struct RawTask {
-    text: Vec<Option<String>>, // by column index where TEXT
-    ints: [Option<i64>; 9],
+/// Raw row, before strict parsing (shared with the PostgreSQL store, which
+/// selects the same columns in the same order).
+pub(super) struct RawTask {
+    pub(super) text: Vec<Option<String>>, // by column index where TEXT
+    pub(super) ints: [Option<i64>; 10],
 }
 
 fn read_raw(r: &Row<'_>) -> rusqlite::Result<RawTask> {
@@ -168,7 +180,7 @@ fn read_raw(r: &Row<'_>) -> rusqlite::Result<RawTask> {
         text.push(opt_str(r, i)?);
     }
     // 18 created_at .. 22 cleanup_after
-    let mut ints = [None; 9];
+    let mut ints = [None; 10];
     for (k, i) in (18..23).enumerate() {
         ints[k] = r.get(i)?;
     }
@@ -179,10 +191,13 @@ fn read_raw(r: &Row<'_>) -> rusqlite::Result<RawTask> {
     ints[6] = r.get(29)?; // owner_start_time
     text.push(opt_str(r, 30)?); // owner_boot_id
     ints[7] = r.get(31)?; // version
+    text.push(opt_str(r, 32)?); // owner_host
+    ints[8] = r.get(33)?; // lease_expires_at
+    ints[9] = r.get(34)?; // fencing_token
     Ok(RawTask { text, ints })
 }
 
-fn parse_task(path: &Path, raw: RawTask) -> Result<TaskRecord, TaskError> {
+pub(super) fn parse_task(path: &Path, raw: RawTask) -> Result<TaskRecord, TaskError> {
     let t = raw.text;
     let task_id = t[0].clone().unwrap_or_default();
     let bad = |column: &'static str, value: Option<&String>| TaskError::InvalidPersisted {
@@ -247,6 +262,9 @@ fn parse_task(path: &Path, raw: RawTask) -> Result<TaskRecord, TaskError> {
         owner_start_time: raw.ints[6].map(|p| p as u64),
         owner_boot_id: t[23].clone(),
         version,
+        owner_host: t[24].clone(),
+        lease_expires_at: raw.ints[8],
+        fencing_token: raw.ints[9].unwrap_or(0),
     })
 }
 
@@ -376,11 +394,14 @@ pub(crate) fn write_task(tx: &Connection, task: &TaskRecord) -> rusqlite::Result
         task.owner_start_time.map(|t| t as i64),
         task.owner_boot_id,
         next,
+        task.owner_host,
+        task.lease_expires_at,
+        task.fencing_token,
     ];
     let n = if expected.is_none() {
         tx.prepare_cached(
             &format!(
-                "INSERT INTO task_runs ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26,?27,?28,?29,?30,?31,?32)"
+                "INSERT INTO task_runs ({COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26,?27,?28,?29,?30,?31,?32,?33,?34,?35)"
             ),
         )?.execute(vals)?
     } else {
@@ -392,7 +413,8 @@ pub(crate) fn write_task(tx: &Connection, task: &TaskRecord) -> rusqlite::Result
              delivery_status=?17, notify_policy=?18, created_at=?19, started_at=?20, ended_at=?21, \
              last_event_at=?22, cleanup_after=?23, error=?24, progress_summary=?25, terminal_summary=?26, \
              terminal_outcome=?27, metadata_json=?28, owner_pid=?29, owner_start_time=?30, \
-             owner_boot_id=?31, version=?32 WHERE task_id=?1 AND version=?32 - 1",
+             owner_boot_id=?31, version=?32, owner_host=?33, lease_expires_at=?34, fencing_token=?35 \
+             WHERE task_id=?1 AND version=?32 - 1",
         )?.execute(vals)?
     };
     Ok(if n == 1 {
