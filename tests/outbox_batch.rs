@@ -182,3 +182,31 @@ fn an_invalid_message_enqueues_none_of_the_batch(
     );
     assert!(ob.list(None, 10).unwrap().is_empty());
 }
+
+#[rstest]
+fn enqueue_many_writes_the_rows_enqueue_writes(
+    #[values(Backend::Sqlite, Backend::Postgres)] b: Backend,
+) {
+    let d = db_or_skip!(b);
+    let ob = d.open();
+    let mut m = msg(7, Some("one"));
+    m.account_id = Some("acct".into());
+    m.ttl = Some(Duration::from_secs(5));
+    let one = ob.enqueue(&m, at(1000)).unwrap().id();
+    let mut m2 = m.clone();
+    m2.idempotency_key = Some("many".into());
+    // A key enqueued earlier is Existing; the new one is created.
+    let v = ob.enqueue_many(&[m.clone(), m2], at(1000)).unwrap();
+    assert_eq!(v[0], Enqueued::Existing(one));
+    let Enqueued::Created(many) = v[1] else {
+        panic!("{v:?}")
+    };
+    let (mut a, mut c) = (
+        ob.get(one).unwrap().unwrap(),
+        ob.get(many).unwrap().unwrap(),
+    );
+    assert_eq!(c.expires_at, Some(6000));
+    assert_eq!(c.status, Status::Pending);
+    (a.id, a.idempotency_key, c.id, c.idempotency_key) = (0, None, 0, None);
+    assert_eq!(format!("{a:?}"), format!("{c:?}"));
+}

@@ -341,16 +341,95 @@ impl PgOutbox {
         &self,
         rows: &[super::schema::InsertRow<'_>],
     ) -> Result<Vec<Enqueued>> {
+        let n = rows.len();
+        let col =
+            |f: &dyn Fn(&super::schema::InsertRow<'_>) -> Option<String>| -> Vec<Option<String>> {
+                rows.iter().map(f).collect()
+            };
+        let num = |f: &dyn Fn(&super::schema::InsertRow<'_>) -> Option<i64>| -> Vec<Option<i64>> {
+            rows.iter().map(f).collect()
+        };
+        let keys = col(&|r| r.key.map(String::from));
+        let channels = col(&|r| Some(r.channel.to_string()));
+        let targets = col(&|r| Some(r.target.to_string()));
+        let accounts = col(&|r| r.account_id.map(String::from));
+        let payloads = col(&|r| Some(r.payload.to_string()));
+        let statuses = col(&|r| Some(r.status.as_str().to_string()));
+        let attempts = num(&|r| Some(r.attempt_count));
+        let next = num(&|r| Some(r.next_attempt_at));
+        let queued = num(&|r| Some(r.queued_at));
+        let expires = num(&|r| r.expires_at);
+        let last_at = num(&|r| r.last_attempt_at);
+        let last_err = col(&|r| r.last_error.map(String::from));
+        let completed = num(&|r| r.completed_at);
+        let reasons = col(&|r| r.terminal_reason.map(String::from));
         self.tx("enqueue_many", |tx| {
-            let st = tx.prepare(INSERT_SQL)?;
-            let v = rows
+            // Ids drawn first, so each item knows its row: RETURNING names
+            // the ids inserted, the others met an existing key.
+            let ids: Vec<i64> = tx
+                .query(
+                    "SELECT nextval(pg_get_serial_sequence('outbox_entries', 'id'))
+                     FROM generate_series(1, $1::bigint)",
+                    &[&(n as i64)],
+                )?
                 .iter()
-                .map(|r| insert_in(tx, &st, r))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+                .map(|r| r.get(0))
+                .collect();
+            let created: std::collections::HashSet<i64> = tx
+                .query(
+                    "INSERT INTO outbox_entries(id, idempotency_key, channel, target, account_id,
+                       payload, status, attempt_count, next_attempt_at, queued_at, expires_at,
+                       last_attempt_at, last_error, completed_at, terminal_reason, error_class)
+                     SELECT id, k, ch, tg, acc, pl, st, ac, nx, q, ex, la, le, co, tr,
+                            CASE WHEN st = 'dead' THEN 'imported' END
+                     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[],
+                                 $11::bigint[], $12::bigint[], $13::text[], $14::bigint[],
+                                 $15::text[])
+                          WITH ORDINALITY AS u(id, k, ch, tg, acc, pl, st, ac, nx, q, ex, la, le,
+                                               co, tr, ord)
+                     ORDER BY ord
+                     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                     RETURNING id",
+                    &[
+                        &ids, &keys, &channels, &targets, &accounts, &payloads, &statuses,
+                        &attempts, &next, &queued, &expires, &last_at, &last_err, &completed,
+                        &reasons,
+                    ],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut existing = std::collections::HashMap::new();
+            if created.len() < n {
+                for r in tx.query(
+                    "SELECT idempotency_key, id FROM outbox_entries WHERE idempotency_key = ANY($1)",
+                    &[&keys],
+                )? {
+                    existing.insert(r.get::<_, String>(0), r.get::<_, i64>(1));
+                }
+            }
+            let mut out = Vec::with_capacity(n);
+            let mut st = None;
+            for (i, r) in rows.iter().enumerate() {
+                if created.contains(&ids[i]) {
+                    out.push(Enqueued::Created(ids[i]));
+                } else if let Some(id) = r.key.and_then(|k| existing.get(k)) {
+                    out.push(Enqueued::Existing(*id));
+                } else {
+                    // The key's row was pruned meanwhile: insert this one alone.
+                    if st.is_none() {
+                        st = Some(tx.prepare(INSERT_SQL)?);
+                    }
+                    if let Some(st) = &st {
+                        out.push(insert_in(tx, st, r)?);
+                    }
+                }
+            }
             if rows.iter().any(|r| r.status == Status::Pending) {
                 tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])?;
             }
-            Ok(v)
+            Ok(out)
         })
     }
 
@@ -496,29 +575,33 @@ impl PgOutbox {
         self.tx("read status", |tx| status_in(tx, id))
     }
 
+    /// One compare-and-set statement: a claim whose TTL has passed becomes
+    /// `expired`, else its send is recorded as started (`RETURNING` tells
+    /// which); one transaction per call.
     pub(crate) fn mark_send_started(&self, id: i64, token: &str, now: i64) -> Result<Outcome> {
-        let r = self.cas(
-            "mark_send_started",
-            id,
-            token,
-            "status = 'expired', terminal_reason = 'ttl', completed_at = $5,
-             claim_token = NULL, lease_expires_at = NULL",
-            "AND expires_at IS NOT NULL AND expires_at <= $5",
-            &[&now],
-            Status::Expired,
-        )?;
-        if r.applied() {
-            return Ok(r);
-        }
-        self.cas(
-            "mark_send_started",
-            id,
-            token,
-            "send_started_at = $5",
-            "",
-            &[&now],
-            Status::InFlight,
-        )
+        let Some((fence, attempt)) = parse_token(token) else {
+            return Ok(Outcome::Stale(self.status_of(id)?));
+        };
+        self.tx("mark_send_started", |tx| {
+            let row = tx.query_opt(
+                "UPDATE outbox_entries SET
+                   status = CASE WHEN expires_at <= $5 THEN 'expired' ELSE status END,
+                   terminal_reason = CASE WHEN expires_at <= $5 THEN 'ttl' ELSE terminal_reason END,
+                   completed_at = CASE WHEN expires_at <= $5 THEN $5 ELSE completed_at END,
+                   claim_token = CASE WHEN expires_at <= $5 THEN NULL ELSE claim_token END,
+                   lease_expires_at = CASE WHEN expires_at <= $5 THEN NULL ELSE lease_expires_at END,
+                   send_started_at = CASE WHEN expires_at <= $5 THEN send_started_at ELSE $5 END
+                 WHERE id = $1 AND status = 'in_flight' AND claim_token = $2
+                   AND fencing_token = $3 AND attempt_count = $4
+                 RETURNING status",
+                &[&id, &token, &fence, &attempt, &now],
+            )?;
+            Ok(match row {
+                Some(r) if r.get::<_, &str>(0) == "expired" => Outcome::Applied(Status::Expired),
+                Some(_) => Outcome::Applied(Status::InFlight),
+                None => Outcome::Stale(status_in(tx, id)?),
+            })
+        })
     }
 
     pub(crate) fn ack(&self, id: i64, token: &str, now: i64) -> Result<Outcome> {
