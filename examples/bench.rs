@@ -2,7 +2,7 @@
 //! same run on the same file system (see docs/performance.md).
 //!
 //! ```text
-//! cargo run --release --example bench [-- --json] [--quick] [--dir DIR] [--only async|outbox-async|collections]
+//! cargo run --release --example bench [-- --json] [--quick] [--dir DIR] [--only async|outbox-async|collections|postgres]
 //! ```
 //!
 //! Rows: (1) the physical limit — a bare loop of flock + read + modify + write
@@ -27,7 +27,13 @@
 //! `LOCKSTORE_BENCH_KV_SIZES=1000,20000`) against `JsonStore` at 100k (or the
 //! middle size), 4 processes updating disjoint keys against the physical
 //! per-save loop, and the peak RSS of a child process scanning the smallest and
-//! the largest collection.
+//! the largest collection. (10) PostgreSQL (`--only postgres`, a private
+//! cluster; skipped when the binaries are missing): the outbox end to end
+//! batched (`enqueue_many` → `claim` → null adapter → `ack_many`, 64 a batch)
+//! and through the sync worker (per-message send mark, group ack), and
+//! task-ledger updates, each with 1 worker and 4 workers in 2 processes, on
+//! PostgreSQL against SQLite (durability full) in the same run, with the
+//! ratio PG/SQLite and against the 5,000 msgs/s target.
 
 use std::io::{BufRead, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -759,6 +765,10 @@ fn main() {
         );
         return;
     }
+    if args.len() >= 7 && args[1] == "--child-pg" {
+        child_pg(&args[2..]);
+        return;
+    }
     if args.len() >= 3 && args[1] == "--child-kv" {
         child_kv(&args[2..]);
         return;
@@ -839,6 +849,11 @@ fn main() {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    if only.as_deref() == Some("postgres") {
+        postgres_rows(dir, phys, quick, &mut rows);
+        print_rows(&rows, json);
+        return;
+    }
     if only.is_none() || only.as_deref() == Some("collections") {
         collection_rows(dir, phys, quick, &mut rows);
     }
@@ -1397,4 +1412,314 @@ fn collection_rows(dir: &Path, phys: f64, quick: bool, rows: &mut Vec<Row>) {
             let _ = std::fs::remove_file(q);
         }
     }
+}
+
+// `--only postgres`: the outbox end to end and task-ledger updates on
+// PostgreSQL (a private cluster, `lockstore_pg_cluster::Cluster::start`)
+// against SQLite in the same run; every commit durable on both (PostgreSQL
+// `fsync=on`, `synchronous_commit=on`; SQLite durability full).
+
+/// The adapter of the PostgreSQL rows: accepts every message (the store's
+/// cost alone), idempotent.
+struct NullAdapter;
+
+impl lockstore::outbox::worker::ChannelAdapter for NullAdapter {
+    fn deliver(&self, _e: &lockstore::outbox::Entry) -> lockstore::outbox::worker::Delivery {
+        lockstore::outbox::worker::Delivery::Delivered
+    }
+    fn idempotent(&self) -> bool {
+        true
+    }
+}
+
+/// Messages per enqueue, claim and ack batch in the batched rows.
+const PG_BATCH: usize = 64;
+
+fn bench_msg(i: usize) -> lockstore::outbox::NewMessage {
+    lockstore::outbox::NewMessage {
+        channel: "bench".into(),
+        target: "user".into(),
+        payload: serde_json::json!({"text": "check in after the interview", "i": i}),
+        ..Default::default()
+    }
+}
+
+/// An outbox on `db`: a PostgreSQL URL, or a SQLite file (durability full).
+fn bench_outbox(db: &str) -> lockstore::outbox::Outbox {
+    use lockstore::outbox::{Outbox, OutboxOptions};
+    if db.starts_with("postgres") {
+        Outbox::connect(db, OutboxOptions::default(), Default::default()).expect("connect outbox")
+    } else {
+        Outbox::open(db, OutboxOptions::default()).expect("open outbox")
+    }
+}
+
+/// A task registry on `db`: a PostgreSQL URL, or a SQLite file (durability
+/// full, group commit on).
+fn bench_registry(db: &str) -> TaskRegistry {
+    if db.starts_with("postgres") {
+        TaskRegistry::connect(db, RegistryOptions::default(), Default::default())
+            .expect("connect registry")
+    } else {
+        registry(Path::new(db), Durability::Full, true)
+    }
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Sleeps until the wall-clock instant `at_ms` (the parent's common start).
+fn wait_until(at_ms: u64) {
+    let now = epoch_ms();
+    if at_ms > now {
+        std::thread::sleep(Duration::from_millis(at_ms - now));
+    }
+}
+
+/// Child of the PostgreSQL rows: `--child-pg MODE DB THREADS ARG START_MS`.
+/// Prints "<count> <end epoch ms>".
+/// - `batched`: each thread loops enqueue_many(64) → claim(64) → adapter →
+///   ack_many for ARG seconds; count = acks applied.
+/// - `worker`: one `worker::run_once` with THREADS threads (batch 64) over
+///   what is queued; count = delivered.
+/// - `ledger`: each thread bumps its own task for ARG seconds; count = updates.
+fn child_pg(args: &[String]) {
+    use lockstore::outbox::worker::{self, ChannelAdapter};
+    use lockstore::outbox::Outcome;
+    let (mode, db) = (args[0].as_str(), args[1].as_str());
+    let threads: usize = args[2].parse().expect("threads");
+    let arg: f64 = args[3].parse().expect("arg");
+    let start_ms: u64 = args[4].parse().expect("start");
+    let total = std::sync::atomic::AtomicU64::new(0);
+    match mode {
+        "batched" => {
+            let obs: Vec<_> = (0..threads).map(|_| bench_outbox(db)).collect();
+            wait_until(start_ms);
+            let end = Instant::now() + Duration::from_secs_f64(arg);
+            std::thread::scope(|s| {
+                for ob in obs {
+                    let total = &total;
+                    s.spawn(move || {
+                        let msgs: Vec<_> = (0..PG_BATCH).map(bench_msg).collect();
+                        let mut n = 0u64;
+                        while Instant::now() < end {
+                            let now = std::time::SystemTime::now();
+                            ob.enqueue_many(&msgs, now).expect("enqueue_many");
+                            let batch = ob
+                                .claim(PG_BATCH, Duration::from_secs(60), now)
+                                .expect("claim");
+                            let mut done = Vec::with_capacity(batch.len());
+                            for e in &batch {
+                                if NullAdapter.deliver(e) == worker::Delivery::Delivered {
+                                    done.push((e.id, e.claim_token.as_deref().unwrap_or_default()));
+                                }
+                            }
+                            let outs = ob
+                                .ack_many(&done, std::time::SystemTime::now())
+                                .expect("ack_many");
+                            n += outs
+                                .iter()
+                                .filter(|o| matches!(o, Outcome::Applied(_)))
+                                .count() as u64;
+                        }
+                        total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    });
+                }
+            });
+        }
+        "worker" => {
+            let mut w = worker::WorkerOptions::new(db);
+            w.concurrency = threads;
+            w.batch = PG_BATCH;
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            wait_until(start_ms);
+            let rep = worker::run_once(&w, &NullAdapter, &stop).expect("worker");
+            total.store(rep.delivered, std::sync::atomic::Ordering::Relaxed);
+        }
+        "ledger" => {
+            let reg = bench_registry(db);
+            let ids: Vec<String> = (0..threads).map(|_| seed_task(&reg)).collect();
+            wait_until(start_ms);
+            let end = Instant::now() + Duration::from_secs_f64(arg);
+            std::thread::scope(|s| {
+                for id in &ids {
+                    let (reg, total) = (&reg, &total);
+                    s.spawn(move || {
+                        let mut n = 0u64;
+                        while Instant::now() < end {
+                            reg.bump_counter(id, "n", std::time::SystemTime::now())
+                                .expect("update");
+                            n += 1;
+                        }
+                        total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    });
+                }
+            });
+        }
+        other => panic!("unknown --child-pg mode {other}"),
+    }
+    println!("{} {}", total.into_inner(), epoch_ms());
+}
+
+/// Runs `procs` children of `mode` on `db` with `threads` threads each, all
+/// starting at the same instant; returns (total count, seconds from the
+/// common start to the last child's end).
+fn pg_children(mode: &str, db: &str, procs: usize, threads: usize, arg: f64) -> (u64, f64) {
+    let exe = std::env::current_exe().expect("exe");
+    // Time for the children to start and connect before the common start.
+    let start = epoch_ms() + 1500;
+    let kids: Vec<_> = (0..procs)
+        .map(|_| {
+            Command::new(&exe)
+                .args(["--child-pg", mode, db])
+                .arg(threads.to_string())
+                .arg(arg.to_string())
+                .arg(start.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn child")
+        })
+        .collect();
+    let (mut count, mut end) = (0u64, start);
+    for k in kids {
+        let out = k.wait_with_output().expect("child");
+        if !out.status.success() {
+            eprintln!(
+                "child {mode} on {db} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            continue;
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut it = text.split_whitespace();
+        count += it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        end = end.max(it.next().and_then(|v| v.parse().ok()).unwrap_or(start));
+    }
+    (count, (end.saturating_sub(start)) as f64 / 1000.0)
+}
+
+/// The `--only postgres` rows. Skipped with a message when the PostgreSQL
+/// binaries are missing.
+fn postgres_rows(dir: &Path, phys: f64, quick: bool, rows: &mut Vec<Row>) {
+    const TARGET: f64 = 5_000.0;
+    if !lockstore_pg_cluster::available() {
+        println!("SKIP --only postgres: PostgreSQL binaries not found (install postgresql, or set LOCKSTORE_PG_BIN)");
+        return;
+    }
+    let cluster = lockstore_pg_cluster::Cluster::start().expect("start a PostgreSQL cluster");
+    let secs = if quick { 1.0 } else { 3.0 };
+    let worker_n: usize = if quick { 1_000 } else { 3_000 };
+    let mut k = 0;
+    let mut fresh = |backend: &str| -> String {
+        k += 1;
+        if backend == "postgres" {
+            cluster
+                .create_database(&format!("bench_{k}"))
+                .expect("create database")
+        } else {
+            dir.join(format!("pg-row-{k}.sqlite"))
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    // (label, procs, threads per process)
+    let shapes = [("1 worker", 1, 1), ("4 workers in 2 processes", 2, 2)];
+
+    // Outbox, batched: enqueue_many → claim → adapter → ack_many.
+    for (label, procs, threads) in shapes {
+        let mut sqlite = 0.0;
+        for backend in ["sqlite", "postgres"] {
+            let db = fresh(backend);
+            drop(bench_outbox(&db)); // create and migrate before the clock
+            let (n, el) = pg_children("batched", &db, procs, threads, secs);
+            let v = n as f64 / el;
+            let note = if backend == "sqlite" {
+                sqlite = v;
+                format!(
+                    "{:.2}x the {TARGET:.0} target (baseline of the PG row)",
+                    v / TARGET
+                )
+            } else {
+                format!(
+                    "{:.2}x SQLite; {:.2}x the {TARGET:.0} msgs/s target",
+                    v / sqlite,
+                    v / TARGET
+                )
+            };
+            rows.push(Row {
+                name: format!("outbox batched e2e, {backend}, {label}"),
+                value: v,
+                unit: "msgs/s",
+                ratio: Some(v / phys),
+                note: format!("{note}; batches of {PG_BATCH}, null adapter, {n} msgs"),
+            });
+        }
+    }
+
+    // Outbox through the sync worker: per-message send mark, group ack.
+    for (label, procs, threads) in shapes {
+        let mut sqlite = 0.0;
+        for backend in ["sqlite", "postgres"] {
+            let db = fresh(backend);
+            let ob = bench_outbox(&db);
+            let msgs: Vec<_> = (0..worker_n).map(bench_msg).collect();
+            let t = Instant::now();
+            for c in msgs.chunks(PG_BATCH) {
+                ob.enqueue_many(c, std::time::SystemTime::now())
+                    .expect("enqueue_many");
+            }
+            let enq = worker_n as f64 / t.elapsed().as_secs_f64();
+            drop(ob);
+            let (n, el) = pg_children("worker", &db, procs, threads, 0.0);
+            assert_eq!(n as usize, worker_n, "every message delivered once");
+            let v = n as f64 / el;
+            let note = if backend == "sqlite" {
+                sqlite = v;
+                "baseline of the PG row".to_string()
+            } else {
+                format!(
+                    "{:.2}x SQLite; {:.2}x the {TARGET:.0} target",
+                    v / sqlite,
+                    v / TARGET
+                )
+            };
+            rows.push(Row {
+                name: format!("outbox worker e2e, {backend}, {label}"),
+                value: v,
+                unit: "msgs/s",
+                ratio: Some(v / phys),
+                note: format!("{note}; {n} msgs, enqueue_many alone {enq:.0}/s"),
+            });
+        }
+    }
+
+    // Task ledger: one task per thread, update (bump a counter) in a loop.
+    for (label, procs, threads) in shapes {
+        let mut sqlite = 0.0;
+        for backend in ["sqlite", "postgres"] {
+            let db = fresh(backend);
+            drop(bench_registry(&db));
+            let (n, el) = pg_children("ledger", &db, procs, threads, secs);
+            let v = n as f64 / el;
+            let note = if backend == "sqlite" {
+                sqlite = v;
+                "baseline of the PG row; group commit on".to_string()
+            } else {
+                format!("{:.2}x SQLite; one transaction per update", v / sqlite)
+            };
+            rows.push(Row {
+                name: format!("ledger updates, {backend}, {label}"),
+                value: v,
+                unit: "updates/s",
+                ratio: Some(v / phys),
+                note,
+            });
+        }
+    }
+    drop(cluster);
 }

@@ -98,6 +98,59 @@ CREATE INDEX outbox_entries_terminal ON outbox_entries(status, completed_at)
     // v1 also creates the shared leader-lease table (IF NOT EXISTS).
 ];
 
+/// The enqueue's insert: `$1..$14` are the fields of an
+/// [`super::schema::InsertRow`]; returns the new id, or no row when the
+/// idempotency key exists.
+const INSERT_SQL: &str = "INSERT INTO outbox_entries(idempotency_key, channel, target, account_id,
+   payload, status, attempt_count, next_attempt_at, queued_at, expires_at, last_attempt_at,
+   last_error, completed_at, terminal_reason, error_class)
+ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+         CASE WHEN $6 = 'dead' THEN 'imported' END)
+ ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+ RETURNING id";
+
+/// Inserts `r` with the prepared [`INSERT_SQL`] unless its idempotency key
+/// exists (then that row's id).
+fn insert_in(
+    tx: &mut postgres::Transaction<'_>,
+    st: &postgres::Statement,
+    r: &super::schema::InsertRow<'_>,
+) -> std::result::Result<Enqueued, postgres::Error> {
+    let status = r.status.as_str();
+    loop {
+        let row = tx.query_opt(
+            st,
+            &[
+                &r.key,
+                &r.channel,
+                &r.target,
+                &r.account_id,
+                &r.payload,
+                &status,
+                &r.attempt_count,
+                &r.next_attempt_at,
+                &r.queued_at,
+                &r.expires_at,
+                &r.last_attempt_at,
+                &r.last_error,
+                &r.completed_at,
+                &r.terminal_reason,
+            ],
+        )?;
+        if let Some(row) = row {
+            return Ok(Enqueued::Created(row.get(0)));
+        }
+        // The key exists (committed by someone else; ON CONFLICT waited
+        // for an uncommitted insert). Pruned meanwhile: insert again.
+        if let Some(x) = tx.query_opt(
+            "SELECT id FROM outbox_entries WHERE idempotency_key = $1",
+            &[&r.key],
+        )? {
+            return Ok(Enqueued::Existing(x.get(0)));
+        }
+    }
+}
+
 /// One outbox handle on PostgreSQL: a shared pool, this handle's host id and
 /// claimer identity, and the `LISTEN` hub that wakes it.
 pub(crate) struct PgOutbox {
@@ -272,47 +325,175 @@ impl PgOutbox {
     /// Inserts a row unless its idempotency key exists (the enqueue and the
     /// legacy import).
     pub(crate) fn insert(&self, r: &super::schema::InsertRow<'_>) -> Result<Enqueued> {
-        let status = r.status.as_str();
-        self.tx("enqueue", |tx| loop {
-            let row = tx.query_opt(
-                "INSERT INTO outbox_entries(idempotency_key, channel, target, account_id, payload,
-                   status, attempt_count, next_attempt_at, queued_at, expires_at, last_attempt_at,
-                   last_error, completed_at, terminal_reason, error_class)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                         CASE WHEN $6 = 'dead' THEN 'imported' END)
-                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-                 RETURNING id",
-                &[
-                    &r.key,
-                    &r.channel,
-                    &r.target,
-                    &r.account_id,
-                    &r.payload,
-                    &status,
-                    &r.attempt_count,
-                    &r.next_attempt_at,
-                    &r.queued_at,
-                    &r.expires_at,
-                    &r.last_attempt_at,
-                    &r.last_error,
-                    &r.completed_at,
-                    &r.terminal_reason,
-                ],
-            )?;
-            if let Some(row) = row {
-                if status == "pending" {
-                    tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])?;
+        self.tx("enqueue", |tx| {
+            let st = tx.prepare(INSERT_SQL)?;
+            let v = insert_in(tx, &st, r)?;
+            if r.status == Status::Pending {
+                tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])?;
+            }
+            Ok(v)
+        })
+    }
+
+    /// Inserts `rows` in one transaction (the INSERT prepared once), each
+    /// unless its idempotency key exists; one `NOTIFY` at commit.
+    pub(crate) fn insert_many(
+        &self,
+        rows: &[super::schema::InsertRow<'_>],
+    ) -> Result<Vec<Enqueued>> {
+        let n = rows.len();
+        let col =
+            |f: &dyn Fn(&super::schema::InsertRow<'_>) -> Option<String>| -> Vec<Option<String>> {
+                rows.iter().map(f).collect()
+            };
+        let num = |f: &dyn Fn(&super::schema::InsertRow<'_>) -> Option<i64>| -> Vec<Option<i64>> {
+            rows.iter().map(f).collect()
+        };
+        let keys = col(&|r| r.key.map(String::from));
+        let channels = col(&|r| Some(r.channel.to_string()));
+        let targets = col(&|r| Some(r.target.to_string()));
+        let accounts = col(&|r| r.account_id.map(String::from));
+        let payloads = col(&|r| Some(r.payload.to_string()));
+        let statuses = col(&|r| Some(r.status.as_str().to_string()));
+        let attempts = num(&|r| Some(r.attempt_count));
+        let next = num(&|r| Some(r.next_attempt_at));
+        let queued = num(&|r| Some(r.queued_at));
+        let expires = num(&|r| r.expires_at);
+        let last_at = num(&|r| r.last_attempt_at);
+        let last_err = col(&|r| r.last_error.map(String::from));
+        let completed = num(&|r| r.completed_at);
+        let reasons = col(&|r| r.terminal_reason.map(String::from));
+        self.tx("enqueue_many", |tx| {
+            // Ids drawn first, so each item knows its row: RETURNING names
+            // the ids inserted, the others met an existing key.
+            let ids: Vec<i64> = tx
+                .query(
+                    "SELECT nextval(pg_get_serial_sequence('outbox_entries', 'id'))
+                     FROM generate_series(1, $1::bigint)",
+                    &[&(n as i64)],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let created: std::collections::HashSet<i64> = tx
+                .query(
+                    "INSERT INTO outbox_entries(id, idempotency_key, channel, target, account_id,
+                       payload, status, attempt_count, next_attempt_at, queued_at, expires_at,
+                       last_attempt_at, last_error, completed_at, terminal_reason, error_class)
+                     SELECT id, k, ch, tg, acc, pl, st, ac, nx, q, ex, la, le, co, tr,
+                            CASE WHEN st = 'dead' THEN 'imported' END
+                     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[],
+                                 $11::bigint[], $12::bigint[], $13::text[], $14::bigint[],
+                                 $15::text[])
+                          WITH ORDINALITY AS u(id, k, ch, tg, acc, pl, st, ac, nx, q, ex, la, le,
+                                               co, tr, ord)
+                     ORDER BY ord
+                     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                     RETURNING id",
+                    &[
+                        &ids, &keys, &channels, &targets, &accounts, &payloads, &statuses,
+                        &attempts, &next, &queued, &expires, &last_at, &last_err, &completed,
+                        &reasons,
+                    ],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut existing = std::collections::HashMap::new();
+            if created.len() < n {
+                for r in tx.query(
+                    "SELECT idempotency_key, id FROM outbox_entries WHERE idempotency_key = ANY($1)",
+                    &[&keys],
+                )? {
+                    existing.insert(r.get::<_, String>(0), r.get::<_, i64>(1));
                 }
-                return Ok(Enqueued::Created(row.get(0)));
             }
-            // The key exists (committed by someone else; ON CONFLICT waited
-            // for an uncommitted insert). Pruned meanwhile: insert again.
-            if let Some(x) = tx.query_opt(
-                "SELECT id FROM outbox_entries WHERE idempotency_key = $1",
-                &[&r.key],
-            )? {
-                return Ok(Enqueued::Existing(x.get(0)));
+            let mut out = Vec::with_capacity(n);
+            let mut st = None;
+            for (i, r) in rows.iter().enumerate() {
+                if created.contains(&ids[i]) {
+                    out.push(Enqueued::Created(ids[i]));
+                } else if let Some(id) = r.key.and_then(|k| existing.get(k)) {
+                    out.push(Enqueued::Existing(*id));
+                } else {
+                    // The key's row was pruned meanwhile: insert this one alone.
+                    if st.is_none() {
+                        st = Some(tx.prepare(INSERT_SQL)?);
+                    }
+                    if let Some(st) = &st {
+                        out.push(insert_in(tx, st, r)?);
+                    }
+                }
             }
+            if rows.iter().any(|r| r.status == Status::Pending) {
+                tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])?;
+            }
+            Ok(out)
+        })
+    }
+
+    /// Acks the claims `(id, token)` in one statement: `UPDATE … FROM
+    /// unnest(ids, tokens, fences, attempts) WITH ORDINALITY`, a
+    /// compare-and-set per row on (id, in_flight, claim token, fencing
+    /// token, attempt); an exact repeat of a claim is dropped before the join
+    /// (its first occurrence is the one that can apply). Items not returned
+    /// are stale, with their row's current status read in the same
+    /// transaction.
+    pub(crate) fn ack_many(&self, claims: &[(i64, &str)], now: i64) -> Result<Vec<Outcome>> {
+        let mut ids = Vec::with_capacity(claims.len());
+        let mut toks = Vec::with_capacity(claims.len());
+        let mut fences = Vec::with_capacity(claims.len());
+        let mut atts = Vec::with_capacity(claims.len());
+        for &(id, tok) in claims {
+            // A token this backend did not issue matches no row: fence -1.
+            let (f, a) = parse_token(tok).unwrap_or((-1, -1));
+            ids.push(id);
+            toks.push(tok);
+            fences.push(f);
+            atts.push(a);
+        }
+        self.tx("ack_many", |tx| {
+            let applied: std::collections::HashSet<i64> = tx
+                .query(
+                    "WITH u AS (
+                       SELECT DISTINCT ON (id, tok) id, tok, fence, att, ord
+                       FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[])
+                            WITH ORDINALITY AS u(id, tok, fence, att, ord)
+                       ORDER BY id, tok, ord)
+                     UPDATE outbox_entries e SET status = 'delivered', delivered_at = $5,
+                       completed_at = $5, terminal_reason = 'delivered', payload = NULL,
+                       claim_token = NULL, lease_expires_at = NULL
+                     FROM u
+                     WHERE e.id = u.id AND e.status = 'in_flight' AND e.claim_token = u.tok
+                       AND e.fencing_token = u.fence AND e.attempt_count = u.att
+                     RETURNING u.ord",
+                    &[&ids, &toks, &fences, &atts, &now],
+                )?
+                .iter()
+                .map(|r| r.get::<_, i64>(0))
+                .collect();
+            let mut current = std::collections::HashMap::new();
+            if applied.len() < claims.len() {
+                for r in tx.query(
+                    "SELECT id, status FROM outbox_entries WHERE id = ANY($1)",
+                    &[&ids],
+                )? {
+                    let st: String = r.get(1);
+                    current.insert(r.get::<_, i64>(0), st.parse::<Status>().ok());
+                }
+            }
+            Ok(claims
+                .iter()
+                .enumerate()
+                .map(|(i, (id, _))| {
+                    if applied.contains(&(i as i64 + 1)) {
+                        Outcome::Applied(Status::Delivered)
+                    } else {
+                        Outcome::Stale(current.get(id).copied().flatten())
+                    }
+                })
+                .collect())
         })
     }
 
@@ -394,29 +575,33 @@ impl PgOutbox {
         self.tx("read status", |tx| status_in(tx, id))
     }
 
+    /// One compare-and-set statement: a claim whose TTL has passed becomes
+    /// `expired`, else its send is recorded as started (`RETURNING` tells
+    /// which); one transaction per call.
     pub(crate) fn mark_send_started(&self, id: i64, token: &str, now: i64) -> Result<Outcome> {
-        let r = self.cas(
-            "mark_send_started",
-            id,
-            token,
-            "status = 'expired', terminal_reason = 'ttl', completed_at = $5,
-             claim_token = NULL, lease_expires_at = NULL",
-            "AND expires_at IS NOT NULL AND expires_at <= $5",
-            &[&now],
-            Status::Expired,
-        )?;
-        if r.applied() {
-            return Ok(r);
-        }
-        self.cas(
-            "mark_send_started",
-            id,
-            token,
-            "send_started_at = $5",
-            "",
-            &[&now],
-            Status::InFlight,
-        )
+        let Some((fence, attempt)) = parse_token(token) else {
+            return Ok(Outcome::Stale(self.status_of(id)?));
+        };
+        self.tx("mark_send_started", |tx| {
+            let row = tx.query_opt(
+                "UPDATE outbox_entries SET
+                   status = CASE WHEN expires_at <= $5 THEN 'expired' ELSE status END,
+                   terminal_reason = CASE WHEN expires_at <= $5 THEN 'ttl' ELSE terminal_reason END,
+                   completed_at = CASE WHEN expires_at <= $5 THEN $5 ELSE completed_at END,
+                   claim_token = CASE WHEN expires_at <= $5 THEN NULL ELSE claim_token END,
+                   lease_expires_at = CASE WHEN expires_at <= $5 THEN NULL ELSE lease_expires_at END,
+                   send_started_at = CASE WHEN expires_at <= $5 THEN send_started_at ELSE $5 END
+                 WHERE id = $1 AND status = 'in_flight' AND claim_token = $2
+                   AND fencing_token = $3 AND attempt_count = $4
+                 RETURNING status",
+                &[&id, &token, &fence, &attempt, &now],
+            )?;
+            Ok(match row {
+                Some(r) if r.get::<_, &str>(0) == "expired" => Outcome::Applied(Status::Expired),
+                Some(_) => Outcome::Applied(Status::InFlight),
+                None => Outcome::Stale(status_in(tx, id)?),
+            })
+        })
     }
 
     pub(crate) fn ack(&self, id: i64, token: &str, now: i64) -> Result<Outcome> {

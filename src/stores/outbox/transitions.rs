@@ -20,6 +20,12 @@ use super::{Entry, Outbox, Outcome, Result, Status};
 use crate::proc;
 use crate::timefmt::to_ms;
 
+/// The compare-and-set of an ack (SQLite): `?1` id, `?2` claim token, `?3` now.
+const ACK_SQL: &str =
+    "UPDATE entries SET status = 'delivered', delivered_at = ?3, completed_at = ?3,
+   terminal_reason = 'delivered', payload = NULL, claim_token = NULL, lease_expires_at = NULL
+ WHERE id = ?1 AND status = 'in_flight' AND claim_token = ?2";
+
 /// A failed delivery attempt, reported by a worker to [`Outbox::fail`].
 #[derive(Debug, Clone, Default)]
 pub struct Failure {
@@ -106,17 +112,38 @@ impl Outbox {
     pub fn ack(&self, id: i64, token: &str, now: SystemTime) -> Result<Outcome> {
         let now = to_ms(now);
         pg_dispatch!(self, p => p.ack(id, token, now));
+        self.tx(|tx| cas(tx, id, ACK_SQL, params![id, token, now], Status::Delivered))
+    }
+
+    /// Acknowledges delivery of several claims `(id, claim token)` in ONE
+    /// transaction (one commit instead of one per message): for each item, in
+    /// order, exactly what [`Outbox::ack`] would return had the items been
+    /// acked one by one — each is its own compare-and-set on (id, status
+    /// `in_flight`, claim token; on PostgreSQL also the fencing token and the
+    /// attempt the token names), so a stale item gets `Stale(current status)`
+    /// and leaves its row unchanged while the others apply. A claim repeated
+    /// in the batch applies once (its first occurrence); the repeats are
+    /// `Stale(Some(Delivered))`. An empty batch returns an empty vector
+    /// without touching the database.
+    ///
+    /// On PostgreSQL it is one statement (`UPDATE … FROM unnest(…) …
+    /// RETURNING`); on SQLite one `BEGIN IMMEDIATE` transaction.
+    ///
+    /// Errors: database errors naming the file or database (nothing of the
+    /// batch is then applied).
+    pub fn ack_many(&self, claims: &[(i64, &str)], now: SystemTime) -> Result<Vec<Outcome>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = to_ms(now);
+        pg_dispatch!(self, p => p.ack_many(claims, now));
         self.tx(|tx| {
-            cas(
-                tx,
-                id,
-                "UPDATE entries SET status = 'delivered', delivered_at = ?3, completed_at = ?3,
-                   terminal_reason = 'delivered', payload = NULL, claim_token = NULL,
-                   lease_expires_at = NULL
-                 WHERE id = ?1 AND status = 'in_flight' AND claim_token = ?2",
-                params![id, token, now],
-                Status::Delivered,
-            )
+            claims
+                .iter()
+                .map(|&(id, token)| {
+                    cas(tx, id, ACK_SQL, params![id, token, now], Status::Delivered)
+                })
+                .collect()
         })
     }
 

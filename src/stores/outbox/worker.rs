@@ -2,7 +2,9 @@
 //! acks or fails each claim.
 //!
 //! Per entry: `claim` → `mark_send_started` → `adapter.deliver` → `ack` / `fail`
-//! / `mark_unknown`. Concurrency is bounded by [`WorkerOptions::concurrency`]
+//! / `mark_unknown`. Acks of the threads of one worker are group-committed:
+//! the sends that finish while an ack transaction commits are acked together
+//! in the next one ([`Outbox::ack_many`]), each thread waiting for its own. Concurrency is bounded by [`WorkerOptions::concurrency`]
 //! threads, each with its own connection. A heartbeat thread renews the lease
 //! of every claim a thread holds (claimed, sending, or waiting its turn in the
 //! batch) every third of [`WorkerOptions::lease`], until its terminal
@@ -388,6 +390,74 @@ fn heartbeat(opts: &WorkerOptions, held: &Held, c: &Counters) {
     }
 }
 
+/// The group ack of one drain (group commit for acks): a thread whose send
+/// succeeded queues its claim and waits; the first waiter finding no ack
+/// transaction in progress becomes the leader and acks everything queued so
+/// far in ONE [`Outbox::ack_many`] on its own connection, while the acks
+/// that finish meanwhile queue up for the next group. Every thread still
+/// returns only after its own ack committed (a crash loses no more than
+/// acking one by one would), and gets its own item's outcome, so the
+/// [`RunReport`] counts stay exact. With one thread a group is one ack.
+#[derive(Default)]
+struct AckGroup {
+    st: Mutex<AckState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct AckState {
+    /// Queued claims: (ticket, id, token).
+    queue: Vec<(u64, i64, String)>,
+    /// An ack transaction is in progress.
+    committing: bool,
+    next_ticket: u64,
+    /// Outcomes by ticket; `None`: the group's transaction failed (the item
+    /// is then acked alone, which reports its own error).
+    done: HashMap<u64, Option<Outcome>>,
+}
+
+impl AckGroup {
+    /// Acks the claim (`id`, `token`) together with whatever else is queued;
+    /// returns its outcome once committed.
+    fn ack(&self, ob: &Outbox, id: i64, token: &str) -> Result<Outcome> {
+        let mut g = self.st.lock().unwrap_or_else(|p| p.into_inner());
+        let ticket = g.next_ticket;
+        g.next_ticket += 1;
+        g.queue.push((ticket, id, token.to_string()));
+        loop {
+            if let Some(out) = g.done.remove(&ticket) {
+                drop(g);
+                return match out {
+                    Some(o) => Ok(o),
+                    None => ob.ack(id, token, SystemTime::now()),
+                };
+            }
+            if !g.committing {
+                // Lead: ack the whole queue (ours included) in one transaction.
+                let group = std::mem::take(&mut g.queue);
+                g.committing = true;
+                drop(g);
+                let claims: Vec<(i64, &str)> =
+                    group.iter().map(|(_, i, t)| (*i, t.as_str())).collect();
+                let r = ob.ack_many(&claims, SystemTime::now());
+                if let Err(e) = &r {
+                    tracing::warn!(path = %ob.path().display(), n = group.len(), error = %e, "group ack failed; acking its claims one by one");
+                }
+                let outs = r.ok();
+                g = self.st.lock().unwrap_or_else(|p| p.into_inner());
+                for (k, (t, _, _)) in group.iter().enumerate() {
+                    let o = outs.as_ref().and_then(|v| v.get(k).copied());
+                    g.done.insert(*t, o);
+                }
+                g.committing = false;
+                self.cv.notify_all();
+                continue;
+            }
+            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// Delivers one claimed entry. Returns after the terminal store call.
 fn deliver_one(
     ob: &Outbox,
@@ -396,6 +466,7 @@ fn deliver_one(
     token: &str,
     c: &Counters,
     held: &Held,
+    acks: &AckGroup,
 ) -> Result<()> {
     if !started(ob.mark_send_started(e.id, token, SystemTime::now())?, c) {
         held.remove(e.id);
@@ -407,7 +478,10 @@ fn deliver_one(
     // No renewal once the outcome is known (a renewal racing the terminal
     // transition would only come back stale).
     held.remove(e.id);
-    let out = Verdict::of(&r).apply(ob, e.id, token, SystemTime::now())?;
+    let out = match Verdict::of(&r) {
+        Verdict::Ack => acks.ack(ob, e.id, token)?,
+        v => v.apply(ob, e.id, token, SystemTime::now())?,
+    };
     finished(out, e.id, c);
     Ok(())
 }
@@ -421,6 +495,7 @@ fn drain_thread(
     due_at: &dyn Fn() -> SystemTime,
     stop: &dyn Fn() -> bool,
     held: &Held,
+    acks: &AckGroup,
 ) -> Result<()> {
     let ob = Outbox::open_db(&opts.db, opts.outbox.clone())?;
     loop {
@@ -432,7 +507,7 @@ fn drain_thread(
             return Ok(());
         }
         held.add(&batch);
-        let r = deliver_batch(&ob, opts, adapter, c, stop, held, &batch);
+        let r = deliver_batch(&ob, opts, adapter, c, stop, held, acks, &batch);
         for e in &batch {
             held.remove(e.id);
         }
@@ -444,6 +519,7 @@ fn drain_thread(
 
 /// Delivers a claimed batch in order; on stop, releases the claims not
 /// started and returns false.
+#[allow(clippy::too_many_arguments)] // the drain's shared parts, named
 fn deliver_batch(
     ob: &Outbox,
     opts: &WorkerOptions,
@@ -451,6 +527,7 @@ fn deliver_batch(
     c: &Counters,
     stop: &dyn Fn() -> bool,
     held: &Held,
+    acks: &AckGroup,
     batch: &[Entry],
 ) -> Result<bool> {
     failpoint("after_claim");
@@ -469,7 +546,7 @@ fn deliver_batch(
             return Ok(false);
         }
         c.add(count::CLAIMED);
-        deliver_one(ob, adapter, e, token, c, held)?;
+        deliver_one(ob, adapter, e, token, c, held, acks)?;
         if !opts.pacing.is_zero() {
             std::thread::sleep(opts.pacing);
         }
@@ -486,10 +563,11 @@ fn drain(
 ) -> Result<()> {
     let n = opts.concurrency.max(1);
     let held = Held::default();
+    let acks = AckGroup::default();
     std::thread::scope(|s| {
         let beat = s.spawn(|| heartbeat(opts, &held, c));
         let hs: Vec<_> = (0..n)
-            .map(|_| s.spawn(|| drain_thread(opts, adapter, c, due_at, stop, &held)))
+            .map(|_| s.spawn(|| drain_thread(opts, adapter, c, due_at, stop, &held, &acks)))
             .collect();
         let mut first = Ok(());
         let mut panicked = None;
@@ -618,4 +696,62 @@ fn run_loop(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::NewMessage;
+
+    /// A group carries every queued claim in one `ack_many` and hands each
+    /// waiter its own item's outcome: the claims queued by (simulated)
+    /// waiting threads are acked by the leader's transaction, a stale one
+    /// among them is reported stale to its own ticket only.
+    #[test]
+    fn a_group_ack_reports_each_claim_its_own_outcome() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(d.path().join("o.sqlite"), OutboxOptions::default()).unwrap();
+        let now = SystemTime::now();
+        for i in 0..3 {
+            ob.enqueue(
+                &NewMessage {
+                    channel: "c".into(),
+                    target: format!("t{i}"),
+                    payload: serde_json::json!(i),
+                    ..Default::default()
+                },
+                now,
+            )
+            .unwrap();
+        }
+        let v = ob.claim(3, Duration::from_secs(60), now).unwrap();
+        let tok = |e: &Entry| e.claim_token.clone().unwrap();
+        let g = AckGroup::default();
+        {
+            // Two waiters queued before the leader arrives: the second with
+            // a stale token.
+            let mut st = g.st.lock().unwrap();
+            st.queue.push((0, v[0].id, tok(&v[0])));
+            st.queue.push((1, v[1].id, "stale-token".into()));
+            st.next_ticket = 2;
+        }
+        assert_eq!(
+            g.ack(&ob, v[2].id, &tok(&v[2])).unwrap(),
+            Outcome::Applied(Status::Delivered)
+        );
+        let mut st = g.st.lock().unwrap();
+        assert!(st.queue.is_empty() && !st.committing);
+        assert_eq!(
+            st.done.remove(&0),
+            Some(Some(Outcome::Applied(Status::Delivered)))
+        );
+        assert_eq!(
+            st.done.remove(&1),
+            Some(Some(Outcome::Stale(Some(Status::InFlight))))
+        );
+        assert!(st.done.is_empty());
+        drop(st);
+        assert_eq!(ob.get(v[0].id).unwrap().unwrap().status, Status::Delivered);
+        assert_eq!(ob.get(v[1].id).unwrap().unwrap().status, Status::InFlight);
+    }
 }
