@@ -100,8 +100,9 @@ enum JsonCmd {
     },
 }
 
-/// Error of one edit: bad input (exit 1) or a store error.
-enum EditError {
+/// Error of one edit of a JSON document (`json`, and a record of `kv`): bad
+/// input (exit 1) or a store error.
+pub(crate) enum EditError {
     Bad(DocumentError),
     Store(Error),
 }

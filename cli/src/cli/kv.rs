@@ -21,6 +21,7 @@ use lockstore::{
     Collection, CollectionOptions, DocumentError, Durability, Error, JsonDocument, JsonPointer,
 };
 
+use super::json::EditError;
 use super::{cli_lock_options, exit, CliError, CliResult};
 
 /// Arguments of `lockstore kv`.
@@ -122,24 +123,6 @@ enum KvCmd {
 /// foreign, non-SQLite and too-new databases are 2: `Error::is_corrupt`).
 fn store_err(e: Error) -> CliError {
     CliError::from(e)
-}
-
-/// Error of one edit: bad input (exit 1) or a store error.
-enum EditError {
-    Bad(DocumentError),
-    Store(Error),
-}
-
-impl From<Error> for EditError {
-    fn from(e: Error) -> Self {
-        EditError::Store(e)
-    }
-}
-
-impl From<DocumentError> for EditError {
-    fn from(e: DocumentError) -> Self {
-        EditError::Bad(e)
-    }
 }
 
 /// Runs `lockstore kv`.

@@ -39,7 +39,7 @@ use super::policy::duration_ms;
 use super::schema::COLS;
 use super::{Enqueued, Entry, OutboxError, Outcome, Result, Status};
 use crate::postgres::{self as pg, Hub, PgOptions, Pool};
-use crate::proc::{self, Liveness, ProcessIdentity};
+use crate::proc;
 
 /// The notification channel of the outbox.
 pub(crate) const CHANNEL: &str = "lockstore_outbox";
@@ -772,21 +772,18 @@ impl PgOutbox {
             let host: Option<String> = r.get(3);
             let lease: i64 = r.get(4);
             let started: Option<i64> = r.get(5);
-            let dead = host.as_deref() == Some(self.pg.host_id.as_str())
-                && by
-                    .as_deref()
-                    .and_then(|b| serde_json::from_str::<ProcessIdentity>(b).ok())
-                    .map(|p| proc::liveness(&p) == Liveness::Dead)
-                    .unwrap_or(false);
-            if !dead && lease > now {
-                continue;
-            }
-            let why = if dead {
-                "claimer died"
-            } else {
-                "lease expired"
+            let claim = super::rescue::Claim {
+                judge_exactly: host.as_deref() == Some(self.pg.host_id.as_str()),
+                claimed_by: by.as_deref(),
+                lease_expires_at: lease,
+                send_started: started.is_some(),
             };
-            if started.is_none() || adapter_idempotent {
+            let msg = match claim.rescue(now, adapter_idempotent) {
+                super::rescue::Move::LeaveAlive => continue,
+                super::rescue::Move::ToPending => None,
+                super::rescue::Move::ToUnknown(msg) => Some(msg),
+            };
+            if msg.is_none() {
                 rep.to_pending += tx.execute(
                     "UPDATE outbox_entries SET status = 'pending', claim_token = NULL,
                        lease_expires_at = NULL, send_started_at = NULL
@@ -794,7 +791,6 @@ impl PgOutbox {
                     &[&id, &token],
                 )?;
             } else {
-                let msg = format!("{why} after the send started; outcome unknown");
                 rep.to_unknown += tx.execute(
                     "UPDATE outbox_entries SET status = 'unknown', claim_token = NULL,
                        lease_expires_at = NULL, error_class = 'unknown_outcome',

@@ -45,21 +45,21 @@ impl Outbox {
                 .collect::<rusqlite::Result<_>>()?;
             let mut rep = RescueReport::default();
             for (id, token, by, lease, started) in rows {
-                let dead = by
-                    .as_deref()
-                    .and_then(|b| serde_json::from_str::<ProcessIdentity>(b).ok())
-                    .map(|p| proc::liveness(&p) == Liveness::Dead)
-                    .unwrap_or(false);
-                if !dead && lease > now {
-                    rep.left_alive += 1;
-                    continue;
-                }
-                let why = if dead {
-                    "claimer died"
-                } else {
-                    "lease expired"
+                let claim = Claim {
+                    judge_exactly: true,
+                    claimed_by: by.as_deref(),
+                    lease_expires_at: lease,
+                    send_started: started.is_some(),
                 };
-                if started.is_none() || adapter_idempotent {
+                let msg = match claim.rescue(now, adapter_idempotent) {
+                    Move::LeaveAlive => {
+                        rep.left_alive += 1;
+                        continue;
+                    }
+                    Move::ToPending => None,
+                    Move::ToUnknown(msg) => Some(msg),
+                };
+                if msg.is_none() {
                     rep.to_pending += tx.exec_cached(
                         "UPDATE entries SET status = 'pending', claim_token = NULL,
                            lease_expires_at = NULL, send_started_at = NULL
@@ -73,16 +73,65 @@ impl Outbox {
                            terminal_reason = 'send_outcome_unknown', completed_at = ?3,
                            last_error = ?4
                          WHERE id = ?1 AND status = 'in_flight' AND claim_token = ?2",
-                        params![
-                            id,
-                            token,
-                            now,
-                            format!("{why} after the send started; outcome unknown")
-                        ],
+                        params![id, token, now, msg],
                     )? as u64;
                 }
             }
             Ok(rep)
         })
+    }
+}
+
+/// One in-flight claim as the rescuer sees it (both backends).
+pub(crate) struct Claim<'a> {
+    /// Whether the claimer can be judged exactly here (pid + start time +
+    /// boot id): always on SQLite (one host); on PostgreSQL only when the
+    /// claimer's host id is this process's. A claimer on another host is
+    /// judged by its lease alone.
+    pub(crate) judge_exactly: bool,
+    /// The claimer's recorded `ProcessIdentity` (JSON), if any.
+    pub(crate) claimed_by: Option<&'a str>,
+    /// The claim's lease end (Unix ms).
+    pub(crate) lease_expires_at: i64,
+    /// Whether the send had started (`send_started_at` set).
+    pub(crate) send_started: bool,
+}
+
+/// What the rescuer does with one claim.
+pub(crate) enum Move {
+    /// The claimer may still be working: leave the claim.
+    LeaveAlive,
+    /// Back to `pending` (the send had not started, or the adapter
+    /// deduplicates a resend by the idempotency key).
+    ToPending,
+    /// To `unknown`, with this `last_error`: the send started and its outcome
+    /// cannot be known.
+    ToUnknown(String),
+}
+
+impl Claim<'_> {
+    /// The one rescue rule of the outbox (docs/outbox.md, docs/postgres.md):
+    /// a claimer that is definitely dead, or a lease that has ended, frees
+    /// the claim; then [`Move::ToPending`] if the send had not started or
+    /// `adapter_idempotent`, else [`Move::ToUnknown`].
+    pub(crate) fn rescue(&self, now: i64, adapter_idempotent: bool) -> Move {
+        let dead = self.judge_exactly
+            && self
+                .claimed_by
+                .and_then(|b| serde_json::from_str::<ProcessIdentity>(b).ok())
+                .map(|p| proc::liveness(&p) == Liveness::Dead)
+                .unwrap_or(false);
+        if !dead && self.lease_expires_at > now {
+            return Move::LeaveAlive;
+        }
+        if !self.send_started || adapter_idempotent {
+            return Move::ToPending;
+        }
+        let why = if dead {
+            "claimer died"
+        } else {
+            "lease expired"
+        };
+        Move::ToUnknown(format!("{why} after the send started; outcome unknown"))
     }
 }
