@@ -484,6 +484,159 @@ where
     }
 }
 
+/// The SQLite half of a group-commit batch ([`crate::group::Batch`]), shared
+/// by every SQLite store (task ledger, collections): one open `BEGIN
+/// IMMEDIATE` transaction on the store's write connection, its first member
+/// undone by rolling the whole (otherwise empty) transaction back, each later
+/// member inside `SAVEPOINT lockstore_member`. Once the transaction is
+/// unusable (`failed`) every member and the close get that error; if SQLite
+/// rolled the whole transaction back by itself (SQLITE_FULL, SQLITE_IOERR) the
+/// members already kept are gone too, so they get the error that caused it
+/// (`last_error`, set by the store when a member's statement fails).
+pub(crate) struct MemberTx {
+    path: PathBuf,
+    /// The transaction is unusable; every member and the close get this.
+    failed: Option<Error>,
+    /// The last failed member's own error, handed to everyone if SQLite rolled
+    /// the transaction back because of it.
+    pub(crate) last_error: Option<Error>,
+}
+
+/// How one member of a [`MemberTx`] is undone.
+pub(crate) enum MemberUndo {
+    /// The batch's first member: no savepoint; a failure rolls the whole
+    /// transaction back and closes the batch.
+    Transaction,
+    /// `SAVEPOINT lockstore_member`.
+    Savepoint,
+}
+
+/// Runs a parameterless statement through the statement cache (transaction
+/// control runs once or twice per write; re-parsing it showed in profiles).
+pub(crate) fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+impl MemberTx {
+    /// Opens the batch's transaction: `BEGIN IMMEDIATE` on `conn` (the
+    /// store at `path`), retried on BUSY (a writer outside lockstore) with
+    /// backoff until `retry_deadline` has passed.
+    ///
+    /// Errors: [`Error::Sqlite`] naming `path`.
+    pub(crate) fn begin(conn: &Connection, path: &Path, retry_deadline: Duration) -> Result<Self> {
+        let until = Instant::now() + retry_deadline;
+        let mut attempt = 0u32;
+        loop {
+            match run_cached(conn, "BEGIN IMMEDIATE") {
+                Ok(()) => break,
+                Err(e) if is_busy(&e) && Instant::now() < until => {
+                    attempt += 1;
+                    tracing::debug!(path = %path.display(), attempt, "database busy; retrying BEGIN IMMEDIATE");
+                    busy_pause(attempt);
+                }
+                Err(e) => return Err(Error::sqlite("begin group commit on", path, e)),
+            }
+        }
+        Ok(MemberTx {
+            path: path.to_path_buf(),
+            failed: None,
+            last_error: None,
+        })
+    }
+
+    fn fail(&mut self, e: Error) {
+        self.failed.get_or_insert(e);
+    }
+
+    fn aborted(&self, why: &str) -> Error {
+        Error::sqlite(
+            "group commit",
+            &self.path,
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some(why.into()),
+            ),
+        )
+    }
+
+    fn check_rolled_back(&mut self, conn: &Connection) {
+        if conn.is_autocommit() && self.failed.is_none() {
+            let e = match self.last_error.take() {
+                Some(e) => e,
+                None => self.aborted("the group-commit transaction was rolled back by SQLite"),
+            };
+            self.fail(e);
+        }
+    }
+
+    /// Opens member `index` ([`crate::group::Batch::savepoint`]).
+    pub(crate) fn savepoint(&mut self, conn: &Connection, index: usize) -> Result<MemberUndo> {
+        if index == 0 {
+            return Ok(MemberUndo::Transaction);
+        }
+        match run_cached(conn, "SAVEPOINT lockstore_member") {
+            Ok(()) => Ok(MemberUndo::Savepoint),
+            Err(e) => {
+                let e = Error::sqlite("savepoint", &self.path, e);
+                self.fail(crate::group::duplicate(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps a member's changes ([`crate::group::Batch::keep`]).
+    pub(crate) fn keep(&mut self, conn: &Connection, undo: MemberUndo) {
+        if let MemberUndo::Savepoint = undo {
+            if let Err(e) = run_cached(conn, "RELEASE lockstore_member") {
+                self.fail(Error::sqlite("release savepoint", &self.path, e));
+            }
+        }
+        self.check_rolled_back(conn);
+    }
+
+    /// Undoes a failed member ([`crate::group::Batch::undo`]).
+    pub(crate) fn undo(&mut self, conn: &Connection, undo: MemberUndo) {
+        if conn.is_autocommit() {
+            // SQLite rolled everything back: the member's own error is the cause.
+            self.check_rolled_back(conn);
+        } else {
+            let r = match undo {
+                MemberUndo::Transaction => run_cached(conn, "ROLLBACK"),
+                MemberUndo::Savepoint => run_cached(conn, "ROLLBACK TO lockstore_member")
+                    .and_then(|()| run_cached(conn, "RELEASE lockstore_member")),
+            };
+            if let Err(e) = r {
+                self.fail(Error::sqlite("roll back member", &self.path, e));
+            }
+        }
+        if let MemberUndo::Transaction = undo {
+            let e = self.aborted("the batch's first writer failed; nothing to commit");
+            self.fail(e);
+        }
+        self.check_rolled_back(conn);
+    }
+
+    /// Whether later writers may join ([`crate::group::Batch::accepts_more`]).
+    pub(crate) fn accepts_more(&self) -> bool {
+        self.failed.is_none()
+    }
+
+    /// COMMIT (or the batch's error), then a ROLLBACK if the transaction is
+    /// still open after a failure. `path` names the store in the error.
+    pub(crate) fn commit(self, conn: &Connection, path: &Path) -> Result<()> {
+        let r = match self.failed {
+            Some(f) => Err(f),
+            None => run_cached(conn, "COMMIT").map_err(|e| Error::sqlite("commit group", path, e)),
+        };
+        if !conn.is_autocommit() {
+            if let Err(e) = conn.execute_batch("ROLLBACK") {
+                tracing::error!(path = %path.display(), error = %e, "rollback of a failed group commit failed");
+            }
+        }
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

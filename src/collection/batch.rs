@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use rusqlite::Connection;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -18,132 +17,50 @@ use super::cache::Change;
 use super::tx::Tx;
 use super::{Collection, Core};
 use crate::error::Error;
-use crate::group::{duplicate, Batch};
+use crate::group::Batch;
+use crate::sqlite::{MemberTx, MemberUndo};
 use crate::writer::Writer;
 
-/// Runs a parameterless statement through the statement cache.
-fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
-}
-
 /// An open transaction on the collection's write connection, shared by the
-/// members of one group-commit batch.
+/// members of one group-commit batch, with the savepoint mechanics every
+/// SQLite store shares ([`crate::sqlite::MemberTx`]).
 pub(crate) struct CollectionBatch {
     core: Arc<Core>,
     /// Cache changes of the members that succeeded.
     pending: Vec<Change>,
-    /// The transaction is unusable; every member gets this error.
-    failed: Option<Error>,
-    /// The last failed member's SQLite error (handed to every member when
-    /// SQLite rolled the whole transaction back because of it).
-    last_error: Option<Error>,
-}
-
-/// How one member of a [`CollectionBatch`] is undone.
-pub(crate) enum Undo {
-    /// The batch's first member: a failure rolls back the whole (otherwise
-    /// empty) transaction.
-    Transaction,
-    /// `SAVEPOINT lockstore_member`.
-    Savepoint,
-}
-
-impl CollectionBatch {
-    fn fail(&mut self, e: Error) {
-        self.failed.get_or_insert(e);
-    }
-
-    fn aborted(&self, why: &str) -> Error {
-        Error::sqlite(
-            "group commit",
-            &self.core.path,
-            rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-                Some(why.into()),
-            ),
-        )
-    }
-
-    /// SQLite may roll the whole transaction back by itself (SQLITE_FULL,
-    /// SQLITE_IOERR): the earlier members' changes are gone too.
-    fn check_rolled_back(&mut self, conn: &Connection) {
-        if conn.is_autocommit() && self.failed.is_none() {
-            let e = match self.last_error.take() {
-                Some(e) => e,
-                None => self.aborted("the group-commit transaction was rolled back by SQLite"),
-            };
-            self.fail(e);
-        }
-    }
+    tx: MemberTx,
 }
 
 impl Batch for CollectionBatch {
-    type Undo = Undo;
+    type Undo = MemberUndo;
     type Delivery = ();
 
-    fn savepoint(&mut self, index: usize) -> Result<Undo, Error> {
-        if index == 0 {
-            return Ok(Undo::Transaction);
-        }
+    fn savepoint(&mut self, index: usize) -> Result<MemberUndo, Error> {
         let core = self.core.clone();
         let conn = core.write_conn();
-        match run_cached(&conn, "SAVEPOINT lockstore_member") {
-            Ok(()) => Ok(Undo::Savepoint),
-            Err(e) => {
-                let e = Error::sqlite("savepoint", &core.path, e);
-                self.fail(duplicate(&e));
-                Err(e)
-            }
-        }
+        self.tx.savepoint(&conn, index)
     }
 
-    fn keep(&mut self, undo: Undo, _: usize) {
+    fn keep(&mut self, undo: MemberUndo, _: usize) {
         let core = self.core.clone();
         let conn = core.write_conn();
-        if let Undo::Savepoint = undo {
-            if let Err(e) = run_cached(&conn, "RELEASE lockstore_member") {
-                self.fail(Error::sqlite("release savepoint", &core.path, e));
-            }
-        }
-        self.check_rolled_back(&conn);
+        self.tx.keep(&conn, undo);
     }
 
-    fn undo(&mut self, undo: Undo, _: usize) {
+    fn undo(&mut self, undo: MemberUndo, _: usize) {
         let core = self.core.clone();
         let conn = core.write_conn();
-        if !conn.is_autocommit() {
-            let r = match undo {
-                Undo::Transaction => run_cached(&conn, "ROLLBACK"),
-                Undo::Savepoint => run_cached(&conn, "ROLLBACK TO lockstore_member")
-                    .and_then(|()| run_cached(&conn, "RELEASE lockstore_member")),
-            };
-            if let Err(e) = r {
-                self.fail(Error::sqlite("roll back member", &core.path, e));
-            }
-        }
-        if let Undo::Transaction = undo {
-            let e = self.aborted("the batch's first writer failed; nothing to commit");
-            self.fail(e);
-        }
-        self.check_rolled_back(&conn);
+        self.tx.undo(&conn, undo);
     }
 
     fn accepts_more(&self) -> bool {
-        self.failed.is_none()
+        self.tx.accepts_more()
     }
 
     fn close(self, w: &Writer, _committed: usize) -> Result<BTreeMap<usize, ()>, Error> {
         let core = self.core;
         let conn = core.write_conn();
-        let r = match self.failed {
-            Some(f) => Err(f),
-            None => run_cached(&conn, "COMMIT").map_err(|e| Error::sqlite("commit", w.path(), e)),
-        };
-        if !conn.is_autocommit() {
-            if let Err(e) = conn.execute_batch("ROLLBACK") {
-                tracing::error!(path = %w.path().display(), error = %e, "rollback of a failed commit failed");
-            }
-        }
+        let r = self.tx.commit(&conn, w.path());
         drop(conn);
         if r.is_ok() {
             if let Some(c) = &core.cache {
@@ -160,24 +77,11 @@ impl<V: Serialize + DeserializeOwned> Collection<V> {
     fn begin_batch(&self) -> Result<CollectionBatch, Error> {
         let core = &self.core;
         let conn = core.write_conn();
-        let until = std::time::Instant::now() + core.sqlite.retry_deadline;
-        let mut attempt = 0u32;
-        loop {
-            match run_cached(&conn, "BEGIN IMMEDIATE") {
-                Ok(()) => break,
-                Err(e) if crate::sqlite::is_busy(&e) && std::time::Instant::now() < until => {
-                    attempt += 1;
-                    tracing::debug!(path = %core.path.display(), attempt, "database busy; retrying BEGIN IMMEDIATE");
-                    crate::sqlite::busy_pause(attempt);
-                }
-                Err(e) => return Err(Error::sqlite("begin transaction on", &core.path, e)),
-            }
-        }
+        let tx = MemberTx::begin(&conn, &core.path, core.sqlite.retry_deadline)?;
         Ok(CollectionBatch {
             core: core.clone(),
             pending: Vec::new(),
-            failed: None,
-            last_error: None,
+            tx,
         })
     }
 
@@ -207,7 +111,7 @@ impl<V: Serialize + DeserializeOwned> Collection<V> {
             }
             Err(_) => {
                 if let Some(e) = tx.last_error.take() {
-                    b.last_error = Some(e);
+                    b.tx.last_error = Some(e);
                 }
             }
         }

@@ -13,13 +13,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rusqlite::Connection;
-
 use super::index::{apply, Change, View};
 use super::observers::TaskEvent;
 use super::registry::{Core, TaskRegistry};
 use super::TaskError;
 use crate::group::{duplicate, Batch};
+use crate::sqlite::{MemberTx, MemberUndo};
 use crate::writer::Writer;
 
 #[cfg(feature = "postgres")]
@@ -27,128 +26,43 @@ use super::backend::Backend;
 pub(super) use super::backend::TxResult;
 use super::backend::{LedgerTx, SqliteTx};
 
-/// Runs a parameterless statement through the statement cache (transaction
-/// control runs once or twice per mutation; re-parsing it showed in profiles).
-fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
-}
-
 /// An open group-commit batch of a task ledger: the open `BEGIN IMMEDIATE`
-/// transaction on the registry's connection (the engine holds the flock).
+/// transaction on the registry's connection (the engine holds the flock),
+/// with the savepoint mechanics every SQLite store shares
+/// ([`crate::sqlite::MemberTx`]).
 pub(crate) struct TaskBatch {
     core: Arc<Core>,
-    path: std::path::PathBuf,
     /// Committed-to-be changes of the members that succeeded, in order.
     pending: Vec<(usize, Vec<Change>)>,
-    /// The transaction is unusable; every member gets this error.
-    failed: Option<crate::Error>,
-    /// The last failed member's own core error: when SQLite rolled the whole
-    /// transaction back because of it (SQLITE_FULL, SQLITE_IOERR), the other
-    /// members get it too.
-    last_error: Option<crate::Error>,
+    tx: MemberTx,
     /// The reload event of the batch's opening, for its first member to emit.
     restored: Option<TaskEvent>,
 }
 
-/// How one member of a [`TaskBatch`] is undone.
-pub(crate) enum TaskUndo {
-    /// The batch's first member: no savepoint; a failure rolls the whole
-    /// (otherwise empty) transaction back and closes the batch.
-    Transaction,
-    /// `SAVEPOINT lockstore_member`.
-    Savepoint,
-}
-
-impl TaskBatch {
-    fn fail(&mut self, e: crate::Error) {
-        self.failed.get_or_insert(e);
-    }
-
-    fn aborted(&self, why: &str) -> crate::Error {
-        crate::Error::sqlite(
-            "group commit",
-            &self.path,
-            rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-                Some(why.into()),
-            ),
-        )
-    }
-
-    /// SQLite may roll the whole transaction back by itself (SQLITE_FULL,
-    /// SQLITE_IOERR, ...): the earlier members' changes are gone too.
-    fn check_rolled_back(&mut self, conn: &Connection) {
-        if conn.is_autocommit() && self.failed.is_none() {
-            let e = match self.last_error.take() {
-                Some(e) => e,
-                None => self.aborted("the group-commit transaction was rolled back by SQLite"),
-            };
-            self.fail(e);
-        }
-    }
-}
-
 impl Batch for TaskBatch {
-    type Undo = TaskUndo;
+    type Undo = MemberUndo;
     type Delivery = Vec<TaskEvent>;
 
-    fn savepoint(&mut self, index: usize) -> Result<TaskUndo, crate::Error> {
-        // The batch's first mutation needs no savepoint: if it fails, the
-        // whole transaction (holding nothing else) is rolled back.
-        if index == 0 {
-            return Ok(TaskUndo::Transaction);
-        }
+    fn savepoint(&mut self, index: usize) -> Result<MemberUndo, crate::Error> {
         let core = self.core.clone();
         let conn = core.store.sqlite().connection();
-        match run_cached(&conn, "SAVEPOINT lockstore_member") {
-            Ok(()) => Ok(TaskUndo::Savepoint),
-            Err(e) => {
-                let e = crate::Error::sqlite("savepoint", &self.path, e);
-                self.fail(duplicate(&e));
-                Err(e)
-            }
-        }
+        self.tx.savepoint(&conn, index)
     }
 
-    fn keep(&mut self, undo: TaskUndo, _: usize) {
+    fn keep(&mut self, undo: MemberUndo, _: usize) {
         let core = self.core.clone();
         let conn = core.store.sqlite().connection();
-        if let TaskUndo::Savepoint = undo {
-            if let Err(e) = run_cached(&conn, "RELEASE lockstore_member") {
-                self.fail(crate::Error::sqlite("release savepoint", &self.path, e));
-            }
-        }
-        self.check_rolled_back(&conn);
+        self.tx.keep(&conn, undo);
     }
 
-    fn undo(&mut self, undo: TaskUndo, _: usize) {
+    fn undo(&mut self, undo: MemberUndo, _: usize) {
         let core = self.core.clone();
         let conn = core.store.sqlite().connection();
-        if conn.is_autocommit() {
-            self.check_rolled_back(&conn);
-            if let TaskUndo::Transaction = undo {
-                let e = self.aborted("the batch's first mutation failed; nothing to commit");
-                self.fail(e);
-            }
-            return;
-        }
-        let r = match undo {
-            TaskUndo::Transaction => run_cached(&conn, "ROLLBACK"),
-            TaskUndo::Savepoint => run_cached(&conn, "ROLLBACK TO lockstore_member")
-                .and_then(|()| run_cached(&conn, "RELEASE lockstore_member")),
-        };
-        if let Err(e) = r {
-            self.fail(crate::Error::sqlite("roll back member", &self.path, e));
-        }
-        if let TaskUndo::Transaction = undo {
-            let e = self.aborted("the batch's first mutation failed; nothing to commit");
-            self.fail(e);
-        }
-        self.check_rolled_back(&conn);
+        self.tx.undo(&conn, undo);
     }
 
     fn accepts_more(&self) -> bool {
-        self.failed.is_none()
+        self.tx.accepts_more()
     }
 
     fn close(
@@ -159,16 +73,7 @@ impl Batch for TaskBatch {
         let core = self.core;
         let mut inner = core.lock_inner();
         let conn = core.store.sqlite().connection();
-        let r = match self.failed {
-            Some(f) => Err(f),
-            None => run_cached(&conn, "COMMIT")
-                .map_err(|e| crate::Error::sqlite("commit group", w.path(), e)),
-        };
-        if !conn.is_autocommit() {
-            if let Err(e) = conn.execute_batch("ROLLBACK") {
-                tracing::error!(path = %w.path().display(), error = %e, "rollback of a failed group commit failed");
-            }
-        }
+        let r = self.tx.commit(&conn, w.path());
         drop(conn);
         inner.batch_open = false;
         let out = r.map(|()| {
@@ -239,26 +144,12 @@ impl TaskRegistry {
         let conn = self.core.store.sqlite().connection();
         let restored = self.refresh(&mut inner, &conn)?;
         let opts = self.core.store.sqlite().options();
-        let until = std::time::Instant::now() + opts.retry_deadline;
-        let mut attempt = 0u32;
-        loop {
-            match run_cached(&conn, "BEGIN IMMEDIATE") {
-                Ok(()) => break,
-                Err(e) if crate::sqlite::is_busy(&e) && std::time::Instant::now() < until => {
-                    attempt += 1;
-                    tracing::debug!(path = %self.path().display(), attempt, "database busy; retrying BEGIN IMMEDIATE");
-                    crate::sqlite::busy_pause(attempt);
-                }
-                Err(e) => return Err(TaskError::sqlite("begin group commit", self.path(), e)),
-            }
-        }
+        let tx = MemberTx::begin(&conn, self.path(), opts.retry_deadline)?;
         inner.batch_open = true;
         Ok(TaskBatch {
             core: self.core.clone(),
-            path: self.path().to_path_buf(),
             pending: Vec::new(),
-            failed: None,
-            last_error: None,
+            tx,
             restored,
         })
     }
@@ -301,7 +192,7 @@ impl TaskRegistry {
                     }
                     Err(e) => {
                         if let TaskError::Core(c) = &e {
-                            b.last_error = Some(duplicate(c));
+                            b.tx.last_error = Some(duplicate(c));
                         }
                         Err(e)
                     }
@@ -322,6 +213,7 @@ mod tests {
     use super::*;
     use crate::json::GroupCommit;
     use crate::stores::tasks::{NewTask, RegistryOptions, Runtime, TaskRecord};
+    use rusqlite::Connection;
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::path::Path;
     use std::sync::{mpsc, Mutex};
