@@ -214,7 +214,7 @@ pub fn run(a: DaemonArgs, state_dir: &Path) -> CliResult {
         .map_err(|e| CliError::usage(format!("--adapter {adapter_spec}: {e}")))?;
     let wopts = WorkerOptions {
         poll: a.tick.min(Duration::from_secs(1)),
-        ..WorkerOptions::new(lockstore::paths::outbox_db(state_dir))
+        ..WorkerOptions::new(super::backend::outbox_db(state_dir))
     };
     tracing::info!(
         state_dir = %state_dir.display(),
