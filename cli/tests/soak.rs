@@ -37,8 +37,11 @@ fn short_soak_loses_nothing_and_the_checker_sees_tampering() {
     }
     assert_eq!(rep["ok"], true, "{pretty}");
     assert!(out.status.success(), "{pretty}");
-    assert!(rep["daemonKills"].as_u64().unwrap() >= 3, "{pretty}");
-    assert!(rep["acknowledgedTotal"].as_u64().unwrap() >= 20, "{pretty}");
+    assert!(rep["daemon_kills"].as_u64().unwrap() >= 3, "{pretty}");
+    assert!(
+        rep["acknowledged_total"].as_u64().unwrap() >= 20,
+        "{pretty}"
+    );
     let incr = rep["acknowledged"]["incr"].as_u64().unwrap_or(0);
     assert!(incr > 0, "{pretty}");
     // The chaos phase reports progress every 5 s: plain lines in a pipe.
@@ -54,7 +57,7 @@ fn short_soak_loses_nothing_and_the_checker_sees_tampering() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{status}"));
     assert!(
-        acked <= rep["acknowledgedTotal"].as_u64().unwrap(),
+        acked <= rep["acknowledged_total"].as_u64().unwrap(),
         "{status}"
     );
     assert!(status.contains("violations so far"), "{status}");
@@ -75,11 +78,11 @@ fn short_soak_loses_nothing_and_the_checker_sees_tampering() {
     let pretty = serde_json::to_string_pretty(&rep).unwrap();
     assert!(!out.status.success(), "{pretty}");
     assert!(
-        rep["lost"]["counterIncr"].as_u64().unwrap() >= incr,
+        rep["lost"]["counter_incr"].as_u64().unwrap() >= incr,
         "{pretty}"
     );
     assert_eq!(
-        rep["duplicates"]["sinkDuplicateKeys"].as_u64(),
+        rep["duplicates"]["sink_duplicate_keys"].as_u64(),
         Some(1),
         "{pretty}"
     );

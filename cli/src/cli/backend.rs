@@ -5,7 +5,7 @@
 //! per host in the state dir either way (docs/postgres.md, "Running it").
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::RwLock;
 
 use lockstore::outbox::{Outbox, OutboxOptions};
 use lockstore::postgres::PgOptions;
@@ -14,7 +14,7 @@ use lockstore::tasks::{RegistryOptions, TaskError, TaskRegistry};
 /// The environment variable of `--database-url`.
 pub const DATABASE_URL_ENV: &str = "LOCKSTORE_DATABASE_URL";
 
-static URL: OnceLock<Option<String>> = OnceLock::new();
+static URL: RwLock<Option<&'static str>> = RwLock::new(None);
 
 /// Validates `--database-url` (clap value parser): a `postgres://` or
 /// `postgresql://` URL.
@@ -26,14 +26,17 @@ pub fn parse_url(s: &str) -> Result<String, String> {
     }
 }
 
-/// Records the global `--database-url` (once, from main).
+/// Records the global `--database-url` (from main; the soak sets the URL
+/// of the cluster it started). Leaks the string: set once or twice per
+/// process.
 pub fn set_url(url: Option<String>) {
-    let _ = URL.set(url);
+    let url: Option<&'static str> = url.map(|u| &*Box::leak(u.into_boxed_str()));
+    *URL.write().unwrap_or_else(|p| p.into_inner()) = url;
 }
 
 /// The PostgreSQL URL the ledger and the outbox live in, if any.
 pub fn url() -> Option<&'static str> {
-    URL.get().and_then(|u| u.as_deref())
+    *URL.read().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The database the delivery worker opens ([`lockstore::outbox::worker::WorkerOptions::db`]):
@@ -72,8 +75,40 @@ pub fn open_outbox(state: &Path, opts: OutboxOptions) -> lockstore::outbox::Resu
 
 /// Opens the task ledger of `state` (or the PostgreSQL one).
 pub fn open_tasks(state: &Path, opts: RegistryOptions) -> Result<TaskRegistry, TaskError> {
+    open_tasks_with(state, opts, PgOptions::default())
+}
+
+/// [`open_tasks`] with these PostgreSQL options.
+pub fn open_tasks_with(
+    state: &Path,
+    opts: RegistryOptions,
+    pg: PgOptions,
+) -> Result<TaskRegistry, TaskError> {
     match url() {
-        Some(u) => TaskRegistry::connect(u, opts, PgOptions::default()),
+        Some(u) => TaskRegistry::connect(u, opts, pg),
         None => TaskRegistry::open_state_dir(state, opts),
     }
+}
+
+/// [`open_outbox`] with these PostgreSQL options.
+pub fn open_outbox_with(
+    state: &Path,
+    opts: OutboxOptions,
+    pg: PgOptions,
+) -> lockstore::outbox::Result<Outbox> {
+    match url() {
+        Some(u) => Outbox::connect(u, opts, pg),
+        None => Outbox::open_state(state, opts),
+    }
+}
+
+/// PostgreSQL options for a read-only look (`status`): a small pool, a
+/// short connect timeout and no retrying through an outage, so that the
+/// screen answers within seconds while the server is down.
+pub fn quick_pg() -> PgOptions {
+    let mut pg = PgOptions::default();
+    pg.pool_size = 2;
+    pg.connect_timeout = std::time::Duration::from_secs(2);
+    pg.retry_deadline = std::time::Duration::from_millis(500);
+    pg
 }

@@ -167,7 +167,13 @@ pub fn collect(state: &Path, now: i64) -> Value {
     // Tasks (a missing ledger is reported, not created).
     let tasks_exists = crate::cli::backend::tasks_exist(state);
     let tasks = match tasks_exists
-        .then(|| crate::cli::backend::open_tasks(state, RegistryOptions::default()))
+        .then(|| {
+            crate::cli::backend::open_tasks_with(
+                state,
+                RegistryOptions::default(),
+                crate::cli::backend::quick_pg(),
+            )
+        })
         .transpose()
     {
         Ok(None) => {
@@ -202,7 +208,12 @@ pub fn collect(state: &Path, now: i64) -> Value {
     let outbox_exists = crate::cli::backend::outbox_exists(state);
     let outbox = match outbox_exists
         .then(|| {
-            crate::cli::backend::open_outbox(state, OutboxOptions::default()).and_then(|o| {
+            crate::cli::backend::open_outbox_with(
+                state,
+                OutboxOptions::default(),
+                crate::cli::backend::quick_pg(),
+            )
+            .and_then(|o| {
                 o.stats(std::time::UNIX_EPOCH + std::time::Duration::from_millis(now.max(0) as u64))
             })
         })
@@ -242,7 +253,7 @@ fn backend_section(now: i64) -> Value {
     let Some(url) = crate::cli::backend::url() else {
         return json!({"name": "sqlite", "host_id": null, "lease_holders": []});
     };
-    let pg = lockstore::postgres::PgOptions::default();
+    let pg = crate::cli::backend::quick_pg();
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now.max(0) as u64);
     let mut b = json!({"name": "postgres", "host_id": pg.host_id.clone()});
     match lockstore::outbox::lease_holders(url, &pg, at) {
