@@ -71,7 +71,9 @@ impl Drop for Daemon {
 /// A daemon on `state` as host `host`, ready once it logs "daemon started";
 /// its stderr is drained (warnings shown in the test's output).
 fn start_daemon(state: &Path, url: &str, host: &str) -> Daemon {
-    let mut c = cmd(state, url, &["daemon", "--tick", "50ms"]);
+    // A short lease: a claim left behind by a worker that failed during the
+    // outage is rescued within seconds (not the default 5 min).
+    let mut c = cmd(state, url, &["daemon", "--tick", "50ms", "--lease", "4s"]);
     c.env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .env("LOCKSTORE_HOST_ID", host)
@@ -205,12 +207,18 @@ fn two_daemons_deliver_once_across_a_postgres_restart() {
         while d.1.try_recv().is_ok() {}
     }
     cluster.stop_immediate().expect("stop_immediate");
-    for d in [&da, &db] {
-        let l =
-            d.1.recv_timeout(Duration::from_secs(60))
-                .expect("a daemon notices the outage");
-        assert!(!l.contains("corrupt"), "{l}");
-    }
+    // The first daemon to hit the outage (a transaction it retries with
+    // backoff, or a component restart) — within a poll period.
+    let end = Instant::now() + Duration::from_secs(60);
+    let noticed = loop {
+        if let Some(l) = [&da, &db].iter().find_map(|d| d.1.try_recv().ok()) {
+            break l;
+        }
+        assert!(Instant::now() < end, "no daemon noticed the outage");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!noticed.contains("corrupt"), "{noticed}");
+    eprintln!("first daemon noticed at {:?}: {noticed}", t0.elapsed());
     let v = status(a, &url);
     assert!(v["backend"]["error"].is_string(), "backend down: {v}");
     eprintln!("outage noticed at {:?}", t0.elapsed());

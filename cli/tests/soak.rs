@@ -106,3 +106,51 @@ fn soak_names_lockstore_state_dir_when_refusing_it() {
         "{err}"
     );
 }
+
+/// `soak --backend postgres` for 8 s: three daemons (soak-host-1..3) on a
+/// private cluster, chaos kills, one daemon SIGSTOPped past its lease and
+/// one `pg_ctl -m immediate` restart; zero violations, stale completions
+/// accepted included. Skips (SKIP) without PostgreSQL unless
+/// `LOCKSTORE_REQUIRE_PG=1`.
+#[test]
+fn short_postgres_soak_loses_nothing_across_hosts() {
+    if !lockstore_pg_cluster::available() {
+        assert!(
+            std::env::var_os("LOCKSTORE_REQUIRE_PG").is_none(),
+            "LOCKSTORE_REQUIRE_PG is set but PostgreSQL is not installed"
+        );
+        eprintln!("SKIP: PostgreSQL is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let out = Command::new(BIN)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["soak", "--backend", "postgres", "--seconds", "8"])
+        .args(["--clients", "3", "--json", "--seed", "7"])
+        .args(["--kill-daemon-every-ms", "1500-2500"])
+        .env_remove("LOCKSTORE_DATABASE_URL")
+        .output()
+        .unwrap();
+    let rep = report(&out);
+    let pretty = serde_json::to_string_pretty(&rep).unwrap();
+    for (k, v) in rep["violations"].as_object().unwrap() {
+        assert_eq!(v.as_u64(), Some(0), "violation {k}:\n{pretty}");
+    }
+    assert!(rep["violations"]
+        .as_object()
+        .unwrap()
+        .contains_key("stale_completions_accepted"));
+    assert_eq!(rep["ok"], true, "{pretty}");
+    assert!(out.status.success(), "{pretty}");
+    assert_eq!(rep["backend"], "postgres", "{pretty}");
+    assert_eq!(rep["hosts"].as_array().map(Vec::len), Some(3), "{pretty}");
+    assert_eq!(rep["daemon_stops_past_lease"], 1, "{pretty}");
+    assert_eq!(rep["database_restarts"], 1, "{pretty}");
+    assert!(rep["daemon_kills"].as_u64().unwrap() >= 1, "{pretty}");
+    assert!(
+        rep["acknowledged"]["outbox_enqueue"].as_u64().unwrap_or(0) > 0,
+        "{pretty}"
+    );
+}
