@@ -253,7 +253,7 @@ fn two_daemons_deliver_once_across_a_postgres_restart() {
         });
         assert_eq!(v["backend"]["name"], "postgres", "{v}");
         assert!(v["backend"]["lease_holders"].is_array(), "{v}");
-        let text = ok(&mut cmd(d, &url, &["status"]).env("LOCKSTORE_HOST_ID", host));
+        let text = ok(cmd(d, &url, &["status"]).env("LOCKSTORE_HOST_ID", host));
         assert!(
             text.contains(&format!("backend      postgres · this host {host}")),
             "{text}"
