@@ -154,3 +154,87 @@ fn short_postgres_soak_loses_nothing_across_hosts() {
         "{pretty}"
     );
 }
+
+/// The PostgreSQL checker sees a stale completion: two messages delivered by
+/// `daemon --once` verify clean (`soak --verify-only --database-url`); after
+/// one delivered row's `claimed_by` is rewritten to a process that never
+/// called the adapter (what an older claim's late ack applied after a
+/// takeover leaves), `stale_completions_accepted` is 1 and the run fails.
+#[test]
+fn postgres_checker_sees_a_stale_completion() {
+    let Some(bin) = lockstore_pg_cluster::pg_bin_dir() else {
+        assert!(
+            std::env::var_os("LOCKSTORE_REQUIRE_PG").is_none(),
+            "LOCKSTORE_REQUIRE_PG is set but PostgreSQL is not installed"
+        );
+        eprintln!("SKIP: PostgreSQL is not installed");
+        return;
+    };
+    let cluster = lockstore_pg_cluster::Cluster::start().expect("cluster");
+    let url = cluster.create_database("soak_tamper").expect("createdb");
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path();
+    std::fs::create_dir_all(state.join("soak")).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--state-dir")
+            .arg(state)
+            .args(args)
+            .env("LOCKSTORE_DATABASE_URL", &url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    for p in ["{\"n\":1}", "{\"n\":2}"] {
+        let o = run(&[
+            "outbox",
+            "enqueue",
+            "--channel",
+            "c",
+            "--target",
+            "t",
+            "--payload",
+            p,
+        ]);
+        assert!(o.status.success(), "{o:?}");
+    }
+    let sink = format!("file:{}", state.join("sink.jsonl").display());
+    let o = run(&["daemon", "--once", "--adapter", &sink]);
+    assert!(o.status.success(), "{o:?}");
+    let verify = || {
+        let o = run(&["soak", "--verify-only", "--json"]);
+        (o.status.code(), report(&o))
+    };
+    let (code, rep) = verify();
+    assert_eq!(rep["backend"], "postgres", "{rep}");
+    assert_eq!(rep["stale_completions_accepted"], 0, "{rep}");
+    assert_eq!(code, Some(0), "{rep}");
+    let sql = "UPDATE outbox_entries SET claimed_by = (claimed_by::jsonb || '{\"pid\": 1}')::text \
+               WHERE id = (SELECT min(id) FROM outbox_entries WHERE status = 'delivered')";
+    let o = Command::new(bin.join("psql"))
+        .arg("-h")
+        .arg(cluster.dir())
+        .args([
+            "-p",
+            "5432",
+            "-U",
+            "postgres",
+            "-d",
+            "soak_tamper",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "psql: {o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("UPDATE 1"),
+        "{o:?}"
+    );
+    let (code, rep) = verify();
+    assert_eq!(rep["stale_completions_accepted"], 1, "{rep}");
+    assert_eq!(rep["violations"]["stale_completions_accepted"], 1, "{rep}");
+    assert_eq!(code, Some(1), "{rep}");
+}

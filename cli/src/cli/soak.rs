@@ -422,8 +422,14 @@ fn verify_only(a: SoakArgs, d: &Path, started: Instant) -> CliResult {
             n.starts_with("client-") && n.ends_with(".jsonl")
         })
         .count() as u32;
+    // On PostgreSQL (--database-url): the database and the hosts' sinks.
+    let pg = if super::backend::url().is_some() {
+        Some(PgSoak::new(&dir)?)
+    } else {
+        None
+    };
     let mut s = Soak {
-        pg: None,
+        pg,
         exe: PathBuf::new(),
         sink: dir.join("sink.jsonl"),
         dir: dir.clone(),
@@ -436,6 +442,12 @@ fn verify_only(a: SoakArgs, d: &Path, started: Instant) -> CliResult {
             state_dir: dir.display().to_string(),
             clients,
             verify_only: true,
+            backend: if super::backend::url().is_some() {
+                "postgres"
+            } else {
+                "sqlite"
+            }
+            .into(),
             daemon_graceful_stop: true,
             drained: true,
             ..Default::default()
