@@ -180,6 +180,9 @@ pub struct Report {
     pub hosts: Vec<String>,
     /// PostgreSQL: daemons SIGSTOPped past their claim lease (then SIGCONT).
     pub daemon_stops_past_lease: u64,
+    /// PostgreSQL: delivery claims the SIGSTOPped daemon held when it was
+    /// stopped (taken over by the other hosts meanwhile).
+    pub claims_held_when_stopped: u64,
     /// PostgreSQL: `pg_ctl -m immediate` stops and restarts of the server.
     pub database_restarts: u64,
     /// PostgreSQL: delivered rows whose last claimer (the claim that
@@ -582,7 +585,11 @@ impl Soak {
             .arg("--lease")
             .arg(format!("{}ms", PG_LEASE.as_millis()))
             .arg("--adapter")
-            .arg(format!("file:{}", h.dir.join("sink.jsonl").display()))
+            // The channel is shared by the hosts, as in a deployment: one
+            // sink that honours the idempotency key (a started send that
+            // rescue replays on another host after a takeover is absorbed and
+            // counted in `raw_resends`, not delivered twice).
+            .arg(format!("file:{}", self.sink.display()))
             .env("RUST_LOG", "warn")
             .env(super::backend::DATABASE_URL_ENV, &pg.url)
             .env("LOCKSTORE_HOST_ID", &h.id)
@@ -602,7 +609,8 @@ impl Soak {
         Ok(())
     }
 
-    /// The sinks of every host (the main one first).
+    /// The sinks to check: the shared one (and any per-host sink a kept
+    /// state dir of an older run has).
     fn sinks(&self) -> Vec<PathBuf> {
         let mut v = vec![self.sink.clone()];
         if let Some(pg) = &self.pg {
@@ -807,12 +815,31 @@ impl Soak {
         };
         let now = Instant::now();
         let h = &mut pg.hosts[0];
-        if stop_at.is_some_and(|t| now >= t) {
+        // From the mark on, stop it as soon as it holds delivery claims (so
+        // that they are taken over), at the latest 5 s later.
+        let held = if stop_at.is_some_and(|t| now >= t) {
+            lockstore::outbox::lease_holders(
+                &pg.url,
+                &super::backend::quick_pg(),
+                std::time::SystemTime::now(),
+            )
+            .map(|v| {
+                v.iter()
+                    .filter(|l| l.kind == "claims" && l.host_id == h.id)
+                    .map(|l| l.count)
+                    .sum::<u64>()
+            })
+            .unwrap_or(0)
+        } else {
+            0
+        };
+        if stop_at.is_some_and(|t| now >= t && (held > 0 || now >= t + Duration::from_secs(5))) {
             *stop_at = None;
             if let Some(c) = &h.child {
                 if kill(Pid::from_raw(c.id() as i32), Signal::SIGSTOP).is_ok() {
                     h.stopped_until = Some(now + PG_LEASE * 2 + Duration::from_secs(1));
                     self.rep.daemon_stops_past_lease += 1;
+                    self.rep.claims_held_when_stopped += held;
                 }
             }
         }
@@ -1380,9 +1407,10 @@ fn print_text(r: &Report) {
     );
     if r.backend == "postgres" {
         println!(
-            "backend postgres: hosts {}; {} SIGSTOP past the lease; {} database restarts; stale completions accepted: {}",
+            "backend postgres: hosts {}; {} SIGSTOP past the lease (holding {} claims); {} database restarts; stale completions accepted: {}",
             r.hosts.join(", "),
             r.daemon_stops_past_lease,
+            r.claims_held_when_stopped,
             r.database_restarts,
             r.stale_completions_accepted
         );
