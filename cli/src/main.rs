@@ -19,6 +19,16 @@ struct Cli {
     )]
     state_dir: Option<PathBuf>,
 
+    /// PostgreSQL database for the task ledger and the outbox, shared by several hosts (postgres://user@host/db; default: the SQLite files of the state dir; JSON stores stay per host).
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTORE_DATABASE_URL",
+        hide_env_values = true,
+        value_parser = cli::backend::parse_url
+    )]
+    database_url: Option<String>,
+
     /// Log format on stderr (level filter: RUST_LOG, else warn; the daemon also logs its startup and its components' lifecycle at info).
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -96,6 +106,7 @@ fn main() {
         _ => "warn",
     };
     init_logging(&cli.log_format, default_filter);
+    cli::backend::set_url(cli.database_url.clone());
     if !matches!(cli.cmd, Cmd::Daemon(_)) {
         cli::setup::exit_quietly_on_broken_stdout();
     }

@@ -1,5 +1,6 @@
 //! Shared CLI plumbing: exit codes, error reporting, lock-wait messages.
 
+pub mod backend;
 pub mod commitments;
 pub mod completions;
 pub mod daemon;

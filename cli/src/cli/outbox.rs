@@ -215,7 +215,7 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
     let mut opts = OutboxOptions::default();
     opts.sqlite.durability = args.durability;
     let db = lockstore::paths::outbox_db(state_dir);
-    let open = || Outbox::open(&db, opts.clone());
+    let open = || super::backend::open_outbox_at(&db, opts.clone());
     match args.cmd {
         OutboxCmd::Enqueue {
             channel,
@@ -289,7 +289,11 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
             None => {
                 return Err(CliError::usage(format!(
                     "no outbox entry {id} in {}",
-                    db.display()
+                    if super::backend::url().is_some() {
+                        "the PostgreSQL outbox".to_string()
+                    } else {
+                        db.display().to_string()
+                    }
                 )))
             }
         },
@@ -358,7 +362,7 @@ pub fn run(args: OutboxArgs, state_dir: &Path) -> CliResult {
         } => {
             let a = adapters::from_spec(&adapter, exec_timeout)
                 .map_err(|e| CliError::usage(e.to_string()))?;
-            let mut w = worker::WorkerOptions::new(db.clone());
+            let mut w = worker::WorkerOptions::new(super::backend::outbox_db(state_dir));
             w.outbox = opts.clone();
             w.concurrency = concurrency;
             w.batch = batch;

@@ -32,8 +32,8 @@ use serde_json::{json, Value};
 
 use crate::cli::now_ms;
 use lockstore::commitments::{CommitmentsConfig, CommitmentsStore, Status as CStatus};
-use lockstore::outbox::{Outbox, OutboxOptions, Status as OStatus};
-use lockstore::tasks::{RegistryOptions, TaskRegistry, TaskStatus};
+use lockstore::outbox::{OutboxOptions, Status as OStatus};
+use lockstore::tasks::{RegistryOptions, TaskStatus};
 use lockstore::Liveness;
 use lockstore::{JsonOptions, JsonStore};
 
@@ -62,6 +62,13 @@ pub struct SoakArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Where the task ledger and the outbox live: sqlite (the state dir's
+    /// files, one daemon) or postgres (three daemons with host ids
+    /// soak-host-1..3 on one database, a SIGSTOP of a daemon past its lease
+    /// and a database restart; the database of the global --database-url, else
+    /// a private cluster the soak starts and stops).
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "postgres"])]
+    pub backend: String,
     /// Only re-check the invariants of a kept soak state dir (given with
     /// --state-dir): no processes, no drain.
     #[arg(long)]
@@ -96,7 +103,6 @@ fn io_err(what: &str, p: &Path, e: impl std::fmt::Display) -> CliError {
 
 /// Every figure of a soak run. `violations` holds the counters that must be 0.
 #[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
 pub struct Report {
     /// State dir (kept).
     pub state_dir: String,
@@ -168,6 +174,21 @@ pub struct Report {
     pub drained: bool,
     /// The counter document: `/count` and the sum of `/by/*`.
     pub counter: Value,
+    /// `sqlite` or `postgres`.
+    pub backend: String,
+    /// PostgreSQL: the daemons' host ids (one state dir and sink each).
+    pub hosts: Vec<String>,
+    /// PostgreSQL: daemons SIGSTOPped past their claim lease (then SIGCONT).
+    pub daemon_stops_past_lease: u64,
+    /// PostgreSQL: delivery claims the SIGSTOPped daemon held when it was
+    /// stopped (taken over by the other hosts meanwhile).
+    pub claims_held_when_stopped: u64,
+    /// PostgreSQL: `pg_ctl -m immediate` stops and restarts of the server.
+    pub database_restarts: u64,
+    /// PostgreSQL: delivered rows whose last claimer (the claim that
+    /// completed them, `claimed_by`) never called the adapter for them: an
+    /// ack of an older claim was applied after a takeover (must be 0).
+    pub stale_completions_accepted: u64,
     /// Counters that must all be 0.
     pub violations: BTreeMap<String, u64>,
     /// True if every violation counter is 0.
@@ -261,7 +282,35 @@ struct Soak {
     daemon_starts: u64,
     clients: Vec<ClientProc>,
     rep: Report,
+    /// PostgreSQL mode: the database URL, the other hosts' daemons, and the
+    /// private cluster (when the soak started one).
+    pg: Option<PgSoak>,
 }
+
+/// The PostgreSQL side of a soak: hosts 2 and 3 (host 1 is the main state
+/// dir and daemon) and the cluster.
+struct PgSoak {
+    url: String,
+    hosts: Vec<Host>,
+    cluster: Option<lockstore_pg_cluster::Cluster>,
+}
+
+/// Another host's daemon: its own state dir and sink.
+struct Host {
+    id: String,
+    dir: PathBuf,
+    child: Option<Child>,
+    starts: u64,
+    /// SIGSTOPped until then.
+    stopped_until: Option<Instant>,
+}
+
+/// Claim lease of the soak's daemons on PostgreSQL: a SIGSTOP longer than
+/// it lets another host take the claims over.
+const PG_LEASE: Duration = Duration::from_secs(3);
+
+/// Host id of the main state dir's daemon and clients on PostgreSQL.
+const HOST_1: &str = "soak-host-1";
 
 /// Runs `lockstore soak`. `state_dir` is the global `--state-dir` if given
 /// (must be empty or absent), else a fresh temp dir.
@@ -323,7 +372,13 @@ pub fn run(a: SoakArgs, state_dir: Option<&Path>) -> CliResult {
         (lo, lo * 2)
     });
 
+    let pg = if a.backend == "postgres" || super::backend::url().is_some() {
+        Some(PgSoak::new(&dir)?)
+    } else {
+        None
+    };
     let mut s = Soak {
+        pg,
         sink: dir.join("sink.jsonl"),
         exe,
         dir: dir.clone(),
@@ -337,6 +392,17 @@ pub fn run(a: SoakArgs, state_dir: Option<&Path>) -> CliResult {
             seconds: a.seconds,
             clients: a.clients,
             seed,
+            backend: if super::backend::url().is_some() {
+                "postgres"
+            } else {
+                "sqlite"
+            }
+            .into(),
+            hosts: if super::backend::url().is_some() {
+                vec![HOST_1.into(), "soak-host-2".into(), "soak-host-3".into()]
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         },
     };
@@ -359,7 +425,14 @@ fn verify_only(a: SoakArgs, d: &Path, started: Instant) -> CliResult {
             n.starts_with("client-") && n.ends_with(".jsonl")
         })
         .count() as u32;
+    // On PostgreSQL (--database-url): the database and the hosts' sinks.
+    let pg = if super::backend::url().is_some() {
+        Some(PgSoak::new(&dir)?)
+    } else {
+        None
+    };
     let mut s = Soak {
+        pg,
         exe: PathBuf::new(),
         sink: dir.join("sink.jsonl"),
         dir: dir.clone(),
@@ -372,6 +445,12 @@ fn verify_only(a: SoakArgs, d: &Path, started: Instant) -> CliResult {
             state_dir: dir.display().to_string(),
             clients,
             verify_only: true,
+            backend: if super::backend::url().is_some() {
+                "postgres"
+            } else {
+                "sqlite"
+            }
+            .into(),
             daemon_graceful_stop: true,
             drained: true,
             ..Default::default()
@@ -405,6 +484,45 @@ fn finish(mut rep: Report, json: bool, started: Instant) -> CliResult {
     }
 }
 
+impl PgSoak {
+    /// The database of `--database-url`, else a private cluster (started
+    /// here, stopped at exit); hosts 2 and 3 get state dirs under `dir`.
+    fn new(dir: &Path) -> CliResult<Self> {
+        let (url, cluster) = match super::backend::url() {
+            Some(u) => (u.to_string(), None),
+            None => {
+                let c = lockstore_pg_cluster::Cluster::start().map_err(|e| CliError {
+                    code: super::exit::IO,
+                    msg: format!("soak --backend postgres: cannot start a PostgreSQL cluster: {e}"),
+                })?;
+                let u = c
+                    .create_database("soak")
+                    .map_err(|e| io_err("createdb in", c.dir(), e))?;
+                (u, Some(c))
+            }
+        };
+        // This process's own checks (drain, verify) use it too.
+        super::backend::set_url(Some(url.clone()));
+        let mut hosts = Vec::new();
+        for n in 2..=3 {
+            let d = dir.join(format!("host-{n}"));
+            std::fs::create_dir_all(&d).map_err(|e| io_err("create", &d, e))?;
+            hosts.push(Host {
+                id: format!("soak-host-{n}"),
+                dir: d,
+                child: None,
+                starts: 0,
+                stopped_until: None,
+            });
+        }
+        Ok(PgSoak {
+            url,
+            hosts,
+            cluster,
+        })
+    }
+}
+
 impl Soak {
     fn base_cmd(&self) -> Command {
         let mut c = Command::new(&self.exe);
@@ -412,6 +530,10 @@ impl Soak {
             .arg(&self.dir)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null());
+        if let Some(pg) = &self.pg {
+            c.env(super::backend::DATABASE_URL_ENV, &pg.url)
+                .env("LOCKSTORE_HOST_ID", HOST_1);
+        }
         c
     }
 
@@ -434,7 +556,67 @@ impl Soak {
             "1s".into(),
             "--adapter".into(),
             format!("file:{}", self.sink.display()),
+            "--lease".into(),
+            format!("{}ms", self.lease().as_millis()),
         ]
+    }
+
+    /// The daemons' claim lease: short on PostgreSQL (the SIGSTOP outlasts
+    /// it), the default otherwise.
+    fn lease(&self) -> Duration {
+        if self.pg.is_some() {
+            PG_LEASE
+        } else {
+            Duration::from_secs(300)
+        }
+    }
+
+    /// Starts host `i`'s daemon (PostgreSQL mode).
+    fn start_host(&mut self, i: usize) -> CliResult {
+        let Some(pg) = self.pg.as_ref() else {
+            return Ok(());
+        };
+        let h = &pg.hosts[i];
+        let log = self.log_file(&format!("daemon-{}-{}.log", h.id, h.starts))?;
+        let child = Command::new(&self.exe)
+            .arg("--state-dir")
+            .arg(&h.dir)
+            .args(["daemon", "--tick", "200ms", "--maintenance-every", "1s"])
+            .arg("--lease")
+            .arg(format!("{}ms", PG_LEASE.as_millis()))
+            .arg("--adapter")
+            // The channel is shared by the hosts, as in a deployment: one
+            // sink that honours the idempotency key (a started send that
+            // rescue replays on another host after a takeover is absorbed and
+            // counted in `raw_resends`, not delivered twice).
+            .arg(format!("file:{}", self.sink.display()))
+            .env("RUST_LOG", "warn")
+            .env(super::backend::DATABASE_URL_ENV, &pg.url)
+            .env("LOCKSTORE_HOST_ID", &h.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| io_err("spawn", &self.exe, e))?;
+        let pg = self.pg.as_mut().expect("checked above");
+        let h = &mut pg.hosts[i];
+        if h.starts > 0 {
+            self.rep.daemon_restarts += 1;
+        }
+        h.starts += 1;
+        h.child = Some(child);
+        Ok(())
+    }
+
+    /// The sinks to check: the shared one (and any per-host sink a kept
+    /// state dir of an older run has).
+    fn sinks(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.sink.clone()];
+        if let Some(pg) = &self.pg {
+            v.extend(pg.hosts.iter().map(|h| h.dir.join("sink.jsonl")));
+        }
+        v
     }
 
     fn start_daemon(&mut self) -> CliResult {
@@ -483,6 +665,10 @@ impl Soak {
     ) -> CliResult {
         let mut rng = fastrand::Rng::with_seed(self.seed);
         self.start_daemon()?;
+        let n_hosts = self.pg.as_ref().map_or(0, |p| p.hosts.len());
+        for i in 0..n_hosts {
+            self.start_host(i)?;
+        }
         for id in 0..self.rep.clients {
             let c = self.spawn_client(id, 0)?;
             self.clients.push(c);
@@ -497,6 +683,14 @@ impl Soak {
         let mut next_run = pick(&mut rng, (700, 2500));
         let mut status = ChaosStatus::new(self.rep.clients);
         let mut next_status = start + STATUS_EVERY;
+        // PostgreSQL: one SIGSTOP of host 2's daemon past the lease at 35 %
+        // of the run, one database restart at 65 %.
+        let mut stop_at = (n_hosts > 0).then(|| start + Duration::from_secs(seconds) * 35 / 100);
+        let mut restart_db_at = self
+            .pg
+            .as_ref()
+            .is_some_and(|p| p.cluster.is_some())
+            .then(|| start + Duration::from_secs(seconds) * 65 / 100);
         while Instant::now() < end && !super::daemon::stop_requested() {
             if Instant::now() >= next_status {
                 let acked = status.count_acks(&self.logs);
@@ -520,6 +714,18 @@ impl Soak {
                     self.start_daemon()?;
                 }
             }
+            for i in 0..n_hosts {
+                let exited = self.pg.as_mut().and_then(|p| {
+                    let h = &mut p.hosts[i];
+                    let st = h.child.as_mut()?.try_wait().ok()??;
+                    Some(format!("{}: {st}", h.id))
+                });
+                if let Some(e) = exited {
+                    self.rep.daemon_unexpected_exits.push(e);
+                    self.start_host(i)?;
+                }
+            }
+            self.pg_events(&mut stop_at, &mut restart_db_at)?;
             for i in 0..self.clients.len() {
                 if let Ok(Some(st)) = self.clients[i].child.try_wait() {
                     self.rep
@@ -530,7 +736,32 @@ impl Soak {
                 }
             }
             let now = Instant::now();
-            if now >= next_daemon {
+            // PostgreSQL: the victim is one of the hosts' daemons (not a
+            // stopped one).
+            let victim = if n_hosts > 0 && now >= next_daemon {
+                rng.usize(0..=n_hosts)
+            } else {
+                0
+            };
+            if victim > 0 {
+                let stopped = self
+                    .pg
+                    .as_ref()
+                    .is_some_and(|p| p.hosts[victim - 1].stopped_until.is_some());
+                if !stopped {
+                    if let Some(mut d) = self
+                        .pg
+                        .as_mut()
+                        .and_then(|p| p.hosts[victim - 1].child.take())
+                    {
+                        let _ = kill(Pid::from_raw(d.id() as i32), Signal::SIGKILL);
+                        let _ = d.wait();
+                        self.rep.daemon_kills += 1;
+                    }
+                    self.start_host(victim - 1)?;
+                }
+                next_daemon = pick(&mut rng, daemon_every);
+            } else if now >= next_daemon {
                 if let Some(mut d) = self.daemon.take() {
                     let _ = kill(Pid::from_raw(d.id() as i32), Signal::SIGKILL);
                     let _ = d.wait();
@@ -567,6 +798,67 @@ impl Soak {
             std::thread::sleep(Duration::from_millis(25));
         }
         status.finish();
+        Ok(())
+    }
+
+    /// PostgreSQL chaos beyond kills: the SIGSTOP of host 2's daemon past
+    /// its lease (SIGCONT after twice the lease plus 1 s: its claims were
+    /// taken over meanwhile, its late acks must be refused), and the
+    /// database restart (`pg_ctl -m immediate`, 1 s down).
+    fn pg_events(
+        &mut self,
+        stop_at: &mut Option<Instant>,
+        restart_db_at: &mut Option<Instant>,
+    ) -> CliResult {
+        let Some(pg) = self.pg.as_mut() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let h = &mut pg.hosts[0];
+        // From the mark on, stop it as soon as it holds delivery claims (so
+        // that they are taken over), at the latest 5 s later.
+        let held = if stop_at.is_some_and(|t| now >= t) {
+            lockstore::outbox::lease_holders(
+                &pg.url,
+                &super::backend::quick_pg(),
+                std::time::SystemTime::now(),
+            )
+            .map(|v| {
+                v.iter()
+                    .filter(|l| l.kind == "claims" && l.host_id == h.id)
+                    .map(|l| l.count)
+                    .sum::<u64>()
+            })
+            .unwrap_or(0)
+        } else {
+            0
+        };
+        if stop_at.is_some_and(|t| now >= t && (held > 0 || now >= t + Duration::from_secs(5))) {
+            *stop_at = None;
+            if let Some(c) = &h.child {
+                if kill(Pid::from_raw(c.id() as i32), Signal::SIGSTOP).is_ok() {
+                    h.stopped_until = Some(now + PG_LEASE * 2 + Duration::from_secs(1));
+                    self.rep.daemon_stops_past_lease += 1;
+                    self.rep.claims_held_when_stopped += held;
+                }
+            }
+        }
+        if h.stopped_until.is_some_and(|t| now >= t) {
+            h.stopped_until = None;
+            if let Some(c) = &h.child {
+                let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+            }
+        }
+        if restart_db_at.is_some_and(|t| now >= t) {
+            *restart_db_at = None;
+            if let Some(c) = &pg.cluster {
+                let err = |e: std::io::Error| io_err("restart PostgreSQL in", c.dir(), e);
+                c.stop_immediate().map_err(err)?;
+                std::thread::sleep(Duration::from_secs(1));
+                c.start_server().map_err(err)?;
+                self.rep.database_restarts += 1;
+            }
+        }
         Ok(())
     }
 
@@ -646,6 +938,42 @@ impl Soak {
                 }
             }
         }
+        let hosts: Vec<Child> = self
+            .pg
+            .as_mut()
+            .map(|p| p.hosts.iter_mut().filter_map(|h| h.child.take()).collect())
+            .unwrap_or_default();
+        for mut d in hosts {
+            let pid = Pid::from_raw(d.id() as i32);
+            let _ = kill(pid, Signal::SIGCONT);
+            let _ = kill(pid, Signal::SIGTERM);
+            let t0 = Instant::now();
+            loop {
+                match d.try_wait() {
+                    Ok(Some(st)) => {
+                        if !st.success() {
+                            self.rep.daemon_graceful_stop = false;
+                            self.rep
+                                .daemon_stop
+                                .push_str(&format!("; another host's daemon: {st}"));
+                        }
+                        break;
+                    }
+                    Ok(None) if t0.elapsed() < Duration::from_secs(30) => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = kill(pid, Signal::SIGKILL);
+                        let _ = d.wait();
+                        self.rep.daemon_graceful_stop = false;
+                        self.rep
+                            .daemon_stop
+                            .push_str("; another host's daemon: no exit within 30 s of SIGTERM");
+                        break;
+                    }
+                }
+            }
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let left = self.our_processes();
@@ -676,7 +1004,7 @@ impl Soak {
                     .count() as u64
             })
             .unwrap_or(0);
-        let o = Outbox::open_state(&self.dir, OutboxOptions::default())
+        let o = super::backend::open_outbox(&self.dir, OutboxOptions::default())
             .and_then(|o| o.list(None, usize::MAX))
             .map(|v| {
                 v.iter()
@@ -730,6 +1058,8 @@ impl Soak {
     }
 
     fn verify(&mut self) {
+        let sinks = self.sinks();
+        let pg_mode = self.pg.is_some();
         let rep = &mut self.rep;
         // ---- client logs ----
         let mut ops: Vec<Value> = Vec::new();
@@ -767,23 +1097,23 @@ impl Soak {
             *m.entry(k.to_string()).or_default() += n;
         };
         for k in [
-            "counterIncr",
-            "commitmentAdd",
-            "commitmentDismiss",
-            "commitmentSentUndelivered",
-            "commitmentDueUndelivered",
-            "commitmentVanished",
-            "taskCreate",
-            "taskTerminal",
-            "outboxEnqueue",
-            "outboxUndelivered",
+            "counter_incr",
+            "commitment_add",
+            "commitment_dismiss",
+            "commitment_sent_undelivered",
+            "commitment_due_undelivered",
+            "commitment_vanished",
+            "task_create",
+            "task_terminal",
+            "outbox_enqueue",
+            "outbox_undelivered",
         ] {
             bump(&mut lost, k, 0);
         }
         for k in [
-            "sinkDuplicateKeys",
-            "commitmentRedeliveries",
-            "reenqueueNewRow",
+            "sink_duplicate_keys",
+            "commitment_redeliveries",
+            "reenqueue_new_row",
         ] {
             bump(&mut dup, k, 0);
         }
@@ -791,7 +1121,13 @@ impl Soak {
         // ---- sink and raw log ----
         let mut sink_keys: HashMap<String, u64> = HashMap::new();
         let mut sink_commitments: HashMap<String, u64> = HashMap::new();
-        let sink_text = std::fs::read_to_string(&self.sink).unwrap_or_default();
+        // Every host's sink (one on SQLite): a key in two sinks is a
+        // duplicate delivery.
+        let sink_text: String = sinks
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n");
         for line in sink_text.lines().filter(|l| !l.trim().is_empty()) {
             rep.sink_lines += 1;
             let Ok(v) = serde_json::from_str::<Value>(line) else {
@@ -805,20 +1141,31 @@ impl Soak {
             }
         }
         for n in sink_keys.values().filter(|n| **n > 1) {
-            bump(&mut dup, "sinkDuplicateKeys", n - 1);
+            bump(&mut dup, "sink_duplicate_keys", n - 1);
         }
         for n in sink_commitments.values().filter(|n| **n > 1) {
-            bump(&mut dup, "commitmentRedeliveries", n - 1);
+            bump(&mut dup, "commitment_redeliveries", n - 1);
         }
-        let mut raw = PathBuf::from(self.sink.clone().into_os_string());
-        raw.as_mut_os_string().push(".raw");
-        let raw_text = std::fs::read_to_string(&raw).unwrap_or_default();
+        let raw_text: String = sinks
+            .iter()
+            .map(|p| {
+                let mut raw = p.clone().into_os_string();
+                raw.push(".raw");
+                std::fs::read_to_string(PathBuf::from(raw)).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
         let mut raw_keys = HashSet::new();
+        // Outbox id -> pids that called the adapter for it.
+        let mut raw_pids: HashMap<i64, HashSet<u64>> = HashMap::new();
         for line in raw_text.lines().filter(|l| !l.trim().is_empty()) {
             rep.raw_attempts += 1;
             if let Ok(v) = serde_json::from_str::<Value>(line) {
                 if let Some(k) = v["key"].as_str() {
                     raw_keys.insert(k.to_string());
+                }
+                if let (Some(id), Some(pid)) = (v["id"].as_i64(), v["pid"].as_u64()) {
+                    raw_pids.entry(id).or_default().insert(pid);
                 }
             }
         }
@@ -842,17 +1189,17 @@ impl Soak {
                         .unwrap_or(0);
                     let need = (mine.len() as i64).max(seen);
                     if tally < need {
-                        bump(&mut lost, "counterIncr", (need - tally) as u64);
+                        bump(&mut lost, "counter_incr", (need - tally) as u64);
                     }
                 }
                 let extra: i64 = doc["by"]
                     .as_object()
                     .map(|m| m.values().filter_map(|v| v.as_i64()).sum::<i64>())
                     .unwrap_or(0);
-                rep.counter = json!({"count": count, "sumByClient": extra});
+                rep.counter = json!({"count": count, "sum_by_client": extra});
                 if count != extra {
                     rep.violations.insert(
-                        "counterCountNotSumOfClients".into(),
+                        "counter_count_not_sum_of_clients".into(),
                         (count - extra).unsigned_abs(),
                     );
                 }
@@ -875,26 +1222,26 @@ impl Soak {
                     .collect();
                 for v in of("commit_add") {
                     if !by_id.contains_key(v["id"].as_str().unwrap_or("")) {
-                        bump(&mut lost, "commitmentAdd", 1);
+                        bump(&mut lost, "commitment_add", 1);
                     }
                 }
                 bump(
                     &mut lost,
-                    "commitmentVanished",
+                    "commitment_vanished",
                     of("commit_unknown").count() as u64,
                 );
                 for v in of("commit_dismiss").filter(|v| v["changed"] == json!(true)) {
                     let st = by_id.get(v["id"].as_str().unwrap_or("")).map(|c| c.status);
                     if st != Some(CStatus::Dismissed) {
-                        bump(&mut lost, "commitmentDismiss", 1);
+                        bump(&mut lost, "commitment_dismiss", 1);
                     }
                 }
                 for c in &snap.commitments {
                     if c.status == CStatus::Sent && !sink_commitments.contains_key(&c.id) {
-                        bump(&mut lost, "commitmentSentUndelivered", 1);
+                        bump(&mut lost, "commitment_sent_undelivered", 1);
                     }
                     if c.status.is_active() && c.is_due(super::commitments::at_ms(now)) {
-                        bump(&mut lost, "commitmentDueUndelivered", 1);
+                        bump(&mut lost, "commitment_due_undelivered", 1);
                     }
                 }
             }
@@ -906,7 +1253,7 @@ impl Soak {
         }
 
         // ---- tasks ----
-        match TaskRegistry::open_state_dir(&self.dir, RegistryOptions::default())
+        match super::backend::open_tasks(&self.dir, RegistryOptions::default())
             .and_then(|r| r.list())
         {
             Ok(tasks) => {
@@ -925,7 +1272,7 @@ impl Soak {
                 }
                 for v in of("task_create") {
                     if !by_id.contains_key(v["id"].as_str().unwrap_or("")) {
-                        bump(&mut lost, "taskCreate", 1);
+                        bump(&mut lost, "task_create", 1);
                     }
                 }
                 for v in of("task_finish")
@@ -936,7 +1283,7 @@ impl Soak {
                         v["status"].as_str().and_then(|s| s.parse().ok());
                     let got = by_id.get(v["id"].as_str().unwrap_or("")).map(|t| t.status);
                     if want.is_none() || got != want {
-                        bump(&mut lost, "taskTerminal", 1);
+                        bump(&mut lost, "task_terminal", 1);
                     }
                 }
             }
@@ -944,7 +1291,7 @@ impl Soak {
         }
 
         // ---- outbox ----
-        match Outbox::open_state(&self.dir, OutboxOptions::default())
+        match super::backend::open_outbox(&self.dir, OutboxOptions::default())
             .and_then(|o| o.list(None, usize::MAX))
         {
             Ok(rows) => {
@@ -955,20 +1302,33 @@ impl Soak {
                 for v in of("outbox_enqueue") {
                     let key = v["key"].as_str().unwrap_or("");
                     match by_key.get(key) {
-                        None => bump(&mut lost, "outboxEnqueue", 1),
+                        None => bump(&mut lost, "outbox_enqueue", 1),
                         Some(e) if e.id != v["id"].as_i64().unwrap_or(-1) => {
-                            bump(&mut lost, "outboxEnqueue", 1)
+                            bump(&mut lost, "outbox_enqueue", 1)
                         }
                         Some(e) => {
                             if e.status != OStatus::Delivered || !sink_keys.contains_key(key) {
-                                bump(&mut lost, "outboxUndelivered", 1);
+                                bump(&mut lost, "outbox_undelivered", 1);
                             }
+                        }
+                    }
+                }
+                if pg_mode {
+                    // The claim that completed a delivered row must be one
+                    // whose process called the adapter for it.
+                    for e in rows.iter().filter(|e| e.status == OStatus::Delivered) {
+                        let Some(by) = &e.claimed_by else { continue };
+                        let called = raw_pids
+                            .get(&e.id)
+                            .is_some_and(|p| p.contains(&u64::from(by.pid)));
+                        if !called {
+                            rep.stale_completions_accepted += 1;
                         }
                     }
                 }
                 for v in of("outbox_reenqueue") {
                     if v["created"] != json!(false) || v["id"] != v["expectedId"] {
-                        bump(&mut dup, "reenqueueNewRow", 1);
+                        bump(&mut dup, "reenqueue_new_row", 1);
                     }
                 }
             }
@@ -999,28 +1359,34 @@ impl Soak {
         rep.duplicates = dup;
         let v = &mut rep.violations;
         v.insert("lost".into(), rep.lost_total);
-        v.insert("duplicateDeliveries".into(), rep.duplicates_total);
+        v.insert("duplicate_deliveries".into(), rep.duplicates_total);
         v.insert(
-            "tasksRunningDeadOwners".into(),
+            "tasks_running_dead_owners".into(),
             rep.tasks_running_dead_owners,
         );
         v.insert(
-            "storesUnloadable".into(),
+            "stores_unloadable".into(),
             rep.stores_unloadable.len() as u64,
         );
         v.insert(
-            "daemonUnexpectedExits".into(),
+            "daemon_unexpected_exits".into(),
             rep.daemon_unexpected_exits.len() as u64,
         );
         v.insert(
-            "clientUnexpectedExits".into(),
+            "client_unexpected_exits".into(),
             rep.client_unexpected_exits.len() as u64,
         );
         v.insert(
-            "daemonGracefulStopFailed".into(),
+            "daemon_graceful_stop_failed".into(),
             u64::from(!rep.daemon_graceful_stop),
         );
-        v.insert("notDrained".into(), u64::from(!rep.drained));
+        v.insert("not_drained".into(), u64::from(!rep.drained));
+        if pg_mode {
+            v.insert(
+                "stale_completions_accepted".into(),
+                rep.stale_completions_accepted,
+            );
+        }
         rep.ok = v.values().all(|n| *n == 0);
     }
 }
@@ -1039,6 +1405,16 @@ fn print_text(r: &Report) {
         r.seed,
         r.elapsed_ms as f64 / 1000.0
     );
+    if r.backend == "postgres" {
+        println!(
+            "backend postgres: hosts {}; {} SIGSTOP past the lease (holding {} claims); {} database restarts; stale completions accepted: {}",
+            r.hosts.join(", "),
+            r.daemon_stops_past_lease,
+            r.claims_held_when_stopped,
+            r.database_restarts,
+            r.stale_completions_accepted
+        );
+    }
     println!("operations acknowledged: {}", r.acknowledged_total);
     println!("  {}", kv(&r.acknowledged));
     println!(

@@ -104,9 +104,9 @@ pub fn run(a: SoakClientArgs, state: &Path) -> CliResult {
     }
     let counter = JsonStore::open(state.join(COUNTER_FILE), JsonOptions::default())?;
     let commitments = CommitmentsStore::open(state, CommitmentsConfig::default())?;
-    let tasks = TaskRegistry::open_state_dir(state, RegistryOptions::default())
+    let tasks = crate::cli::backend::open_tasks(state, RegistryOptions::default())
         .map_err(super::tasks::cli_err)?;
-    let outbox = Outbox::open_state(state, OutboxOptions::default())?;
+    let outbox = crate::cli::backend::open_outbox(state, OutboxOptions::default())?;
     let mut c = Client {
         id: a.id,
         inc: a.incarnation,

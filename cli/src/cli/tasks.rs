@@ -353,7 +353,7 @@ pub fn run(a: TasksArgs, state_dir: &Path) -> CliResult {
         ..Default::default()
     };
     let is_run = matches!(a.cmd, Some(TasksCmd::Run { .. }));
-    let reg = TaskRegistry::open_state_dir(state_dir, opts)
+    let reg = super::backend::open_tasks(state_dir, opts)
         .map_err(cli_err)
         .map_err(|e| if is_run { own_failure(e) } else { e })?;
     let cmd = a.cmd.unwrap_or(TasksCmd::List(a.list));

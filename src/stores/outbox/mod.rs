@@ -53,6 +53,8 @@ mod async_handle;
 mod enqueue;
 mod entry;
 mod error;
+#[cfg(feature = "postgres")]
+mod holders;
 mod options;
 #[cfg(feature = "postgres")]
 mod pg;
@@ -73,6 +75,8 @@ pub use async_handle::Outbox as AsyncOutbox;
 pub use enqueue::NewMessage;
 pub use entry::{Enqueued, Entry, Outcome};
 pub use error::{OutboxError, Result};
+#[cfg(feature = "postgres")]
+pub use holders::{lease_holders, LeaseHolder};
 pub use options::OutboxOptions;
 pub use policy::RetryPolicy;
 pub use rescue::RescueReport;

@@ -63,6 +63,11 @@ pub struct DaemonArgs {
     /// Period of the task-ledger maintenance sweep.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub maintenance_every: Duration,
+    /// Lease of the delivery worker's claims (renewed every third of it while
+    /// the daemon runs; a daemon paused or cut off longer loses its claims to
+    /// another host's rescue on PostgreSQL).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub lease: Duration,
     /// Deliver due commitments (the heartbeat; openclaw's `commitments.enabled`,
     /// off by default there too).
     #[arg(long)]
@@ -214,7 +219,8 @@ pub fn run(a: DaemonArgs, state_dir: &Path) -> CliResult {
         .map_err(|e| CliError::usage(format!("--adapter {adapter_spec}: {e}")))?;
     let wopts = WorkerOptions {
         poll: a.tick.min(Duration::from_secs(1)),
-        ..WorkerOptions::new(lockstore::paths::outbox_db(state_dir))
+        lease: a.lease,
+        ..WorkerOptions::new(super::backend::outbox_db(state_dir))
     };
     tracing::info!(
         state_dir = %state_dir.display(),

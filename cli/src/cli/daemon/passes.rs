@@ -56,7 +56,7 @@ impl CommitmentsPass {
                 ..Default::default()
             };
             let c = CommitmentsStore::open(&self.state, cfg)?;
-            let o = Outbox::open_state(&self.state, OutboxOptions::default())?;
+            let o = crate::cli::backend::open_outbox(&self.state, OutboxOptions::default())?;
             self.stores = Some((c, o));
         }
         Ok(self.stores.as_ref().expect("opened above"))
@@ -116,7 +116,10 @@ impl Pass for OutboxMaintenance {
 
     fn step(&mut self, now: i64) -> CliResult {
         if self.outbox.is_none() {
-            self.outbox = Some(Outbox::open_state(&self.state, OutboxOptions::default())?);
+            self.outbox = Some(crate::cli::backend::open_outbox(
+                &self.state,
+                OutboxOptions::default(),
+            )?);
         }
         let o = self.outbox.as_ref().expect("opened above");
         o.expire(at(now))?;
@@ -166,7 +169,7 @@ impl Pass for TasksMaintenance {
         }
         if self.registry.is_none() {
             self.registry = Some(
-                TaskRegistry::open_state_dir(&self.state, RegistryOptions::default())
+                crate::cli::backend::open_tasks(&self.state, RegistryOptions::default())
                     .map_err(crate::cli::tasks::cli_err)?,
             );
         }

@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 
 use lockstore::commitments::{CommitmentsConfig, CommitmentsStore};
 use lockstore::lock::{self, LockState};
-use lockstore::outbox::{Outbox, OutboxOptions, Status as OStatus};
-use lockstore::tasks::{AuditOptions, RegistryOptions, TaskRegistry};
+use lockstore::outbox::{OutboxOptions, Status as OStatus};
+use lockstore::tasks::{AuditOptions, RegistryOptions};
 
 use super::daemon::report::{self, DaemonReport, Health};
 use super::{parse_duration, CliResult};
@@ -165,9 +165,15 @@ pub fn collect(state: &Path, now: i64) -> Value {
     out.insert("commitments".into(), commitments);
 
     // Tasks (a missing ledger is reported, not created).
-    let tasks_exists = lockstore::paths::tasks_db(state).exists();
+    let tasks_exists = crate::cli::backend::tasks_exist(state);
     let tasks = match tasks_exists
-        .then(|| TaskRegistry::open_state_dir(state, RegistryOptions::default()))
+        .then(|| {
+            crate::cli::backend::open_tasks_with(
+                state,
+                RegistryOptions::default(),
+                crate::cli::backend::quick_pg(),
+            )
+        })
         .transpose()
     {
         Ok(None) => {
@@ -183,17 +189,31 @@ pub fn collect(state: &Path, now: i64) -> Value {
             let summary = audit
                 .map(|r| json!({"warnings": r.summary.warnings, "errors": r.summary.errors, "by_code": r.summary.by_code}))
                 .unwrap_or_else(|e| json!({"error": e.to_string()}));
-            json!({"total": list.len(), "queued": count("queued"), "running": count("running"), "audit": summary})
+            let owners: Vec<Value> = list
+                .iter()
+                .filter(|t| t.status.as_str() == "running")
+                .filter_map(|t| {
+                    let host = t.owner_host.as_deref()?;
+                    Some(json!({"task_id": t.task_id, "host_id": host,
+                        "lease_expires_at_ms": t.lease_expires_at, "fencing_token": t.fencing_token}))
+                })
+                .collect();
+            json!({"total": list.len(), "queued": count("queued"), "running": count("running"), "audit": summary, "lease_owners": owners})
         }
         Err(e) => json!({"error": e.to_string()}),
     };
     out.insert("tasks".into(), tasks);
 
     // Outbox (a missing database is reported, not created).
-    let outbox_exists = lockstore::paths::outbox_db(state).exists();
+    let outbox_exists = crate::cli::backend::outbox_exists(state);
     let outbox = match outbox_exists
         .then(|| {
-            Outbox::open_state(state, OutboxOptions::default()).and_then(|o| {
+            crate::cli::backend::open_outbox_with(
+                state,
+                OutboxOptions::default(),
+                crate::cli::backend::quick_pg(),
+            )
+            .and_then(|o| {
                 o.stats(std::time::UNIX_EPOCH + std::time::Duration::from_millis(now.max(0) as u64))
             })
         })
@@ -214,6 +234,7 @@ pub fn collect(state: &Path, now: i64) -> Value {
         Err(e) => json!({"error": e.to_string()}),
     };
     out.insert("outbox".into(), outbox);
+    out.insert("backend".into(), backend_section(now));
 
     // Lock holders.
     let locks = json!({
@@ -224,6 +245,67 @@ pub fn collect(state: &Path, now: i64) -> Value {
     });
     out.insert("locks".into(), locks);
     Value::Object(out)
+}
+
+/// Where the ledger and the outbox live; on PostgreSQL this host's id and
+/// the hosts holding outbox leases (claims in flight, maintenance leader).
+fn backend_section(now: i64) -> Value {
+    let Some(url) = crate::cli::backend::url() else {
+        return json!({"name": "sqlite", "host_id": null, "lease_holders": []});
+    };
+    let pg = crate::cli::backend::quick_pg();
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now.max(0) as u64);
+    let mut b = json!({"name": "postgres", "host_id": pg.host_id.clone()});
+    match lockstore::outbox::lease_holders(url, &pg, at) {
+        Ok(h) => b["lease_holders"] = json!(h),
+        Err(e) => b["error"] = json!(e.to_string()),
+    }
+    b
+}
+
+/// "postgres · host h1 · claims h1 (3), leader:outbox h2" for the text views.
+pub(crate) fn backend_line(v: &Value) -> String {
+    let b = &v["backend"];
+    let name = b["name"].as_str().unwrap_or("?");
+    if name != "postgres" {
+        return format!("{} (state dir; one host)", clean(name));
+    }
+    let mut l = format!("postgres · this host {}", str_of(&b["host_id"]));
+    if let Some(e) = b["error"].as_str() {
+        l.push_str(&format!(" · error: {}", clean(e)));
+        return l;
+    }
+    let mut held: Vec<String> = b["lease_holders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            format!(
+                "{} {} ({}{})",
+                str_of(&h["kind"]),
+                str_of(&h["host_id"]),
+                h["count"],
+                if h["expired"] == json!(true) {
+                    ", expired"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    for o in v["tasks"]["lease_owners"].as_array().into_iter().flatten() {
+        held.push(format!(
+            "task {} {}",
+            str_of(&o["task_id"]),
+            str_of(&o["host_id"])
+        ));
+    }
+    if held.is_empty() {
+        l.push_str(" · no leases held");
+    } else {
+        l.push_str(&format!(" · leases: {}", held.join(", ")));
+    }
+    l
 }
 
 pub(crate) use crate::cli::text::clean;
@@ -331,6 +413,7 @@ pub(crate) fn component_lines(d: &Value, now: i64, with_error: bool) -> Vec<Stri
 fn text_lines(v: &Value) -> Vec<String> {
     let now = v["now_ms"].as_i64().unwrap_or(0);
     let mut out = vec![format!("state dir    {}", str_of(&v["state_dir"]))];
+    out.push(format!("backend      {}", backend_line(v)));
     let d = &v["daemon"];
     out.push(format!("daemon       {}", daemon_line(d)));
     if let Some(e) = d["report_error"].as_str() {

@@ -124,6 +124,7 @@ pub fn screen(v: &Value, rate: Option<f64>, interval: Duration) -> Vec<String> {
             interval.as_millis()
         ),
         String::new(),
+        format!("BACKEND      {}", super::backend_line(v)),
         format!("DAEMON       {}", daemon_line(d)),
     ];
     if let Some(a) = d["adapter"].as_str() {
