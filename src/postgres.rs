@@ -56,6 +56,15 @@ pub struct PgOptions {
     /// The host id lease owners are recorded under (default [`host_id`]).
     /// Tests set distinct ids to play several hosts in one process.
     pub host_id: String,
+    /// The server ends a session that sits inside a transaction longer than
+    /// this (`idle_in_transaction_session_timeout`, set on every connection;
+    /// default 5 s): a process paused (SIGSTOP, a VM freeze) or cut off in
+    /// the middle of a transaction would otherwise hold its row locks — the
+    /// task ledger's write lock among them — and stall every other host
+    /// until it resumes. lockstore's transactions last milliseconds; the
+    /// paused process's transaction fails when it resumes and is retried or
+    /// reported (PostgreSQL docs, "Client Connection Defaults").
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl Default for PgOptions {
@@ -65,6 +74,7 @@ impl Default for PgOptions {
             connect_timeout: Duration::from_secs(10),
             retry_deadline: Duration::from_secs(30),
             host_id: host_id(),
+            idle_in_transaction_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -104,9 +114,19 @@ pub(crate) fn redact(url: &str) -> String {
 /// [`Error::Postgres`] naming the redacted URL (bad URL, server unreachable,
 /// authentication failed).
 pub(crate) fn pool(url: &str, opts: &PgOptions) -> Result<Pool> {
-    let config: postgres::Config = url
+    let mut config: postgres::Config = url
         .parse()
         .map_err(|e| Error::postgres("parse database URL", url, e))?;
+    // Appended to the URL's own `options`, so an operator's settings stay.
+    let ours = format!(
+        "-c idle_in_transaction_session_timeout={}",
+        opts.idle_in_transaction_timeout.as_millis().max(1)
+    );
+    let options = match config.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} {ours}"),
+        _ => ours,
+    };
+    config.options(&options);
     let mgr = r2d2_postgres::PostgresConnectionManager::new(config, postgres::NoTls);
     r2d2::Pool::builder()
         .max_size(opts.pool_size.max(1))
@@ -450,3 +470,47 @@ CREATE TABLE IF NOT EXISTS lockstore_leader_leases(
   fencing_token BIGINT NOT NULL,
   lease_expires_at BIGINT NOT NULL
 );";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session paused inside a transaction (a SIGSTOPped host) holds its
+    /// locks only until `idle_in_transaction_timeout`: the server ends it and
+    /// another session's wait for the same lock completes. Without the
+    /// setting on the pool's connections the second session waits until its
+    /// own `lock_timeout` (20 s) and the test fails. (Seen in the multi-host
+    /// soak: a SIGSTOPped daemon holding the task ledger's write lock kept
+    /// another host's daemon from stopping for 30 s.)
+    #[test]
+    fn a_session_paused_in_a_transaction_releases_its_locks() {
+        if !lockstore_pg_cluster::available() && std::env::var_os("LOCKSTORE_REQUIRE_PG").is_none()
+        {
+            eprintln!("SKIP: PostgreSQL is not installed");
+            return;
+        }
+        let c = lockstore_pg_cluster::Cluster::shared().unwrap();
+        let url = c
+            .create_database(&format!("idle_in_tx_{}", std::process::id()))
+            .unwrap();
+        let opts = PgOptions {
+            idle_in_transaction_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let p = pool(&url, &opts).unwrap();
+        let mut paused = p.get().unwrap();
+        let mut tx = paused.transaction().unwrap();
+        tx.execute("SELECT pg_advisory_xact_lock(42)", &[]).unwrap();
+        // `paused` now sits idle in its transaction, holding the lock.
+        let mut other = p.get().unwrap();
+        let mut tx2 = other.transaction().unwrap();
+        tx2.batch_execute("SET LOCAL lock_timeout = '20s'").unwrap();
+        let t0 = std::time::Instant::now();
+        tx2.execute("SELECT pg_advisory_xact_lock(42)", &[])
+            .expect("the paused session's lock was released by the server");
+        assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+        tx2.commit().unwrap();
+        // The paused session's transaction is gone: its next statement fails.
+        assert!(tx.execute("SELECT 1", &[]).is_err());
+    }
+}

@@ -862,9 +862,12 @@ impl Soak {
         Ok(())
     }
 
-    /// Processes (other than this one) whose command line names our state dir.
+    /// Processes (other than this one and its ancestors: a `timeout` or
+    /// `time` wrapping the soak names the state dir too) whose command line
+    /// names our state dir.
     fn our_processes(&self) -> Vec<(i32, Vec<String>)> {
         let me = std::process::id() as i32;
+        let ancestors = ancestors_of(me);
         let dir = self.dir.to_string_lossy().into_owned();
         let mut out = Vec::new();
         let Ok(rd) = std::fs::read_dir("/proc") else {
@@ -874,7 +877,7 @@ impl Soak {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
                 continue;
             };
-            if pid == me {
+            if pid == me || ancestors.contains(&pid) {
                 continue;
             }
             let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
@@ -913,6 +916,15 @@ impl Soak {
             }
             // Orphans of the group (a `sleep` whose `tasks run` was killed).
             let _ = killpg(Pid::from_raw(c.child.id() as i32), Signal::SIGKILL);
+        }
+        // A host daemon still SIGSTOPped may hold a row lock the others wait
+        // for: resume every host before asking any daemon to stop.
+        if let Some(p) = &self.pg {
+            for h in &p.hosts {
+                if let Some(c) = &h.child {
+                    let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+                }
+            }
         }
         if let Some(mut d) = self.daemon.take() {
             let _ = kill(Pid::from_raw(d.id() as i32), Signal::SIGTERM);
@@ -1482,4 +1494,29 @@ fn print_text(r: &Report) {
         }
     }
     println!("state dir (kept): {}", r.state_dir);
+}
+
+/// The parent, grandparent, … of `pid` up to init (from `/proc/<pid>/stat`,
+/// field 4; the command name in field 2 may hold spaces and parentheses, so
+/// the fields after the last `)` are read).
+fn ancestors_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut cur = pid;
+    while out.len() < 64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{cur}/stat")) else {
+            break;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        match ppid {
+            Some(p) if p > 1 => {
+                out.push(p);
+                cur = p;
+            }
+            _ => break,
+        }
+    }
+    out
 }

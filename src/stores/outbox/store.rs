@@ -169,7 +169,7 @@ impl Outbox {
 
     /// The `LISTEN` hub of a PostgreSQL outbox and the generation seen so
     /// far (for the async handle's idle wait); `None` on SQLite.
-    #[cfg(feature = "postgres")]
+    #[cfg(all(feature = "postgres", feature = "tokio"))]
     pub(crate) fn work_hub(&self) -> Option<(std::sync::Arc<crate::postgres::Hub>, u64)> {
         match &self.inner {
             Inner::Pg(p) => Some((p.hub.clone(), p.hub.generation())),
