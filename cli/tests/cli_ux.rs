@@ -8,12 +8,9 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Output, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
-use lockstore::commitments::{
-    Candidate, CommitmentsConfig, CommitmentsStore, InferredItem, Kind, Scope, Sensitivity, Source,
-};
 use lockstore::{run_exclusive, Error, LockOptions};
 
 fn run(state: &Path, args: &[&str]) -> Output {
@@ -156,47 +153,6 @@ fn tasks_list_shows_full_ids_and_commands_take_unique_prefixes() {
     let o = run(s, &["tasks", "show", "ffffffffffff"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("Task not found"), "{}", stderr(&o));
-}
-
-fn seed_commitments(state: &Path, keys: &[&str], now: i64) -> Vec<String> {
-    let s = CommitmentsStore::open(
-        state,
-        CommitmentsConfig {
-            durability: lockstore::Durability::Process,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let item = InferredItem {
-        scope: Scope {
-            agent_id: "main".into(),
-            session_key: "s1".into(),
-            channel: "telegram".into(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let cands: Vec<Candidate> = keys
-        .iter()
-        .map(|k| Candidate {
-            kind: Kind::OpenLoop,
-            sensitivity: Sensitivity::Routine,
-            source: Source::AgentPromise,
-            reason: format!("r {k}"),
-            suggested_text: format!("t {k}"),
-            dedupe_key: k.to_string(),
-            confidence: 1.0,
-            earliest_ms: now - 60_000,
-            latest_ms: now + 86_400_000,
-            timezone: "UTC".into(),
-        })
-        .collect();
-    let at = UNIX_EPOCH + Duration::from_millis(now as u64);
-    s.upsert_inferred(&item, &cands, at)
-        .unwrap()
-        .into_iter()
-        .map(|c| c.id)
-        .collect()
 }
 
 #[test]

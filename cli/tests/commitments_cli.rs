@@ -4,20 +4,14 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use lockstore::commitments::{
-    Candidate, CommitmentsConfig, CommitmentsStore, InferredItem, Kind, Scope, Sensitivity, Source,
-    Status, StatusFilter,
-};
+mod common;
+
+use lockstore::commitments::{CommitmentsConfig, CommitmentsStore, Status, StatusFilter};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lockstore");
-
-/// The instant `ms` Unix ms after the epoch.
-fn at(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms as u64)
-}
 
 fn cli(state: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -38,46 +32,6 @@ fn json_of(o: &Output) -> Value {
             String::from_utf8_lossy(&o.stderr)
         )
     })
-}
-
-fn seed(state: &Path, keys: &[&str], now: i64) -> Vec<String> {
-    let s = CommitmentsStore::open(
-        state,
-        CommitmentsConfig {
-            durability: lockstore::Durability::Process,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let item = InferredItem {
-        scope: Scope {
-            agent_id: "main".into(),
-            session_key: "s1".into(),
-            channel: "telegram".into(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let cands: Vec<Candidate> = keys
-        .iter()
-        .map(|k| Candidate {
-            kind: Kind::OpenLoop,
-            sensitivity: Sensitivity::Routine,
-            source: Source::AgentPromise,
-            reason: format!("r {k}"),
-            suggested_text: format!("t {k}"),
-            dedupe_key: k.to_string(),
-            confidence: 1.0,
-            earliest_ms: now - 60_000,
-            latest_ms: now + 86_400_000,
-            timezone: "UTC".into(),
-        })
-        .collect();
-    s.upsert_inferred(&item, &cands, at(now))
-        .unwrap()
-        .into_iter()
-        .map(|c| c.id)
-        .collect()
 }
 
 /// 2026-05-12T06:13:20Z, before the windows used below.
@@ -203,7 +157,7 @@ fn usage_errors_exit_1() {
 #[test]
 fn invalid_record_exits_2_and_leaves_the_file_alone() {
     let d = tempfile::tempdir().unwrap();
-    let ids = seed(
+    let ids = common::seed_commitments(
         d.path(),
         &["a"],
         std::time::SystemTime::now()
@@ -278,7 +232,7 @@ fn cli_dismiss_races_heartbeat_process_50_rounds() {
     for round in 0..ROUNDS {
         let d = tempfile::tempdir().unwrap();
         let st = d.path().to_path_buf();
-        let ids = seed(
+        let ids = common::seed_commitments(
             &st,
             &["a", "b", "c"],
             std::time::SystemTime::now()

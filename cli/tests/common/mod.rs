@@ -205,3 +205,51 @@ pub fn temp_name_for(store: &Path, pid: u32) -> PathBuf {
     let name = store.file_name().expect("file name").to_string_lossy();
     store.with_file_name(format!(".{name}.{pid}.deadbeef.tmp"))
 }
+
+/// Commitments for `keys` (open loops of agent `main`, session `s1`,
+/// channel telegram, due from a minute before `now` (Unix ms)), written
+/// through the library into `state`; returns their ids.
+pub fn seed_commitments(state: &Path, keys: &[&str], now: i64) -> Vec<String> {
+    use lockstore::commitments as c;
+    let s = lockstore::commitments::CommitmentsStore::open(
+        state,
+        lockstore::commitments::CommitmentsConfig {
+            durability: lockstore::Durability::Process,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let item = c::InferredItem {
+        scope: c::Scope {
+            agent_id: "main".into(),
+            session_key: "s1".into(),
+            channel: "telegram".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let cands: Vec<c::Candidate> = keys
+        .iter()
+        .map(|k| c::Candidate {
+            kind: c::Kind::OpenLoop,
+            sensitivity: c::Sensitivity::Routine,
+            source: c::Source::AgentPromise,
+            reason: format!("r {k}"),
+            suggested_text: format!("t {k}"),
+            dedupe_key: k.to_string(),
+            confidence: 1.0,
+            earliest_ms: now - 60_000,
+            latest_ms: now + 86_400_000,
+            timezone: "UTC".into(),
+        })
+        .collect();
+    s.upsert_inferred(
+        &item,
+        &cands,
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(now as u64),
+    )
+    .unwrap()
+    .into_iter()
+    .map(|c| c.id)
+    .collect()
+}
